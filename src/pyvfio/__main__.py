@@ -1,0 +1,3 @@
+from pyvfio.cli import main
+
+main()

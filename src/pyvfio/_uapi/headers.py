@@ -1,0 +1,277 @@
+"""Find Linux UAPI headers that define everything `pyvfio._uapi` mirrors.
+
+The ABI test compiles the mirrors against ``<linux/vfio.h>`` and ``<linux/iommufd.h>``.
+Debian bookworm's own ``linux-libc-dev`` (6.1) has no ``iommufd.h`` and no vfio device
+cdev ioctls, so when the system's headers lack any mirrored name this fetches
+``linux-libc-dev`` from bookworm-backports (6.12) with a private apt setup: its own
+sources list, package lists and archive cache, all under the cache folder.  Nothing of
+the system's apt configuration is changed and nothing is installed: the package is
+unpacked with ``dpkg-deb -x`` into ``<cache>/linux-libc-dev_<version>/``, which later
+calls reuse without touching the network.
+
+``PYVFIO_KERNEL_HEADERS`` names an include directory to use instead of both.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from pyvfio._uapi import ABI
+
+HEADERS_ENV: Final = "PYVFIO_KERNEL_HEADERS"
+SYSTEM_INCLUDE: Final = Path("/usr/include")
+UAPI_HEADERS: Final = ("linux/vfio.h", "linux/iommufd.h")
+
+DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
+DEBIAN_SUITE: Final = "bookworm-backports"
+# Debian's own sources (/etc/apt/sources.list.d/debian.sources) trust this keyring.
+DEBIAN_KEYRING: Final = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+PACKAGE: Final = "linux-libc-dev"
+
+_APT_TIMEOUT = 600  # seconds; the package is about 3 MB
+
+
+class KernelHeadersError(RuntimeError):
+    """No usable kernel headers: the message says what is missing and how to get it."""
+
+
+@dataclass(frozen=True)
+class KernelHeaders:
+    """Include directories to put before the compiler's own, and where they came from."""
+
+    include_dirs: tuple[Path, ...]
+    origin: str
+
+    @property
+    def cflags(self) -> list[str]:
+        """``-I`` options for gcc."""
+        return [f"-I{directory}" for directory in self.include_dirs]
+
+    @property
+    def linux_version(self) -> str:
+        """The kernel version of the headers, from ``<linux/version.h>`` ("6.12.95")."""
+        for directory in (*self.include_dirs, SYSTEM_INCLUDE):
+            version_h = directory / "linux" / "version.h"
+            if version_h.is_file():
+                macros = dict(
+                    re.findall(r"#define (LINUX_VERSION_\w+) (\d+)", version_h.read_text())
+                )
+                parts = ("MAJOR", "PATCHLEVEL", "SUBLEVEL")
+                if all(f"LINUX_VERSION_{part}" in macros for part in parts):
+                    return ".".join(macros[f"LINUX_VERSION_{part}"] for part in parts)
+                code = int(macros["LINUX_VERSION_CODE"])
+                return f"{code >> 16}.{code >> 8 & 0xFF}.{code & 0xFF}"
+        return "unknown"
+
+    def __str__(self) -> str:
+        return f"Linux {self.linux_version} UAPI headers from {self.origin}"
+
+
+def kernel_headers(
+    required: Collection[str] | None = None,
+    *,
+    cache_dir: Path | None = None,
+    refresh: bool = False,
+) -> KernelHeaders:
+    """Headers whose ``vfio.h`` and ``iommufd.h`` define every name in ``required``.
+
+    ``required`` defaults to every name `pyvfio._uapi.ABI` mirrors.  Tried in order:
+    ``$PYVFIO_KERNEL_HEADERS``, the system's ``/usr/include``, a package already
+    unpacked in ``cache_dir``, and (or first, with ``refresh``) a fresh download.
+    """
+    if required is None:
+        required = ABI.names()
+    override = os.environ.get(HEADERS_ENV)
+    if override:
+        headers = _include_tree(Path(override), origin=f"${HEADERS_ENV}")
+        missing = _missing_names(headers, required)
+        if missing:
+            raise KernelHeadersError(
+                f"${HEADERS_ENV}={override} lacks {_sample(missing)}; point it at the include "
+                f"directory of Linux >= 6.12 UAPI headers, or unset it to fetch them"
+            )
+        return headers
+
+    system = KernelHeaders((), origin=f"the system ({SYSTEM_INCLUDE})")
+    missing = _missing_names(system, required)
+    if not missing:
+        return system
+    why = f"{system} lack {_sample(missing)}"
+
+    cache = cache_dir or default_cache_dir()
+    if not refresh:
+        for unpacked in _unpacked_packages(cache):
+            headers = _include_tree(unpacked / "usr" / "include", origin=_origin(unpacked))
+            missing = _missing_names(headers, required)
+            if not missing:
+                return headers
+            why = f"{headers} lack {_sample(missing)}"
+
+    try:
+        unpacked = _fetch_package(cache)
+    except KernelHeadersError as err:
+        raise KernelHeadersError(
+            f"{why}, and fetching {PACKAGE} from {DEBIAN_SUITE}: {err}"
+        ) from err
+    headers = _include_tree(unpacked / "usr" / "include", origin=_origin(unpacked))
+    missing = _missing_names(headers, required)
+    if missing:
+        raise KernelHeadersError(
+            f"{headers} lack {_sample(missing)} too: if pyvfio._uapi misspells them, fix it; "
+            f"else set ${HEADERS_ENV} to the include directory of newer UAPI headers "
+            f"(make headers_install in a kernel tree)"
+        )
+    return headers
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/pyvfio/headers``, ``~/.cache/pyvfio/headers`` without it."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyvfio" / "headers"
+
+
+def _multiarch() -> str:
+    # Debian puts <asm/...> under /usr/include/<triplet>; the backports package ships
+    # every architecture's, so only the host's may go on the include path.
+    return str(sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu")
+
+
+def _include_tree(include: Path, *, origin: str) -> KernelHeaders:
+    arch_include = include / _multiarch()
+    dirs = (include, arch_include) if arch_include.is_dir() else (include,)
+    return KernelHeaders(dirs, origin=origin)
+
+
+def _missing_names(headers: KernelHeaders, required: Iterable[str]) -> list[str]:
+    """The required names no UAPI header mentions (all of them if the headers are absent)."""
+    words: set[str] = set()
+    for header in UAPI_HEADERS:
+        for directory in (*headers.include_dirs, SYSTEM_INCLUDE):
+            path = directory / header
+            if path.is_file():
+                words.update(re.findall(r"\w+", path.read_text(errors="replace")))
+                break
+    return sorted(name for name in required if name.removeprefix("struct ") not in words)
+
+
+def _sample(names: list[str]) -> str:
+    shown = ", ".join(names[:5])
+    return f"{shown} and {len(names) - 5} more" if len(names) > 5 else shown
+
+
+_UNPACKED_PREFIX = f"{PACKAGE}_"
+
+
+def _origin(unpacked: Path) -> str:
+    version = unpacked.name.removeprefix(_UNPACKED_PREFIX)
+    return f"{PACKAGE} {version} ({DEBIAN_SUITE}, unpacked in {unpacked.parent})"
+
+
+def _unpacked_packages(cache: Path) -> list[Path]:
+    """Packages unpacked earlier, newest first."""
+    if not cache.is_dir():
+        return []
+    unpacked = [path for path in cache.glob(f"{_UNPACKED_PREFIX}*") if path.is_dir()]
+    return sorted(unpacked, key=lambda path: _version_key(path.name), reverse=True)
+
+
+def _version_key(name: str) -> list[tuple[int, str]]:
+    # Good enough for linux-libc-dev versions ("6.12.95-1~bpo12+1"): numbers compare
+    # as numbers.  A wrong order only picks an older complete copy, never a broken one.
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)]
+
+
+def _fetch_package(cache: Path) -> Path:
+    """Download and unpack the suite's linux-libc-dev; returns its unpacked root."""
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise KernelHeadersError(
+                f"{tool} not found; set ${HEADERS_ENV} to the include directory of Linux >= 6.12 "
+                f"UAPI headers instead"
+            )
+    if not DEBIAN_KEYRING.is_file():
+        raise KernelHeadersError(
+            f"{DEBIAN_KEYRING} is missing, so {DEBIAN_SUITE} cannot be verified; "
+            f"apt-get install debian-archive-keyring"
+        )
+    apt = _private_apt(cache / "apt")
+    _run(
+        ["apt-get", *apt, "update"], doing=f"apt-get update of {DEBIAN_SUITE} from {DEBIAN_MIRROR}"
+    )
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as download:
+        _run(
+            ["apt-get", *apt, "download", f"{PACKAGE}/{DEBIAN_SUITE}"],
+            doing=f"apt-get download {PACKAGE}/{DEBIAN_SUITE} from {DEBIAN_MIRROR}",
+            cwd=Path(download),
+        )
+        (deb,) = Path(download).glob(f"{PACKAGE}_*.deb")
+        version = _run(["dpkg-deb", "-f", str(deb), "Version"], doing=f"reading {deb.name}").strip()
+        unpacked = cache / f"{_UNPACKED_PREFIX}{version}"
+        if unpacked.is_dir():
+            return unpacked
+        # Unpack beside the final place and rename, so a concurrent or interrupted run
+        # never sees a half-unpacked tree.
+        staging = Path(download) / "root"
+        _run(["dpkg-deb", "-x", str(deb), str(staging)], doing=f"unpacking {deb.name}")
+        try:
+            staging.rename(unpacked)
+        except OSError:
+            if not unpacked.is_dir():  # else a concurrent run won the race
+                raise
+    return unpacked
+
+
+def _private_apt(apt_dir: Path) -> list[str]:
+    """apt options for a setup of its own in ``apt_dir``, knowing only the suite's sources.
+
+    The sources stanza is the one of Debian's ``debian.sources``; lists and downloaded
+    archives stay in ``apt_dir``.
+    """
+    sources_dir = apt_dir / "sources.list.d"
+    for directory in (
+        sources_dir,
+        apt_dir / "lists" / "partial",
+        apt_dir / "cache" / "archives" / "partial",
+    ):
+        directory.mkdir(parents=True, exist_ok=True)
+    (sources_dir / "pyvfio-headers.sources").write_text(
+        f"Types: deb\n"
+        f"URIs: {DEBIAN_MIRROR}\n"
+        f"Suites: {DEBIAN_SUITE}\n"
+        f"Components: main\n"
+        f"Signed-By: {DEBIAN_KEYRING}\n"
+    )
+    options = [
+        "-o", "Dir::Etc::SourceList=/dev/null",
+        "-o", f"Dir::Etc::SourceParts={sources_dir}",
+        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
+        "-o", f"Dir::Cache={apt_dir / 'cache'}",
+        "-o", "Acquire::Languages=none",
+    ]  # fmt: skip
+    if os.geteuid() == 0:
+        # As root apt downloads as the _apt user, who cannot enter a cache like /root/.cache.
+        options += ["-o", "APT::Sandbox::User=root"]
+    return options
+
+
+def _run(command: list[str], *, doing: str, cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(
+            command, cwd=cwd, capture_output=True, text=True, timeout=_APT_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired as err:
+        raise KernelHeadersError(f"{doing} took over {_APT_TIMEOUT}s") from err
+    if done.returncode != 0:
+        output = (done.stderr or done.stdout).strip().splitlines()[-10:]
+        raise KernelHeadersError(f"{doing} failed (exit {done.returncode}):\n" + "\n".join(output))
+    return done.stdout

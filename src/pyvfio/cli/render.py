@@ -1,0 +1,34 @@
+"""How the CLI draws things with rich; the library never imports this."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from rich.tree import Tree
+
+from pyvfio.host.inventory import IommuGroup, PciDeviceInfo
+
+
+def device_line(dev: PciDeviceInfo) -> Text:
+    name = " ".join(filter(None, (dev.vendor_name, dev.device_name))) or "unknown device"
+    line = Text()
+    line.append(dev.address, style="bold")
+    line.append(f" [{dev.ids}] ")
+    if dev.class_name:
+        line.append(f"{dev.class_name}: ", style="dim")
+    line.append(name)
+    driver = dev.driver or "no driver"
+    style = "green" if driver == "vfio-pci" else ("red" if dev.blocks_group else "yellow")
+    line.append(f"  ({driver})", style=style)
+    return line
+
+
+def groups_tree(groups: list[IommuGroup]) -> Tree:
+    tree = Tree(Text(f"IOMMU groups: {len(groups)}", style="bold"))
+    if not groups:
+        tree.add(Text("none: the IOMMU is off (pyvfio doctor says why)", style="red"))
+    for group in groups:
+        verdict = Text(group.verdict, style="green" if group.viable else "red")
+        branch = tree.add(Text.assemble((f"group {group.number}", "bold cyan"), "  ", verdict))
+        for dev in group.devices:
+            branch.add(device_line(dev))
+    return tree

@@ -1,0 +1,323 @@
+"""A PCI device opened through VFIO: config space, regions, interrupts, DMA, reset."""
+
+from __future__ import annotations
+
+import contextlib
+import errno as E
+import os
+import weakref
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from pyvfio import _ioctl
+from pyvfio._uapi import vfio as v
+from pyvfio.errors import ClosedError, UnsupportedError, VfioError
+from pyvfio.info import DependentDevice, DeviceInfo, IrqInfo, RegionInfo
+from pyvfio.interrupt import IRQ_KINDS, Interrupt, check_kind
+from pyvfio.pci.config import CONFIG_SPACE_SIZE, ConfigSpace, parse_config
+from pyvfio.region import Region
+
+if TYPE_CHECKING:
+    from pyvfio.dma import DmaBuffer
+    from pyvfio.iommu import Iommu
+
+PCI_COMMAND = 0x04
+PCI_COMMAND_MEMORY = 0x2
+PCI_COMMAND_MASTER = 0x4
+PCI_COMMAND_INTX_DISABLE = 0x400
+
+_SET = v.VfioIrqSetFlag
+_TRIGGER_EVENTFD = _SET.VFIO_IRQ_SET_DATA_EVENTFD | _SET.VFIO_IRQ_SET_ACTION_TRIGGER
+_DISABLE = _SET.VFIO_IRQ_SET_DATA_NONE | _SET.VFIO_IRQ_SET_ACTION_TRIGGER
+_UNMASK = _SET.VFIO_IRQ_SET_DATA_NONE | _SET.VFIO_IRQ_SET_ACTION_UNMASK
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+class Config:
+    """The device's configuration space (vfio-pci's config region), typed."""
+
+    __slots__ = ("_region",)
+
+    def __init__(self, region: Region) -> None:
+        self._region = region
+
+    @property
+    def size(self) -> int:
+        return self._region.size
+
+    def read8(self, offset: int) -> int:
+        return self._region.read8(offset)
+
+    def read16(self, offset: int) -> int:
+        return self._region.read16(offset)
+
+    def read32(self, offset: int) -> int:
+        return self._region.read32(offset)
+
+    def write8(self, offset: int, value: int) -> None:
+        self._region.write8(offset, value)
+
+    def write16(self, offset: int, value: int) -> None:
+        self._region.write16(offset, value)
+
+    def write32(self, offset: int, value: int) -> None:
+        self._region.write32(offset, value)
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        return self._region.read(offset, self.size - offset if length is None else length)
+
+    def parse(self) -> ConfigSpace:
+        """The whole configuration space, parsed (header, capabilities, problems)."""
+        return parse_config(self.read(0, min(self.size, 4096)))
+
+    @property
+    def capabilities(self) -> ConfigSpace:
+        """Standard and extended capabilities, parsed fresh from the device.
+
+        The result's ``.capabilities`` and ``.extended_capabilities`` list them;
+        ``.find(CapId.MSI)`` looks one up; ``.problems`` reports a malformed chain.
+        """
+        return self.parse()
+
+
+class Device:
+    """A device opened through VFIO; close it, or use it as a context manager.
+
+    ``pyvfio.open(BDF)`` gives a device with an IOMMU address space of its own;
+    ``Iommu.open(BDF)`` one that shares the Iommu with other devices.
+    """
+
+    def __init__(
+        self, iommu: Iommu, bdf: str, fd: int, group: int, *, owns_iommu: bool = False
+    ) -> None:
+        self.bdf = bdf
+        self.iommu = iommu
+        self.group = group
+        self._fd = fd
+        self._owns_iommu = owns_iommu
+        self._auto_map = True
+        self._regions: dict[int, Region] = {}
+        self._irqs: dict[str, list[Interrupt]] = {}
+        self._finalizer = weakref.finalize(self, _close_fd, fd)
+        try:
+            self.info: DeviceInfo = _ioctl.device_get_info(fd, bdf)
+        except BaseException:
+            self._finalizer()
+            raise
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd {self._fd}"
+        return f"<Device {self.bdf} group {self.group} via {self.iommu.backend} ({state})>"
+
+    def fileno(self) -> int:
+        return self._require_fd()
+
+    def _require_fd(self) -> int:
+        if self._fd < 0:
+            raise ClosedError(f"device {self.bdf} is closed", device=self.bdf)
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    # -- regions ------------------------------------------------------------------------
+
+    def region_info(self, index: int) -> RegionInfo:
+        if not 0 <= index < self.info.num_regions:
+            raise ValueError(f"{self.bdf} has regions 0-{self.info.num_regions - 1}, not {index}")
+        return _ioctl.device_get_region_info(self._require_fd(), index, self.bdf)
+
+    def region(self, index: int) -> Region:
+        """Region ``index`` (0-5 BARs, 6 ROM, 7 config, 8 VGA, then device specific)."""
+        self._require_fd()
+        if index not in self._regions:
+            names = {6: "ROM", 7: "config", 8: "VGA"}
+            name = f"BAR{index}" if index < 6 else names.get(index, f"region {index}")
+            self._regions[index] = Region(self, self.region_info(index), name)
+        return self._regions[index]
+
+    def bar(self, index: int) -> Region:
+        """BAR ``index`` (0-5); UnsupportedError for a BAR the device does not implement."""
+        if not isinstance(index, int) or not 0 <= index <= 5:
+            raise ValueError(f"BAR index must be 0-5, not {index!r}")
+        region = self.region(index)
+        if region.size == 0:
+            raise UnsupportedError(f"{self.bdf} has no BAR{index}", device=self.bdf)
+        return region
+
+    @cached_property
+    def config(self) -> Config:
+        return Config(self.region(v.VfioPciRegionIndex.VFIO_PCI_CONFIG_REGION_INDEX))
+
+    def enable_bus_master(self) -> None:
+        """Set Bus Master Enable (and Memory Space) so the device may DMA."""
+        cmd = self.config.read16(PCI_COMMAND)
+        self.config.write16(PCI_COMMAND, cmd | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY)
+
+    def disable_bus_master(self) -> None:
+        cmd = self.config.read16(PCI_COMMAND)
+        self.config.write16(PCI_COMMAND, cmd & ~PCI_COMMAND_MASTER & 0xFFFF)
+
+    # -- DMA ------------------------------------------------------------------------------
+
+    def dma_alloc(
+        self, size: int, max_iova: int | None = None, *, hugepages: bool = False
+    ) -> DmaBuffer:
+        """Zeroed memory this device (and its Iommu's others) may DMA to, below max_iova."""
+        self._require_fd()
+        return self.iommu.dma_alloc(size, max_iova, hugepages=hugepages)
+
+    # -- interrupts -----------------------------------------------------------------------
+
+    def irq_info(self, kind: str) -> IrqInfo:
+        index = check_kind(kind)
+        return _ioctl.device_get_irq_info(self._require_fd(), index, self.bdf)
+
+    def enable_irqs(self, kind: str, count: int = 1) -> list[Interrupt]:
+        """Wire ``count`` vectors of ``kind`` ("intx", "msi", "msix") to eventfds."""
+        fd = self._require_fd()
+        info = self.irq_info(kind)
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive int, not {count!r}")
+        if count > info.count:
+            raise UnsupportedError(
+                f"{self.bdf} offers {info.count} {kind} vector(s), not {count}",
+                errno=E.EINVAL,
+                device=self.bdf,
+            )
+        if kind in self._irqs:
+            self.disable_irqs(kind)
+        irqs = [Interrupt(self, kind, i) for i in range(count)]
+        try:
+            _ioctl.device_set_irqs(
+                fd,
+                info.index,
+                0,
+                _TRIGGER_EVENTFD,
+                [irq.fileno() for irq in irqs],
+                address=self.bdf,
+            )
+        except BaseException:
+            for irq in irqs:
+                irq.close()
+            raise
+        self._irqs[kind] = irqs
+        return irqs
+
+    def disable_irqs(self, kind: str) -> None:
+        """Turn ``kind`` off and close its eventfds (a no-op when it is not enabled)."""
+        index = check_kind(kind)
+        irqs = self._irqs.pop(kind, None)
+        if irqs is None:
+            return
+        try:
+            if self._fd >= 0:
+                _ioctl.device_set_irqs(self._fd, index, 0, _DISABLE, count=0, address=self.bdf)
+        finally:
+            for irq in irqs:
+                irq.close()
+
+    def _unmask_irq(self, irq: Interrupt) -> None:
+        _ioctl.device_set_irqs(
+            self._require_fd(), irq.index, irq.vector, _UNMASK, count=1, address=self.bdf
+        )
+
+    @property
+    def enabled_irqs(self) -> dict[str, list[Interrupt]]:
+        return {kind: list(irqs) for kind, irqs in self._irqs.items()}
+
+    # -- reset ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Function-level reset (FLR, PM or another method the kernel found)."""
+        fd = self._require_fd()
+        if not self.info.reset_works:
+            raise UnsupportedError(
+                f"{self.bdf} has no function reset the kernel can use (no FLR, PM reset or "
+                "device-specific method); try hot_reset() for a bus reset",
+                device=self.bdf,
+            )
+        _ioctl.device_reset(fd, self.bdf)
+
+    def hot_reset_dependents(self) -> tuple[DependentDevice, ...]:
+        """Every device a bus (hot) reset of this one would also reset."""
+        try:
+            return _ioctl.device_get_pci_hot_reset_info(self._require_fd(), self.bdf)
+        except VfioError as err:
+            if err.errno not in (E.ENODEV, E.EINVAL, E.ENOTTY):
+                raise
+            # vfio_pci_ioctl_get_pci_hot_reset_info: -ENODEV when no slot or bus reset
+            # is possible (a device on the root bus, a bus with no reset).
+            raise UnsupportedError(
+                f"{self.bdf} cannot be bus-reset: {err}",
+                errno=err.errno,
+                ioctl=err.ioctl,
+                device=self.bdf,
+            ) from err
+
+    def hot_reset(self) -> None:
+        """Secondary bus reset, when every affected device's group is open in this Iommu."""
+        fd = self._require_fd()
+        dependents = self.hot_reset_dependents()
+        backend = self.iommu._backend
+        groups = getattr(backend, "groups", {})
+        missing = [d for d in dependents if d.group_id not in groups]
+        if missing:
+            raise UnsupportedError(
+                f"a bus reset of {self.bdf} also resets {', '.join(map(str, missing))}: open "
+                "them in the same Iommu first",
+                device=self.bdf,
+            )
+        _ioctl.device_pci_hot_reset(fd, [groups[d.group_id].fd for d in dependents], self.bdf)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """IRQs off, regions unmapped, device fd closed; then the Iommu if it is ours."""
+        if self._fd < 0:
+            return
+        try:
+            if self._owns_iommu:
+                for buf in list(self.iommu._buffers):
+                    with contextlib.suppress(VfioError):
+                        buf.free()
+            for kind in list(self._irqs):
+                with contextlib.suppress(VfioError):
+                    self.disable_irqs(kind)
+            for region in self._regions.values():
+                with contextlib.suppress(OSError):
+                    region.unmap()
+        finally:
+            self._fd = -1
+            self._finalizer()
+            self.iommu._forget(self)
+            if self._owns_iommu:
+                self.iommu.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(address: str, backend: str = "auto") -> Device:
+    """Open a device already bound to vfio-pci, in an IOMMU address space of its own."""
+    from pyvfio.iommu import Iommu
+
+    iommu = Iommu(backend)
+    try:
+        device = iommu.open(address)
+    except BaseException:
+        iommu.close()
+        raise
+    device._owns_iommu = True
+    return device
+
+
+__all__ = ["CONFIG_SPACE_SIZE", "IRQ_KINDS", "Config", "Device", "open"]

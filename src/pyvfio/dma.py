@@ -1,0 +1,125 @@
+"""Memory a device may reach by DMA: buffers pyvfio allocates, and mappings of the caller's."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyvfio import _mem
+from pyvfio.errors import ClosedError
+
+if TYPE_CHECKING:
+    from pyvfio.iommu import Iommu
+
+
+@dataclass(frozen=True)
+class DmaMapping:
+    """``size`` bytes at host address ``vaddr`` visible to devices at ``iova``."""
+
+    iova: int
+    size: int
+    vaddr: int
+
+    def __str__(self) -> str:
+        return f"iova {self.iova:#x} -> va {self.vaddr:#x} ({self.size:#x} bytes)"
+
+
+def _release(address: int, size: int) -> None:
+    with contextlib.suppress(OSError):
+        _mem.unmap_memory(address, size)
+
+
+class DmaBuffer:
+    """Zeroed host memory mapped for DMA: ``.iova``, ``.size``, ``.view``, ``.address``.
+
+    ``free()`` (or leaving the ``with`` block) unmaps it from the IOMMU, then frees
+    the memory; views taken of ``.view`` must not be used after that.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_finalizer",
+        "_iommu",
+        "_view",
+        "address",
+        "hugepages",
+        "iova",
+        "size",
+    )
+
+    def __init__(
+        self, iommu: Iommu, size: int, *, max_iova: int | None = None, hugepages: bool = False
+    ) -> None:
+        page = _mem.HUGE_PAGE_SIZE if hugepages else _mem.PAGE_SIZE
+        self.size = _mem.round_up(size, page)
+        self.hugepages = hugepages
+        self._iommu = iommu
+        try:
+            self.address = _mem.anonymous(self.size, hugepages=hugepages)
+        except OSError as err:
+            what = (
+                "2 MiB hugepages (see /proc/meminfo HugePages_Free; "
+                "echo N > /proc/sys/vm/nr_hugepages)"
+                if hugepages
+                else "memory"
+            )
+            raise MemoryError(
+                f"cannot allocate {self.size} bytes of {what}: {err.strerror}"
+            ) from err
+        self._finalizer = weakref.finalize(self, _release, self.address, self.size)
+        try:
+            self.iova = iommu.map(self.address, self.size, max_iova=max_iova, align=page).iova
+        except BaseException:
+            self._finalizer()
+            raise
+        self._view: memoryview | None = _mem.view(self.address, self.size)
+
+    def __repr__(self) -> str:
+        state = "freed" if self._view is None else f"iova {self.iova:#x}"
+        return f"<DmaBuffer {self.size:#x} bytes, {state}>"
+
+    @property
+    def view(self) -> memoryview:
+        """A writable view of the buffer's bytes."""
+        if self._view is None:
+            raise ClosedError("the DMA buffer was freed")
+        return self._view
+
+    @property
+    def freed(self) -> bool:
+        return self._view is None
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        end = self.size if length is None else offset + length
+        return bytes(self.view[offset:end])
+
+    def write(self, data: bytes, offset: int = 0) -> None:
+        if offset < 0 or offset + len(data) > self.size:
+            raise ValueError(
+                f"{len(data)} bytes at {offset:#x} do not fit in the {self.size:#x}-byte buffer"
+            )
+        self.view[offset : offset + len(data)] = data
+
+    def u32(self, offset: int) -> ctypes.c_uint32:
+        """A live 32-bit word of the buffer (for polling what a device writes)."""
+        return ctypes.c_uint32.from_address(self.address + offset)
+
+    def free(self) -> None:
+        """Unmap from the IOMMU, then free the memory (idempotent)."""
+        if self._view is None:
+            return
+        view, self._view = self._view, None
+        view.release()
+        try:
+            self._iommu._unmap_buffer(self)
+        finally:
+            self._finalizer()
+
+    def __enter__(self) -> DmaBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()

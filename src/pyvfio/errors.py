@@ -1,0 +1,154 @@
+"""Every error pyvfio raises, each naming its cause and the fix.
+
+The tree::
+
+    PyvfioError                      anything pyvfio raises on purpose
+    ├── InvalidAddressError          a PCI address that does not parse (also ValueError)
+    ├── DeviceNotFoundError          no such PCI device on this host
+    ├── VfioError                    the VFIO path failed; carries .errno, .ioctl, .device
+    │   ├── DeviceNotBoundError      the device is not on vfio-pci
+    │   ├── GroupNotViableError      a group member sits on a host driver; .peers
+    │   ├── PermissionDeniedError    /dev/vfio/N or /dev/iommu cannot be opened
+    │   ├── MemlockLimitError        RLIMIT_MEMLOCK too small to pin the DMA memory
+    │   ├── NoInterruptRemappingError  type1 refuses to attach without IRQ remapping
+    │   ├── IovaExhaustedError       no free IOVA range fits the request
+    │   ├── UnsupportedError         the device or kernel cannot do what was asked
+    │   └── ClosedError              the object was used after close()
+    ├── HostError                    sysfs/driver changes on the host failed
+    └── LabError                     the VM lab cannot boot or run
+        ├── LabSpecError             a topology the lab cannot build (also ValueError)
+        └── LabUnavailableError      something the lab needs is missing (says what to install)
+
+Every ioctl goes through :func:`pyvfio._ioctl.call`, which turns ``OSError`` into
+one of the ``VfioError`` subclasses with ``raise ... from err``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from dataclasses import dataclass
+
+
+class PyvfioError(Exception):
+    """Base of everything pyvfio raises on purpose."""
+
+
+class InvalidAddressError(PyvfioError, ValueError):
+    """A PCI address that does not parse."""
+
+
+class DeviceNotFoundError(PyvfioError, LookupError):
+    """No PCI device at that address on this host."""
+
+
+class VfioError(PyvfioError, OSError):
+    """A VFIO operation failed.
+
+    ``errno`` is the kernel's errno (0 when the failure was found before any
+    system call), ``ioctl`` the ioctl's kernel name, ``device`` the device or
+    node it was issued on.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int = 0,
+        ioctl: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.ioctl = ioctl
+        self.device = device
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DeviceNotBoundError(VfioError):
+    """The device is not bound to vfio-pci."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A member of an IOMMU group and the driver it is bound to (None: no driver)."""
+
+    address: str
+    driver: str | None
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.driver or 'no driver'})"
+
+
+class GroupNotViableError(VfioError):
+    """An IOMMU group has a member bound to a host driver; ``peers`` names them."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        peers: tuple[Peer, ...],
+        group: int | None = None,
+        errno: int = _errno.EPERM,
+        ioctl: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(message, errno=errno, ioctl=ioctl, device=device)
+        self.peers = peers
+        self.group = group
+
+
+class PermissionDeniedError(VfioError):
+    """A VFIO node exists but this process may not open it."""
+
+
+class MemlockLimitError(VfioError):
+    """Pinning DMA memory would exceed RLIMIT_MEMLOCK."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        requested: int,
+        errno: int = _errno.ENOMEM,
+        ioctl: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(message, errno=errno, ioctl=ioctl, device=device)
+        self.limit = limit
+        self.requested = requested
+
+
+class NoInterruptRemappingError(VfioError):
+    """vfio_iommu_type1 refuses to attach a group without interrupt remapping."""
+
+
+class IovaExhaustedError(VfioError):
+    """No free IOVA range satisfies the size, alignment and ``max_iova`` asked for."""
+
+
+class UnsupportedError(VfioError):
+    """The device or the kernel does not support the operation."""
+
+
+class ClosedError(VfioError):
+    """The object was used after ``close()``."""
+
+
+class HostError(PyvfioError):
+    """Changing the host (sysfs binding, modules) failed."""
+
+
+class LabError(PyvfioError):
+    """The VM lab failed to boot or run a command."""
+
+
+class LabSpecError(LabError, ValueError):
+    """A lab device or topology that does not exist."""
+
+
+class LabUnavailableError(LabError):
+    """Something the lab needs is missing; the message says what to install."""

@@ -1,0 +1,106 @@
+"""All of pyvfio's reads of sysfs, procfs and /dev go through one door.
+
+A :class:`Sysfs` reads below a root that is ``/`` on a live host and a snapshot
+folder in tests, so a recorded tree replays the same answers (psutil's PROCFS_PATH,
+pyudev's Attributes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyvfio.errors import DeviceNotFoundError
+from pyvfio.pci.address import normalize
+
+PCI_DEVICES = "sys/bus/pci/devices"
+IOMMU_GROUPS = "sys/kernel/iommu_groups"
+
+
+class Sysfs:
+    """Reads below ``root`` (``/`` on a live host)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+        self.root = Path(root)
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel.lstrip("/")
+
+    def read_attr(self, rel: str) -> str | None:
+        """The stripped text of a file, or None where it is absent or unreadable."""
+        try:
+            return self.path(rel).read_text(errors="replace").strip()
+        except (FileNotFoundError, NotADirectoryError, PermissionError, OSError):
+            return None
+
+    def read_int(self, rel: str, base: int = 0) -> int | None:
+        text = self.read_attr(rel)
+        if text is None or text == "":
+            return None
+        try:
+            return int(text, base)
+        except ValueError:
+            return None
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        try:
+            return self.path(rel).read_bytes()
+        except OSError:
+            return None
+
+    def link_name(self, rel: str) -> str | None:
+        """The last component of a symlink's target (a driver's or group's name)."""
+        try:
+            return os.path.basename(os.readlink(self.path(rel)))
+        except OSError:
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(rel)))
+        except OSError:
+            return []
+
+    def write_attr(self, rel: str, value: str) -> None:
+        """Write one sysfs attribute; OSError propagates for the caller to explain."""
+        with open(self.path(rel), "w") as f:
+            f.write(value)
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).exists()
+
+    # -- PCI devices ------------------------------------------------------------
+
+    def device_dir(self, address: str) -> str:
+        """``sys/bus/pci/devices/ADDR`` for an existing device, or DeviceNotFoundError."""
+        addr = normalize(address)
+        rel = f"{PCI_DEVICES}/{addr}"
+        if not self.exists(rel):
+            raise DeviceNotFoundError(
+                f"no PCI device {addr} on this host (lspci -D lists the devices)"
+            )
+        return rel
+
+    def driver(self, address: str) -> str | None:
+        return self.link_name(f"{self.device_dir(address)}/driver")
+
+    def iommu_group(self, address: str) -> int | None:
+        name = self.link_name(f"{self.device_dir(address)}/iommu_group")
+        return int(name) if name is not None and name.isdigit() else None
+
+    def group_devices(self, group: int) -> list[str]:
+        return self.listdir(f"{IOMMU_GROUPS}/{group}/devices")
+
+    def iommu_groups(self) -> dict[int, list[str]]:
+        return {
+            int(g): self.group_devices(int(g)) for g in self.listdir(IOMMU_GROUPS) if g.isdigit()
+        }
+
+    def pci_devices(self) -> list[str]:
+        return self.listdir(PCI_DEVICES)
+
+
+#: The live host.
+LIVE = Sysfs("/")

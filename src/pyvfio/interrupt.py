@@ -1,0 +1,142 @@
+"""Interrupts delivered to eventfds: blocking ``wait`` here, asyncio beside it.
+
+``VFIO_DEVICE_SET_IRQS`` with ``DATA_EVENTFD | ACTION_TRIGGER`` makes the kernel
+signal one eventfd per vector; reading the eventfd returns (and clears) how many
+times it fired since the last read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from pyvfio.errors import ClosedError
+
+if TYPE_CHECKING:
+    from pyvfio.device import Device
+
+#: Interrupt kinds and their vfio-pci index (VFIO_PCI_*_IRQ_INDEX).
+IRQ_KINDS = {"intx": 0, "msi": 1, "msix": 2, "err": 3, "req": 4}
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+class Interrupt:
+    """One vector of one interrupt index, wired to an eventfd."""
+
+    __slots__ = ("__weakref__", "_device", "_fd", "_finalizer", "index", "kind", "vector")
+
+    def __init__(self, device: Device, kind: str, vector: int) -> None:
+        self._device = device
+        self.kind = kind
+        self.index = IRQ_KINDS[kind]
+        self.vector = vector
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._finalizer = weakref.finalize(self, _close_fd, self._fd)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"eventfd {self._fd}"
+        return f"<Interrupt {self.kind}[{self.vector}] of {self._device.bdf} ({state})>"
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ClosedError(f"{self!r} is closed")
+        return self._fd
+
+    def poll(self) -> int:
+        """The count since the last read, without blocking (0 if none)."""
+        try:
+            return os.eventfd_read(self.fileno())
+        except BlockingIOError:
+            return 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the interrupt fires; the eventfd's count. TimeoutError otherwise.
+
+        EINTR is retried with the time left (PEP 475 covers select(); the deadline
+        keeps a stream of signals from stretching the wait).
+        """
+        fd = self.fileno()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            count = self.poll()
+            if count:
+                return count
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise TimeoutError(
+                    f"{self.kind}[{self.vector}] of {self._device.bdf} did not "
+                    f"fire within {timeout} s"
+                )
+            try:
+                poller.poll(None if left is None else left * 1000)
+            except InterruptedError:
+                continue
+
+    async def wait_async(self, timeout: float | None = None) -> int:
+        """``await`` the interrupt (``loop.add_reader`` on the eventfd)."""
+        fd = self.fileno()
+        count = self.poll()
+        if count:
+            return count
+        loop = asyncio.get_running_loop()
+        fired: asyncio.Future[int] = loop.create_future()
+
+        def readable() -> None:
+            if fired.done():
+                return
+            try:
+                got = os.eventfd_read(fd)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                fired.set_exception(err)
+                return
+            fired.set_result(got)
+
+        loop.add_reader(fd, readable)
+        try:
+            return await asyncio.wait_for(fired, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.kind}[{self.vector}] of {self._device.bdf} did not fire within {timeout} s"
+            ) from None
+        finally:
+            loop.remove_reader(fd)
+
+    def unmask(self) -> None:
+        """Unmask a level-triggered (INTx) interrupt after handling it."""
+        self._device._unmask_irq(self)
+
+    def close(self) -> None:
+        """Close the eventfd (idempotent). The device's disable_irqs() calls this."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            self._finalizer.detach()
+            _close_fd(fd)
+
+    def __enter__(self) -> Interrupt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_kind(kind: str) -> int:
+    """The vfio-pci index of an interrupt kind, or ValueError listing the kinds."""
+    if kind not in IRQ_KINDS:
+        raise ValueError(f"unknown interrupt kind {kind!r}: use one of {', '.join(IRQ_KINDS)}")
+    return IRQ_KINDS[kind]
+
+
+__all__ = ["IRQ_KINDS", "Interrupt", "check_kind"]

@@ -1,0 +1,252 @@
+"""pytest support for tests that run on the real kernel inside the lab guest.
+
+Mark a test (or a module, with ``pytestmark``) ``@pytest.mark.lab(devices=("edu",))``.
+On the host, the plugin groups the marked tests by topology, boots the lab once per
+topology, runs that group's tests in the guest as root with this same pytest, and
+replays each test's reports in the host's run, so unit and lab tests are reported
+together. In the guest (``--lab-results FILE``) tests run normally and each report is
+written to FILE as JSON.
+
+``--lab auto`` (default) skips lab tests, with the reason, where the lab cannot run;
+``--lab require`` makes that a failure (CI); ``--lab no`` skips them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from pyvfio.errors import LabError, LabUnavailableError
+from pyvfio.lab import guest
+from pyvfio.lab.runner import run, scratch_dir
+from pyvfio.lab.topology import Manifest, Topology
+
+_TOPOLOGY_ARGS = ("devices", "viommu", "iommu_cmdline", "memory")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pyvfio-lab", "pyvfio lab (tests on the real kernel in a VM)")
+    group.addoption(
+        "--lab",
+        choices=("auto", "require", "no"),
+        default="auto",
+        help="run lab tests in the VM: auto (skip if the lab cannot run), "
+        "require (fail if it cannot), no (skip them)",
+    )
+    group.addoption(
+        "--lab-kernel",
+        default=None,
+        metavar="KERNEL",
+        help="kernel for the lab guest: stock (default) or a bzImage path",
+    )
+    group.addoption(
+        "--lab-timeout",
+        type=float,
+        default=1500.0,
+        metavar="SECONDS",
+        help="limit for one topology's whole run in the guest",
+    )
+    group.addoption("--lab-results", default=None, help=argparse.SUPPRESS)
+
+
+def topology_of(item: pytest.Item) -> Topology | None:
+    marker = item.get_closest_marker("lab")
+    if marker is None:
+        return None
+    kwargs = {k: v for k, v in marker.kwargs.items() if k in _TOPOLOGY_ARGS}
+    if marker.args:
+        kwargs["devices"] = marker.args[0]
+    if "devices" in kwargs:
+        kwargs["devices"] = tuple(kwargs["devices"])
+    return Topology(**kwargs)
+
+
+@dataclass
+class _GuestRun:
+    """What one boot of a topology reported."""
+
+    reports: dict[str, list[Any]] = field(default_factory=dict)
+    output: str = ""
+    error: str | None = None
+    unavailable: bool = False
+
+
+class LabScheduler:
+    """Host side: one guest boot per topology, reports replayed per test."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.mode: str = config.getoption("--lab")
+        self.runs: dict[Topology, _GuestRun] = {}
+        self.items: dict[Topology, list[pytest.Item]] = {}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        plain = [i for i in items if topology_of(i) is None]
+        lab = [i for i in items if topology_of(i) is not None]
+        for item in lab:
+            topo = topology_of(item)
+            assert topo is not None
+            self.items.setdefault(topo, []).append(item)
+        # Unit tests first, then each topology's tests together (one boot each).
+        items[:] = plain + [i for group in self.items.values() for i in group]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        topo = topology_of(item)
+        if topo is None:
+            return None  # firstresult hook: None lets pytest run it here
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for report in self._reports_for(item, topo):
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
+
+    def _reports_for(self, item: pytest.Item, topo: Topology) -> list[Any]:
+        if self.mode == "no":
+            return [_report(item, "skipped", "lab tests disabled (--lab no)")]
+        if topo not in self.runs:
+            self.runs[topo] = self._boot(topo)
+        done = self.runs[topo]
+        if done.unavailable:
+            why = f"lab unavailable: {done.error}"
+            if self.mode == "require":
+                return [_report(item, "failed", f"{why} (--lab require)")]
+            return [_report(item, "skipped", why)]
+        reports = done.reports.get(item.nodeid)
+        if reports:
+            return reports
+        why = done.error or "the guest did not report this test"
+        tail = "\n".join(done.output.splitlines()[-40:])
+        return [_report(item, "failed", f"{why}\n--- guest output (tail) ---\n{tail}")]
+
+    def _boot(self, topo: Topology) -> _GuestRun:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        nodeids = [i.nodeid for i in self.items[topo]]
+
+        def say(line: str) -> None:
+            if reporter is not None and line.startswith("lab:"):
+                reporter.write_line(line)
+
+        result = _GuestRun()
+        with scratch_dir() as scratch:
+            results = scratch / "results.jsonl"
+            argv = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "--rootdir",
+                str(self.config.rootpath),
+                "--lab-results",
+                str(results),
+                "-o",
+                "addopts=-ra",
+            ]
+            if self.config.inipath:
+                argv += ["-c", str(self.config.inipath)]
+            started = time.monotonic()
+            try:
+                lab = run(
+                    shlex.join(argv + nodeids) + " 2>&1",
+                    topo,
+                    kernel=self.config.getoption("--lab-kernel"),
+                    timeout=self.config.getoption("--lab-timeout"),
+                    cwd=self.config.invocation_params.dir,
+                    on_output=say,
+                    scratch=scratch,
+                )
+                result.output = lab.output
+                if lab.returncode not in (0, 1):
+                    result.error = f"the guest's pytest exited with {lab.returncode}"
+                say(f"lab: {topo.name}: {len(nodeids)} tests, {lab}")
+            except LabUnavailableError as err:
+                result.unavailable, result.error = True, str(err)
+            except LabError as err:
+                result.error = str(err)
+                say(f"lab: {topo.name} failed after {time.monotonic() - started:.0f} s: {err}")
+            if results.exists():
+                for line in results.read_text().splitlines():
+                    report = self.config.hook.pytest_report_from_serializable(
+                        config=self.config, data=json.loads(line)
+                    )
+                    if isinstance(report.longrepr, list):  # JSON has no tuples
+                        report.longrepr = tuple(report.longrepr)
+                    result.reports.setdefault(report.nodeid, []).append(report)
+        return result
+
+
+def _report(
+    item: pytest.Item, outcome: Literal["passed", "failed", "skipped"], message: str
+) -> pytest.TestReport:
+    longrepr: Any = message
+    if outcome == "skipped":
+        path, lineno, _ = item.location
+        longrepr = (str(path), (lineno or 0) + 1, f"Skipped: {message}")
+    return pytest.TestReport(
+        nodeid=item.nodeid,
+        location=item.location,
+        keywords=dict.fromkeys(item.keywords, 1),
+        outcome=outcome,
+        longrepr=longrepr,
+        when="setup" if outcome == "skipped" else "call",
+    )
+
+
+class GuestReporter:
+    """Guest side: write every report of this run to the results file."""
+
+    def __init__(self, config: pytest.Config, path: Path) -> None:
+        self.config = config
+        self.file = path.open("a")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        self.file.write(json.dumps(data) + "\n")
+        self.file.flush()
+
+    def pytest_unconfigure(self) -> None:
+        self.file.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    results = config.getoption("--lab-results")
+    if results:
+        if os.geteuid() != 0:
+            raise pytest.UsageError("lab tests run as root in the guest")
+        config.pluginmanager.register(GuestReporter(config, Path(results)), "pyvfio-lab-guest")
+    else:
+        config.pluginmanager.register(LabScheduler(config), "pyvfio-lab-scheduler")
+
+
+class LabFixture:
+    """What a lab test sees: the manifest, and the addresses of the lab's devices."""
+
+    def __init__(self) -> None:
+        self.manifest: Manifest = guest.manifest()
+
+    def address(self, name: str, index: int = 0) -> str:
+        return guest.address(name, index)
+
+    def addresses(self, name: str) -> list[str]:
+        return [addr for _, addr in guest.devices(name)]
+
+
+@pytest.fixture(scope="session")
+def lab() -> LabFixture:
+    """The lab guest this test runs in (only inside a ``lab``-marked test)."""
+    return LabFixture()

@@ -1,0 +1,191 @@
+"""What the lab guest's PCI tree looks like, and how to tell QEMU to build it.
+
+A topology is a list of device specs ``NAME[@PLACE]``:
+
+* ``NAME`` is ``edu`` (QEMU's educational device, 1234:11e8), ``nvme`` (QEMU's NVMe
+  controller, 1b36:0010, backed by a scratch file) or ``e1000e`` (8086:10d3);
+* ``PLACE`` is ``root`` (default: on the q35 root bus, as a root-complex endpoint),
+  ``rootport`` (below a ``pcie-root-port`` of its own, which has ACS: its own
+  IOMMU group) or ``switch`` (below the downstream port of an ``x3130-upstream`` +
+  ``xio3130-downstream`` PCIe switch, which has no ACS: the port and the device
+  share a group).
+
+The q35 chipset's LPC (00:1f.0), SATA (00:1f.2) and SMBus (00:1f.3) functions are
+always there: one multi-function slot without ACS, so one IOMMU group with three
+members. virtme-ng's own virtio devices (the 9p root filesystem, consoles) take the
+first slots of the root bus (how many depends on the options); the lab puts its
+endpoints from slot 0x10 and its root ports from slot 0x18.
+
+Each device gets a *path*: the slot numbers from the root bus down to it, so that the
+guest can find its address without guessing bus numbers (the firmware numbers buses).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pyvfio.errors import LabSpecError
+
+#: vendor:device of each device the lab can add.
+DEVICE_IDS = {"edu": "1234:11e8", "nvme": "1b36:0010", "e1000e": "8086:10d3"}
+PLACES = ("root", "rootport", "switch")
+
+#: The serial number and model the lab gives QEMU's NVMe controller.
+NVME_SERIAL = "pyvfio-lab-0"
+NVME_MODEL = "QEMU NVMe Ctrl"
+NVME_BACKING_SIZE = 64 << 20
+
+_FIRST_ROOT_SLOT = 0x10
+_FIRST_PORT_SLOT = 0x18
+_SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<place>[a-z]+))?$")
+
+
+@dataclass(frozen=True)
+class LabDevice:
+    """One device the lab adds, where it sits, and how the guest finds it."""
+
+    name: str
+    place: str
+    qemu_id: str
+    ids: str
+    #: slot.function of each hop from the root bus down to the device, e.g. ("10.0", "00.0").
+    path: tuple[str, ...]
+    backing_file: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.qemu_id} ({self.name}@{self.place}, {self.ids})"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The devices to add and whether the guest has an IOMMU to use."""
+
+    devices: tuple[str, ...] = ("edu",)
+    #: QEMU's intel-iommu device (with interrupt remapping and caching mode).
+    viommu: bool = True
+    #: ``intel_iommu=on`` on the guest's kernel command line.
+    iommu_cmdline: bool = True
+    memory: str = "2G"
+
+    def __post_init__(self) -> None:
+        for spec in self.devices:
+            parse_spec(spec)
+
+    @property
+    def name(self) -> str:
+        parts = list(self.devices) or ["bare"]
+        if not self.viommu:
+            parts.append("no-viommu")
+        if not self.iommu_cmdline:
+            parts.append("no-intel_iommu")
+        return "+".join(parts)
+
+    def layout(self, scratch: Path) -> tuple[LabDevice, ...]:
+        """Assign QEMU ids, slots and backing files to the devices, in order."""
+        root_slot, port_slot = _FIRST_ROOT_SLOT, _FIRST_PORT_SLOT
+        seen: dict[str, int] = {}
+        out = []
+        for spec in self.devices:
+            name, place = parse_spec(spec)
+            n = seen.get(name, 0)
+            seen[name] = n + 1
+            qemu_id = f"{name}{n}"
+            if place == "root":
+                path: tuple[str, ...] = (f"{root_slot:02x}.0",)
+                root_slot += 1
+            elif place == "rootport":
+                path = (f"{port_slot:02x}.0", "00.0")
+                port_slot += 1
+            else:
+                path = (f"{port_slot:02x}.0", "00.0", "00.0", "00.0")
+                port_slot += 1
+            backing = str(scratch / f"{qemu_id}.img") if name == "nvme" else None
+            out.append(LabDevice(name, place, qemu_id, DEVICE_IDS[name], path, backing))
+        return tuple(out)
+
+    def qemu_args(self, devices: tuple[LabDevice, ...]) -> list[str]:
+        """The QEMU options that build this topology (machine, vIOMMU, devices)."""
+        args = ["-machine", "q35,kernel-irqchip=split"]
+        if self.viommu:
+            args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+        chassis = 1
+        for dev in devices:
+            bus = ""
+            if dev.place in ("rootport", "switch"):
+                port = f"rp_{dev.qemu_id}"
+                args += [
+                    "-device",
+                    f"pcie-root-port,id={port},chassis={chassis},slot={chassis},addr={dev.path[0]}",
+                ]
+                chassis += 1
+                bus = f",bus={port}"
+                if dev.place == "switch":
+                    up, down = f"up_{dev.qemu_id}", f"down_{dev.qemu_id}"
+                    args += [
+                        "-device",
+                        f"x3130-upstream,id={up}{bus}",
+                        "-device",
+                        f"xio3130-downstream,id={down},bus={up},chassis={chassis},slot=0",
+                    ]
+                    chassis += 1
+                    bus = f",bus={down}"
+            else:
+                bus = f",addr={dev.path[0]}"
+            if dev.name == "nvme":
+                drive = f"drv_{dev.qemu_id}"
+                args += [
+                    "-drive",
+                    f"file={dev.backing_file},if=none,id={drive},format=raw",
+                    "-device",
+                    f"nvme,id={dev.qemu_id},serial={NVME_SERIAL},drive={drive}{bus}",
+                ]
+            elif dev.name == "e1000e":
+                # A NIC wants a peer: user networking restricted to the guest itself.
+                net = f"net_{dev.qemu_id}"
+                args += [
+                    "-netdev",
+                    f"user,id={net},restrict=on",
+                    "-device",
+                    f"e1000e,id={dev.qemu_id},netdev={net}{bus}",
+                ]
+            else:
+                args += ["-device", f"{dev.name},id={dev.qemu_id}{bus}"]
+        return args
+
+    def kernel_args(self) -> list[str]:
+        return ["intel_iommu=on"] if self.iommu_cmdline else []
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"edu@switch"`` -> ``("edu", "switch")``; raise LabError with the choices."""
+    m = _SPEC.match(spec)
+    name = m.group("name") if m else spec
+    place = (m.group("place") if m else None) or "root"
+    if not m or name not in DEVICE_IDS or place not in PLACES:
+        raise LabSpecError(
+            f"unknown lab device {spec!r}: use NAME[@PLACE] with NAME one of "
+            f"{', '.join(DEVICE_IDS)} and PLACE one of {', '.join(PLACES)}"
+        )
+    return name, place
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the host told the guest about the lab: written as JSON, read in the guest."""
+
+    topology: str
+    accel: str
+    kernel: str
+    devices: tuple[LabDevice, ...] = field(default_factory=tuple)
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        raw = json.loads(path.read_text())
+        devices = tuple(LabDevice(**{**d, "path": tuple(d["path"])}) for d in raw.pop("devices"))
+        return cls(devices=devices, **raw)
