@@ -130,7 +130,9 @@ class _SortedInts:
     """A sorted set of ints kept as a list of sorted sublists, with each sublist's max.
 
     Finding a value bisects the maxes, then one sublist; inserting or deleting moves
-    at most 2 * _LOAD entries. Values must be added once and removed only if present.
+    at most 2 * _LOAD entries. Each sublist holds _LOAD // 2 to 2 * _LOAD values
+    (fewer only when it is the only one). Values must be added once and removed only
+    if present.
     """
 
     __slots__ = ("_len", "_lists", "_maxes")
@@ -138,6 +140,8 @@ class _SortedInts:
     def __init__(self, values: Iterable[int] = ()) -> None:
         ordered = sorted(values)
         self._lists = [ordered[i : i + _LOAD] for i in range(0, len(ordered), _LOAD)]
+        if len(self._lists) > 1 and len(self._lists[-1]) < _LOAD // 2:
+            self._lists[-2].extend(self._lists.pop())  # no short sublist at the end
         self._maxes = [sub[-1] for sub in self._lists]
         self._len = len(ordered)
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install everything pyvfio needs on Debian (12 or newer) or Ubuntu, idempotently:
+# the system packages the lab and the tests use, then a virtual environment in .venv
+# with pyvfio and its development tools. Run as root (or with sudo available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# qemu-system-x86: the lab's VM; linux-image-amd64: the guest's kernel and modules;
+# pciutils + pci.ids: lspci (the config-space oracle) and device names; gcc + libc6-dev:
+# the ABI test's C program; file + binutils: virtme-ng calls them; kmod: modprobe in
+# the guest; python3-venv: the virtual environment; dpkg-dev + apt: the ABI test's
+# header download.
+packages=(qemu-system-x86 linux-image-amd64 pciutils pci.ids gcc libc6-dev file binutils
+          kmod python3-venv python3-dev ca-certificates dpkg-dev)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "setup: run as root to install ${missing[*]}" >&2; exit 2; }
+        sudo=sudo
+    fi
+    echo "setup: installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info >= (3, 11)'; then
+    echo "setup: creating .venv"
+    rm -rf .venv
+    python3 -m venv .venv
+fi
+# Reinstall only when pyproject.toml changed since the last install.
+stamp=.venv/.pyvfio-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c 'import pyvfio' 2>/dev/null; then
+    echo "setup: installing pyvfio and its tools into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+fi

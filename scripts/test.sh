@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# README command 2: install what is needed, then run every check: ruff, mypy --strict,
+# and pytest with the unit tests and the lab tests (run as root in the VM on the real
+# kernel; --lab require makes a lab that cannot run a failure, not a skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+start=$(date +%s)
+echo "== ruff"
+.venv/bin/ruff check src tests bench
+echo "== mypy --strict"
+.venv/bin/mypy
+echo "== pytest (unit + lab)"
+status=0
+.venv/bin/python -m pytest --lab require "$@" || status=$?
+echo "test.sh: finished in $(( $(date +%s) - start )) s with status $status"
+exit $status
