@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
+from pyvfio.cli.common import app, handle_errors
 from pyvfio.drivers import edu as edu_driver
 from pyvfio.host import bind, inventory
 from pyvfio.lab import guest
@@ -40,23 +43,31 @@ def here(console: Console) -> int:
     try:
         with edu_driver.Edu.open(address) as edu:
             dev = edu.device
-            console.print(f"[bold]2.[/] opened through VFIO ({dev.iommu.backend} backend, "
-                          f"IOMMU group {dev.group})")
+            console.print(
+                f"[bold]2.[/] opened through VFIO ({dev.iommu.backend} backend, "
+                f"IOMMU group {dev.group})"
+            )
             major, minor = edu.version
             console.print(f"   BAR0 register 0x00 (ID) = {edu.ident:#010x}: edu v{major}.{minor}")
             irq = dev.enable_irqs("msi", count=1)[0]
-            with dev.dma_alloc(4096, max_iova=edu_driver.DMA_MASK) as out, \
-                    dev.dma_alloc(4096, max_iova=edu_driver.DMA_MASK) as back:
+            with (
+                dev.dma_alloc(4096, max_iova=edu_driver.DMA_MASK) as out,
+                dev.dma_alloc(4096, max_iova=edu_driver.DMA_MASK) as back,
+            ):
                 out.write(MESSAGE)
-                console.print(f"[bold]3.[/] DMA {len(MESSAGE)} bytes RAM -> device from IOVA "
-                              f"{out.iova:#x}, waiting for the MSI")
+                console.print(
+                    f"[bold]3.[/] DMA {len(MESSAGE)} bytes RAM -> device from IOVA "
+                    f"{out.iova:#x}, waiting for the MSI"
+                )
                 edu.to_device(out, len(MESSAGE), irq=irq)
                 console.print(f"   device -> RAM into IOVA {back.iova:#x}, waiting for the MSI")
                 edu.from_device(back, len(MESSAGE), irq=irq)
                 got = back.read(0, len(MESSAGE))
             ok = got == MESSAGE
-            console.print(f"   read back: {got.decode(errors='replace')!r} "
-                          f"{'[green]matches[/]' if ok else '[red]DIFFERS[/]'}")
+            console.print(
+                f"   read back: {got.decode(errors='replace')!r} "
+                f"{'[green]matches[/]' if ok else '[red]DIFFERS[/]'}"
+            )
     finally:
         bind.give_back(address, original)
         console.print(f"[bold]4.[/] {address} given back to {original or 'no driver'}")
@@ -67,15 +78,21 @@ def _find_edu() -> str:
     for dev in inventory.devices():
         if (dev.vendor_id, dev.device_id) == (edu_driver.VENDOR_ID, edu_driver.DEVICE_ID):
             return dev.address
-    raise SystemExit("error: no edu device (1234:11e8) on this host: run 'pyvfio demo' "
-                     "without --here to use the lab")
+    raise SystemExit(
+        "error: no edu device (1234:11e8) on this host: run 'pyvfio demo' "
+        "without --here to use the lab"
+    )
 
 
 def in_lab(console: Console, kernel: str | None = None) -> int:
     """Boot the lab with an edu device and run the demo there."""
     argv = [sys.executable, "-m", "pyvfio", "demo", "--here"]
-    result = run(argv, Topology(devices=("edu",)), kernel=kernel,
-                 on_output=lambda line: console.print(line, markup=False, highlight=False))
+    result = run(
+        argv,
+        Topology(devices=("edu",)),
+        kernel=kernel,
+        on_output=lambda line: console.print(line, markup=False, highlight=False),
+    )
     console.print(f"[dim]lab: {result}[/]")
     return result.returncode
 
@@ -87,3 +104,15 @@ def main(here_only: bool, kernel: str | None = None) -> int:
             raise SystemExit("error: the demo binds a device: run it as root")
         return here(console)
     return in_lab(console, kernel)
+
+
+@app.command()
+@handle_errors
+def demo(
+    here: Annotated[
+        bool, typer.Option("--here", help="run on this kernel, not in the lab")
+    ] = False,
+    kernel: Annotated[str | None, typer.Option(help="lab kernel: stock or a bzImage")] = None,
+) -> None:
+    """Boot the lab, list IOMMU groups, bind edu to vfio-pci, DMA through the IOMMU."""
+    raise typer.Exit(main(here, kernel))

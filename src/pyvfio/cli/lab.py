@@ -1,0 +1,71 @@
+"""``pyvfio lab ...``: boot the VM lab, run commands in it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pyvfio.cli.common import err_console, handle_errors, lab_app
+
+
+@lab_app.command("run", context_settings={"allow_interspersed_args": False})
+@handle_errors
+def lab_run(
+    command: Annotated[list[str], typer.Argument(help="command to run in the guest")],
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
+    ] = None,
+    kernel: Annotated[str | None, typer.Option(help="stock (default) or a bzImage")] = None,
+    accel: Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")] = None,
+    no_viommu: Annotated[bool, typer.Option("--no-viommu", help="no intel-iommu")] = False,
+    no_iommu_cmdline: Annotated[
+        bool, typer.Option("--no-intel-iommu", help="boot without intel_iommu=on")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds before the guest is killed")] = 1800,
+) -> None:
+    """Boot the lab and run COMMAND as root inside: pyvfio lab run -d edu -- lspci -nn"""
+    from pyvfio.lab.runner import run
+    from pyvfio.lab.topology import Topology
+
+    topology = Topology(
+        devices=tuple(device or ("edu",)), viommu=not no_viommu, iommu_cmdline=not no_iommu_cmdline
+    )
+    result = run(
+        command,
+        topology,
+        kernel=kernel,
+        accel=accel,
+        timeout=timeout,
+        on_output=lambda line: print(line, flush=True),
+    )
+    err_console.print(f"lab: {result}", highlight=False)
+    raise typer.Exit(result.returncode)
+
+
+@lab_app.command("shell")
+@handle_errors
+def lab_shell(
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
+    ] = None,
+    kernel: Annotated[str | None, typer.Option(help="stock (default) or a bzImage")] = None,
+    accel: Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")] = None,
+) -> None:
+    """Boot the lab with an interactive root shell."""
+    from pyvfio.lab.runner import shell
+    from pyvfio.lab.topology import Topology
+
+    raise typer.Exit(shell(Topology(devices=tuple(device or ("edu",))), kernel=kernel, accel=accel))
+
+
+@lab_app.command("accel")
+@handle_errors
+def lab_accel() -> None:
+    """Say whether KVM works here or the lab falls back to TCG, and why."""
+    from pyvfio.lab.accel import kvm_usable
+
+    works, why = kvm_usable()
+    print("kvm" if works else f"tcg ({why})")
