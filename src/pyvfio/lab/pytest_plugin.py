@@ -30,7 +30,7 @@ from pyvfio.lab import guest
 from pyvfio.lab.runner import run, scratch_dir
 from pyvfio.lab.topology import Manifest, Topology
 
-_TOPOLOGY_ARGS = ("devices", "viommu", "iommu_cmdline", "memory")
+_TOPOLOGY_ARGS = ("devices", "viommu", "iommu_cmdline", "memory", "kernel")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -164,7 +164,7 @@ class LabScheduler:
                 lab = run(
                     shlex.join(argv + nodeids) + " 2>&1",
                     topo,
-                    kernel=self.config.getoption("--lab-kernel"),
+                    kernel=self.config.getoption("--lab-kernel") or topo.kernel,
                     timeout=self.config.getoption("--lab-timeout"),
                     cwd=self.config.invocation_params.dir,
                     on_output=say,

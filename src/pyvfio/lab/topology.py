@@ -69,6 +69,8 @@ class Topology:
     #: ``intel_iommu=on`` on the guest's kernel command line.
     iommu_cmdline: bool = True
     memory: str = "2G"
+    #: ``stock`` (the distribution's kernel), ``iommufd`` (the lab's own build) or a path.
+    kernel: str = "stock"
 
     def __post_init__(self) -> None:
         for spec in self.devices:
@@ -81,6 +83,8 @@ class Topology:
             parts.append("no-viommu")
         if not self.iommu_cmdline:
             parts.append("no-intel_iommu")
+        if self.kernel != "stock":
+            parts.append(f"kernel={Path(self.kernel).name}")
         return "+".join(parts)
 
     def layout(self, scratch: Path) -> tuple[LabDevice, ...]:
