@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 # pciutils + pci.ids: lspci (the config-space oracle) and device names; gcc + libc6-dev:
 # the ABI test's C program; file + binutils: virtme-ng calls them; kmod: modprobe in
 # the guest; python3-venv: the virtual environment; dpkg-dev + apt: the ABI test's
-# header download.
+# header download; make, bc, bison, flex, libelf-dev, libssl-dev, cpio, xz-utils and
+# debian-archive-keyring: building the lab kernel with IOMMUFD (docs/lab-kernel.md).
 packages=(qemu-system-x86 linux-image-amd64 pciutils pci.ids gcc libc6-dev file binutils
-          kmod python3-venv python3-dev ca-certificates dpkg-dev)
+          kmod python3-venv python3-dev ca-certificates dpkg-dev
+          make bc bison flex libelf-dev libssl-dev cpio xz-utils debian-archive-keyring)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

@@ -1,7 +1,8 @@
 """Which kernel the lab boots.
 
 ``stock`` is the distribution's newest installed kernel (Debian: linux-image-amd64)
-with its modules; a path names any bzImage.
+with its modules; ``iommufd`` is the lab's own build with IOMMUFD (built on first use,
+see `pyvfio.lab.kernel_build`); a path names any bzImage.
 """
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ def stock_kernels() -> list[Path]:
 
 
 def resolve_kernel(kernel: str | None) -> Path:
-    """The kernel image for ``stock`` (default) or a path; explain what is missing."""
-    if kernel in (None, "stock"):
+    """The kernel image for ``stock`` (default), ``iommufd`` or a path; explain what is missing.
+
+    ``iommufd`` builds the lab kernel when the cache has no build of the current config
+    fragment (minutes; progress goes to stderr).
+    """
+    if kernel == "iommufd":
+        from pyvfio.lab.kernel_build import lab_kernel
+
+        image = lab_kernel().image
+    elif kernel in (None, "stock"):
         images = stock_kernels()
         if not images:
             raise LabUnavailableError(
@@ -42,7 +51,7 @@ def resolve_kernel(kernel: str | None) -> Path:
         image = Path(kernel)
         if not image.is_file():
             raise LabUnavailableError(
-                f"lab kernel {kernel!r} does not exist: give a bzImage path or 'stock'"
+                f"lab kernel {kernel!r} does not exist: give a bzImage path, 'stock' or 'iommufd'"
             )
     if not os.access(image, os.R_OK):
         raise LabUnavailableError(
