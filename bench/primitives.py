@@ -1,0 +1,254 @@
+"""Time VFIO primitives through pyvfio and through a C program, on one edu device.
+
+Runs as root where an edu device (1234:11e8) is present: inside the lab guest (what
+``bench/run_primitives.py`` does) or on a host with one. It binds the edu to vfio-pci,
+times each operation through pyvfio's public API, closes everything, runs
+``bench/c/vfio_prims.c`` (compiled with gcc into a temporary folder unless
+``--c-binary`` names a build) on the same device, gives the device back, and writes one
+JSON file with both measurements and the pyvfio/C ratio of each operation.
+
+Both sides time the same way (see ``measure``): batches doubled until one takes a fifth
+of the budget, then five batches of that size; the median batch gives ns per op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import json
+import mmap
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import primitives_report as report
+
+import pyvfio
+from pyvfio.drivers import edu
+from pyvfio.host import bind
+from pyvfio.lab import guest
+
+HERE = Path(__file__).resolve().parent
+C_SOURCE = HERE / "c" / "vfio_prims.c"
+CFLAGS = ("-O2", "-Wall")
+ROUNDS = 5
+PAGE = mmap.PAGESIZE
+
+Op = Callable[[int], None]
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", flush=True)
+
+
+def measure(op: Op, budget_ns: int, max_iters: int) -> dict[str, Any]:
+    """ns per call of ``op(n)`` (which runs the operation n times), as vfio_prims.c does it."""
+    op(1)  # warm up: lazy BAR mmap, page faults, first-use paths
+    n = 1
+    while True:
+        t0 = time.perf_counter_ns()
+        op(n)
+        took = time.perf_counter_ns() - t0
+        if took >= budget_ns // ROUNDS or n >= max_iters:
+            break
+        n = min(n * 2, max_iters)
+    per_op = []
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter_ns()
+        op(n)
+        per_op.append((time.perf_counter_ns() - t0) / n)
+    per_op.sort()
+    return {
+        "ns_per_op": round(per_op[ROUNDS // 2], 1),
+        "best_ns_per_op": round(per_op[0], 1),
+        "iterations": n * ROUNDS,
+        "rounds": ROUNDS,
+        "batch": n,
+    }
+
+
+@contextlib.contextmanager
+def anonymous_pages(count: int) -> Iterator[tuple[mmap.mmap, int]]:
+    """``count`` zeroed pages and their address; released afterwards."""
+    mem = mmap.mmap(-1, count * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    window = (ctypes.c_char * len(mem)).from_buffer(mem)
+    try:
+        yield mem, ctypes.addressof(window)
+    finally:
+        del window
+        mem.close()
+
+
+def bench_pyvfio(
+    bdf: str, backend: str, budget_ns: int, max_iters: int, live_counts: list[int]
+) -> dict[str, Any]:
+    """Each operation through pyvfio's public API; the device is closed on return."""
+    ops: dict[str, Any] = {}
+
+    def run(name: str, op: Op) -> None:
+        got = ops[name] = measure(op, budget_ns, max_iters)
+        say(f"pyvfio {name}: {got['ns_per_op']:,.0f} ns/op ({got['iterations']} iterations)")
+
+    with pyvfio.Iommu(backend=backend) as iommu:
+        dev = iommu.open(bdf)
+        edu_dev = edu.Edu(dev)
+        bar, config = dev.bar(0), dev.config
+        (irq,) = dev.enable_irqs("msi")
+
+        def mmio_read32(n: int) -> None:
+            for _ in range(n):
+                bar.read32(edu.REG_ID)
+
+        def config_read32(n: int) -> None:
+            for _ in range(n):
+                config.read32(0)
+
+        def irq_round_trip(n: int) -> None:
+            for _ in range(n):
+                edu_dev.raise_interrupt(1)
+                irq.wait(timeout=5.0)
+                edu_dev.acknowledge(1)
+
+        with anonymous_pages(1) as (page, _):
+
+            def map_unmap(n: int) -> None:
+                for _ in range(n):
+                    iommu.unmap(iommu.map(page))
+
+            run("mmio_read32", mmio_read32)
+            run("config_read32", config_read32)
+            run("dma_map_unmap_4k", map_unmap)
+            run("irq_round_trip", irq_round_trip)
+
+            for count in live_counts:
+                with anonymous_pages(count) as (_, base):
+                    t0 = time.monotonic()
+                    live = [iommu.map(base + i * PAGE, PAGE) for i in range(count)]
+                    setup = time.monotonic() - t0
+                    say(f"pyvfio: {count:,} live mappings made in {setup:.1f} s")
+                    run(report.live_op(count), map_unmap)
+                    ops[report.live_op(count)]["setup_seconds"] = round(setup, 2)
+                    for mapping in live:
+                        iommu.unmap(mapping)
+                    del live
+        dev.disable_irqs("msi")
+    return ops
+
+
+def compile_c(folder: Path) -> tuple[Path, str]:
+    """Build vfio_prims in ``folder``; its path and the compiler line for the report."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise SystemExit("bench: no C compiler (gcc) on PATH: install gcc (apt-get install gcc)")
+    binary = folder / "vfio_prims"
+    subprocess.run([cc, *CFLAGS, "-o", str(binary), str(C_SOURCE)], check=True)
+    return binary, compiler_line(cc)
+
+
+def compiler_line(cc: str) -> str:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    first = version.splitlines()[0] if version else Path(cc).name
+    return f"{first} {' '.join(CFLAGS)}"
+
+
+def bench_c(
+    binary: Path, bdf: str, budget_ns: int, max_iters: int, live_counts: list[int]
+) -> dict[str, Any]:
+    argv = [
+        str(binary),
+        "--budget-ms",
+        str(budget_ns // 1_000_000),
+        "--max-iters",
+        str(max_iters),
+        "--live",
+        ",".join(map(str, live_counts)),
+        bdf,
+    ]
+    say(f"C: {' '.join(argv)}")
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.stderr:
+        print(done.stderr, end="", file=sys.stderr, flush=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: vfio_prims failed with exit {done.returncode}")
+    parsed = report.parse_c_output(done.stdout)
+    for name, result in parsed["ops"].items():
+        say(f"C {name}: {result['ns_per_op']:,.0f} ns/op ({result['iterations']} iterations)")
+    return parsed
+
+
+def where() -> tuple[str, str, str | None]:
+    """accel (tcg/kvm from the lab manifest, 'host' outside the lab), kernel, image."""
+    if guest.in_guest():
+        m = guest.manifest()
+        return m.accel, platform.release(), m.kernel
+    return "host", platform.release(), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
+    parser.add_argument("--device", help="the edu's address (default: the lab's edu)")
+    parser.add_argument("--backend", default="type1", choices=("type1", "iommufd"))
+    parser.add_argument("--budget-ms", type=int, default=2000, help="time per operation and side")
+    parser.add_argument("--max-iters", type=int, default=10_000_000, help="cap on one batch")
+    parser.add_argument("--live", default=",".join(map(str, report.LIVE_COUNTS)))
+    parser.add_argument("--c-binary", type=Path, help="a built vfio_prims (default: build one)")
+    parser.add_argument("--cc", help="how --c-binary was built, for the report")
+    args = parser.parse_args(argv)
+    if args.backend != "type1":
+        # vfio_prims.c speaks type1 only; an iommufd baseline needs its own C path.
+        raise SystemExit(f"bench: the C baseline has no {args.backend} backend yet")
+    live_counts = [int(n) for n in args.live.split(",")]
+    budget_ns = args.budget_ms * 1_000_000
+    bdf = args.device or guest.address("edu")
+    accel, kernel, image = where()
+    say(f"edu at {bdf}, {args.backend} backend, {accel.upper()}, kernel {kernel}")
+
+    with tempfile.TemporaryDirectory(prefix="vfio-prims-") as tmp:
+        if args.c_binary:
+            binary, cc = args.c_binary, args.cc or "prebuilt"
+        else:
+            binary, cc = compile_c(Path(tmp))
+            say(f"built {binary} with {cc}")
+        original = bind.bind_vfio(bdf)
+        try:
+            started = time.monotonic()
+            mine = bench_pyvfio(bdf, args.backend, budget_ns, args.max_iters, live_counts)
+            say(f"pyvfio side took {time.monotonic() - started:.0f} s")
+            started = time.monotonic()
+            theirs = bench_c(binary, bdf, budget_ns, args.max_iters, live_counts)
+            say(f"C side took {time.monotonic() - started:.0f} s")
+        finally:
+            bind.give_back(bdf, original)
+
+    results = {
+        "schema": report.SCHEMA,
+        "backend": args.backend,
+        "accel": accel,
+        "kernel": kernel,
+        "kernel_image": image,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": bdf,
+        "edu_ident": theirs.get("edu_ident"),
+        "python": platform.python_version(),
+        "pyvfio": pyvfio.__version__,
+        "cc": cc,
+        "budget_ms": args.budget_ms,
+        "rounds": ROUNDS,
+        "ops": report.combine(mine, theirs["ops"], report.op_names(live_counts)),
+    }
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    say(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

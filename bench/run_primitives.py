@@ -1,0 +1,114 @@
+"""Measure pyvfio against C on VFIO primitives in the lab; save the results and the README table.
+
+Run from the checkout: ``.venv/bin/python bench/run_primitives.py`` (root, for QEMU and
+the lab). It builds ``bench/c/vfio_prims.c`` on the host into the lab's scratch folder,
+boots the lab guest with one edu device, runs ``bench/primitives.py`` in it, saves
+``bench/results/primitives-<backend>.json`` and rewrites the table block of
+``bench/README.md`` from every results file there.
+
+``--kernel`` boots another kernel (a bzImage path) and ``--backend`` picks pyvfio's
+IOMMU backend, so an iommufd run on a kernel that has it lands beside the type1 one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import primitives_report as report
+from primitives import C_SOURCE, CFLAGS, compiler_line
+
+from pyvfio.errors import LabError
+from pyvfio.lab import runner
+from pyvfio.lab.topology import Topology
+
+HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+
+
+def build(scratch: Path) -> tuple[Path, str]:
+    """vfio_prims built with the host's gcc (the guest shares its root, so it runs there)."""
+    binary = scratch / "vfio_prims"
+    subprocess.run(["gcc", *CFLAGS, "-o", str(binary), str(C_SOURCE)], check=True)
+    return binary, compiler_line("gcc")
+
+
+def regenerate_readme() -> None:
+    block = report.render_block(report.load_results(RESULTS))
+    README.write_text(report.update_readme(README.read_text() if README.exists() else "", block))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="type1", choices=("type1", "iommufd"))
+    parser.add_argument("--kernel", default="stock", help="'stock' or a bzImage path")
+    parser.add_argument("--accel", choices=("kvm", "tcg"), help="default: KVM when usable")
+    parser.add_argument("--budget-ms", type=int, default=2000, help="time per operation and side")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds for the whole run")
+    parser.add_argument(
+        "--readme-only", action="store_true", help="only rewrite the README from bench/results"
+    )
+    args = parser.parse_args(argv)
+    if args.readme_only:
+        regenerate_readme()
+        print(f"bench: rewrote {README}")
+        return 0
+
+    out_name = f"primitives-{args.backend}.json"
+    with runner.scratch_dir() as scratch:
+        binary, cc = build(scratch)
+        print(f"bench: built {binary} ({cc})", flush=True)
+        command = shlex.join(
+            [
+                "python",
+                str(HERE / "primitives.py"),
+                "--out",
+                str(scratch / out_name),
+                "--backend",
+                args.backend,
+                "--budget-ms",
+                str(args.budget_ms),
+                "--c-binary",
+                str(binary),
+                "--cc",
+                cc,
+            ]
+        )
+        try:
+            result = runner.run(
+                command,
+                Topology(devices=("edu",), kernel=args.kernel),
+                kernel=args.kernel,
+                accel=args.accel,
+                timeout=args.timeout,
+                cwd=CHECKOUT,
+                on_output=lambda line: print(f"  | {line}", flush=True),
+                scratch=scratch,
+            )
+        except LabError as err:
+            print(f"bench: {err}", file=sys.stderr)
+            return 1
+        print(f"bench: guest {result}", flush=True)
+        produced = scratch / out_name
+        if result.returncode != 0 or not produced.exists():
+            print(f"bench: the guest run failed ({result}); nothing saved", file=sys.stderr)
+            return 1
+        results = json.loads(produced.read_text())
+
+    RESULTS.mkdir(exist_ok=True)
+    saved = RESULTS / out_name
+    saved.write_text(json.dumps(results, indent=1) + "\n")
+    regenerate_readme()
+    print(f"bench: saved {saved.relative_to(CHECKOUT)}; README table:\n")
+    print(report.table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
