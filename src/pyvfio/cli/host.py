@@ -1,13 +1,21 @@
-"""Host commands: see IOMMU groups (``pyvfio ls``)."""
+"""Host commands: ls, show, doctor, bind, unbind, restore, snapshot.
+
+Each is a few lines over :mod:`pyvfio.host`; read-only ones take ``--root`` (a snapshot
+folder or tarball) and give the same answers there as on the live host.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from pyvfio.cli.common import app, handle_errors, print_json
+
+if TYPE_CHECKING:
+    from pyvfio.host.bind import Restored
 
 CLASS_FILTERS = {
     "gpu": (0x03,),
@@ -17,20 +25,27 @@ CLASS_FILTERS = {
     "audio": (0x04,),
 }
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+RootOpt = Annotated[
+    str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
+]
+Addresses = Annotated[list[str], typer.Argument(help="PCI addresses, e.g. 0000:00:1f.2")]
+
 
 @app.command("ls")
 @handle_errors
 def ls(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonOpt = False,
     group: Annotated[int | None, typer.Option(help="only this IOMMU group")] = None,
     klass: Annotated[str | None, typer.Option("--class", help="gpu|nvme|net|usb|audio")] = None,
     vendor: Annotated[str | None, typer.Option(help="vendor ID in hex, e.g. 8086")] = None,
-    root: Annotated[str, typer.Option(help="read a snapshot folder instead of /")] = "/",
+    root: RootOpt = "/",
 ) -> None:
     """IOMMU groups as a tree: each device, its driver, and the group's verdict."""
     from pyvfio.cli.render import groups_tree
-    from pyvfio.host.inventory import iommu_groups
-    from pyvfio.host.sysfs import Sysfs
+    from pyvfio.host.inventory import iommu_groups, listing_json
+    from pyvfio.host.journal import journal_dir_for, read_journal
+    from pyvfio.host.snapshot import open_root
 
     if klass is not None and klass not in CLASS_FILTERS:
         raise ValueError(f"unknown class {klass!r}: use one of {', '.join(CLASS_FILTERS)}")
@@ -38,7 +53,9 @@ def ls(
         vendor_id = int(vendor, 16) if vendor is not None else None
     except ValueError:
         raise ValueError(f"vendor {vendor!r} is not a hex ID like 8086") from None
-    groups = iommu_groups(Sysfs(root))
+    sysfs = open_root(root)
+    groups = iommu_groups(sysfs)
+    journal = read_journal(journal_dir_for(sysfs.root))
     if group is not None:
         groups = [g for g in groups if g.number == group]
     if klass is not None or vendor_id is not None:
@@ -50,6 +67,67 @@ def ls(
 
         groups = [g for g in groups if any(match(d.class_code, d.vendor_id) for d in g.devices)]
     if as_json:
-        print_json({"groups": [g.to_json() for g in groups]})
+        print_json(listing_json(groups, journal))
+        return
+    Console().print(groups_tree(groups))
+    for entry in journal.values():
+        typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
+
+
+@app.command("bind")
+@handle_errors
+def bind(
+    addresses: Addresses,
+    group: Annotated[bool, typer.Option("--group", help="also the group's endpoints")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what, change nothing")] = False,
+    force: Annotated[bool, typer.Option("--force", help="take devices in use too")] = False,
+    driver: Annotated[str, typer.Option(help="the driver to bind to")] = "vfio-pci",
+    as_json: JsonOpt = False,
+) -> None:
+    """Bind devices to vfio-pci by driver_override, journaled so restore can undo it."""
+    from pyvfio.host import bind as b
+
+    plan = b.plan_bind(addresses, group=group, target=driver)
+    changed = [] if dry_run else b.bind_devices(plan, force=force)
+    if as_json:
+        print_json({"dry_run": dry_run, **plan.to_json(), "changed": [a.address for a in changed]})
+        return
+    typer.echo(str(plan))
+    if dry_run:
+        typer.echo("dry run: nothing was changed")
+    elif not changed:
+        typer.echo("nothing to do")
     else:
-        Console().print(groups_tree(groups))
+        typer.echo(f"bound {len(changed)} device(s) to {driver}; 'pyvfio restore' undoes it")
+
+
+@app.command("unbind")
+@handle_errors
+def unbind(addresses: Addresses, as_json: JsonOpt = False) -> None:
+    """Take devices off vfio-pci, back to the driver they had before pyvfio."""
+    from pyvfio.host.bind import unbind_devices
+
+    _report(unbind_devices(addresses), as_json)
+
+
+@app.command("restore")
+@handle_errors
+def restore(
+    addresses: Annotated[list[str] | None, typer.Argument(help="PCI addresses")] = None,
+    all_devices: Annotated[bool, typer.Option("--all", help="every journaled device")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give devices back to their original driver and clear the override (journal)."""
+    from pyvfio.host.bind import restore as do_restore
+
+    _report(do_restore(addresses or (), all_devices=all_devices), as_json)
+
+
+def _report(results: Sequence[Restored], as_json: bool) -> None:
+    if as_json:
+        print_json({"devices": [r.to_json() for r in results]})
+        return
+    for r in results:
+        typer.echo(str(r))
+    if not results:
+        typer.echo("nothing to restore: the journal is empty")

@@ -3,15 +3,33 @@
 Binding uses the per-device ``driver_override`` (kernel 3.16+): it names the one
 driver allowed to take that device, so identical cards elsewhere are untouched,
 unlike ``new_id`` which claims every device with the same IDs.
+
+Two levels:
+
+* :func:`bind_to` / :func:`bind_vfio` / :func:`give_back` move one device, and
+  remember nothing (the lab's fixtures and the demo use them);
+* :func:`plan_bind` + :func:`bind_devices`, :func:`unbind_devices` and :func:`restore`
+  are what ``pyvfio bind/unbind/restore`` run: they check the devices are not in use,
+  follow the IOMMU group rule, and record every step in the
+  :mod:`~pyvfio.host.journal` so that any interrupted bind can be undone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from pyvfio.errors import HostError
-from pyvfio.host.sysfs import LIVE, Sysfs
+from pyvfio.errors import HostError, InvalidAddressError
+from pyvfio.host import inventory, usage
+from pyvfio.host.journal import Journal, JournalEntry, begin_steps, read_journal, step
+from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs
+from pyvfio.iommu import _is_vfio_driver
 from pyvfio.pci.address import normalize
 
 VFIO_PCI = "vfio-pci"
@@ -83,12 +101,29 @@ def bind_vfio(address: str, sysfs: Sysfs = LIVE) -> str | None:
     return bind_to(address, VFIO_PCI, sysfs)
 
 
-def give_back(address: str, original: str | None, sysfs: Sysfs = LIVE) -> None:
-    """Return ``address`` to ``original`` (None: leave it driverless) and clear the override."""
+def read_override(address: str, sysfs: Sysfs = LIVE) -> str | None:
+    """The device's ``driver_override`` (None: unset; the kernel shows that as ``(null)``)."""
+    text = sysfs.read_attr(f"{sysfs.device_dir(address)}/driver_override")
+    return None if text in (None, "", "(null)") else text
+
+
+def give_back(
+    address: str,
+    original: str | None,
+    sysfs: Sysfs = LIVE,
+    *,
+    original_override: str | None = None,
+) -> None:
+    """Return ``address`` to ``original`` (None: leave it driverless), restore the override.
+
+    Idempotent, so it is safe on a device a bind left at any step: the override goes
+    first (else ``bind`` is refused for a device whose override names another driver),
+    then the device leaves whatever driver it is on, then ``original`` takes it.
+    """
     addr = normalize(address)
     dev = sysfs.device_dir(addr)
+    _write(sysfs, f"{dev}/driver_override", original_override or "\n", f"restoring {addr}")
     current = sysfs.driver(addr)
-    _write(sysfs, f"{dev}/driver_override", "\n", f"restoring {addr}")
     if current == original:
         return
     if current is not None:
@@ -96,6 +131,8 @@ def give_back(address: str, original: str | None, sysfs: Sysfs = LIVE) -> None:
             sysfs, f"sys/bus/pci/drivers/{current}/unbind", addr, f"unbinding {addr} from {current}"
         )
     if original is not None:
+        if not sysfs.exists(f"sys/bus/pci/drivers/{original}"):
+            load_module(original, sysfs)
         _write(
             sysfs,
             f"sys/bus/pci/drivers/{original}/bind",
@@ -104,6 +141,374 @@ def give_back(address: str, original: str | None, sysfs: Sysfs = LIVE) -> None:
         )
         if sysfs.driver(addr) != original:
             raise HostError(
-                f"{addr} did not go back to {original}; try "
-                f"'echo {addr} > /sys/bus/pci/drivers_probe'"
+                f"{addr} did not go back to {original}; see dmesg for the driver's reason, "
+                f"then try 'echo {addr} > /sys/bus/pci/drivers/{original}/bind'"
             )
+
+
+# -- Modules and drivers the kernel can provide ------------------------------------------------
+
+
+def _module_names(lines: list[str]) -> set[str]:
+    """Module names from modules.dep / modules.builtin lines (``kernel/.../vfio-pci.ko.xz:``)."""
+    names = set()
+    for line in lines:
+        path = line.split(":", 1)[0].strip()
+        base = path.rsplit("/", 1)[-1]
+        if ".ko" in base:
+            names.add(base[: base.index(".ko")].replace("-", "_"))
+    return names
+
+
+def module_available(name: str, sysfs: Sysfs = LIVE) -> bool:
+    """Loaded, built in, or installed for the running kernel (modules.dep/modules.builtin)."""
+    if module_loaded(name, sysfs):
+        return True
+    release = sysfs.read_attr("proc/sys/kernel/osrelease")
+    if not release:
+        return False
+    base = f"lib/modules/{release}"
+    known = _module_names(sysfs.read_lines(f"{base}/modules.dep"))
+    known |= _module_names(sysfs.read_lines(f"{base}/modules.builtin"))
+    return name.replace("-", "_") in known
+
+
+def check_driver(name: str, sysfs: Sysfs = LIVE) -> None:
+    """UnknownDriverError unless ``name`` is a PCI driver here or a module that can load."""
+    if sysfs.exists(f"sys/bus/pci/drivers/{name}") or module_available(name, sysfs):
+        return
+    known = ", ".join(sysfs.listdir("sys/bus/pci/drivers")[:12])
+    raise UnknownDriverError(
+        f"no PCI driver called {name!r} on this host, loaded or installable "
+        f"(loaded PCI drivers: {known or 'none'})"
+    )
+
+
+# -- Safe binding: plan, check, journal, act ------------------------------------------------------
+
+
+class UnknownDriverError(HostError, ValueError):
+    """A driver name that is neither loaded nor installed (bad input: exit 2)."""
+
+
+class NotRootError(HostError, ValueError):
+    """Changing drivers needs root (bad input: exit 2, nothing changed)."""
+
+
+class DeviceInUseError(HostError):
+    """The host is using a device pyvfio was asked to take; ``users`` says how."""
+
+    def __init__(self, message: str, users: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(message)
+        self.users = users
+
+
+def require_root(sysfs: Sysfs = LIVE, doing: str = "changing drivers") -> None:
+    if sysfs.is_live and os.geteuid() != 0:
+        raise NotRootError(f"{doing} needs root: run it with sudo (nothing was changed)")
+
+
+@dataclass(frozen=True)
+class BindAction:
+    """What a bind does to one device, and why."""
+
+    address: str
+    driver: str | None
+    bind: bool
+    reason: str
+    users: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        now = self.driver or "no driver"
+        head = f"{self.address} ({now})"
+        text = f"{head}: {self.reason}"
+        for user in self.users:
+            text += f"\n    in use: {user}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BindPlan:
+    """Every device a bind touches or checks, the target driver, and what stays blocking."""
+
+    target: str
+    actions: tuple[BindAction, ...]
+    #: Members of the groups involved that stay on host drivers (the group is not viable).
+    blockers: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def changes(self) -> tuple[BindAction, ...]:
+        return tuple(a for a in self.actions if a.bind)
+
+    @property
+    def in_use(self) -> tuple[BindAction, ...]:
+        return tuple(a for a in self.changes if a.users)
+
+    def __str__(self) -> str:
+        lines = [str(a) for a in self.actions]
+        for group, addr, driver in self.blockers:
+            lines.append(
+                f"group {group} stays not viable: {addr} is on {driver} "
+                f"(bind it too, or use --group)"
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "devices": [a.to_json() for a in self.actions],
+            "blockers": [{"group": g, "address": a, "driver": d} for g, a, d in self.blockers],
+        }
+
+
+def _member_action(addr: str, target: str, sysfs: Sysfs) -> BindAction:
+    """What ``--group`` does with a group member nobody named: the kernel's viability rule."""
+    info = inventory.device_info(addr, sysfs)
+    driver = info.driver
+    if driver == target:
+        return BindAction(addr, driver, False, f"group member, already on {target}")
+    if info.is_bridge or driver == "pcieport":
+        return BindAction(addr, driver, False, "group member, a bridge: stays on its driver")
+    if driver is None:
+        return BindAction(addr, driver, False, "group member without a driver: fine as it is")
+    if not info.blocks_group:
+        return BindAction(addr, driver, False, f"group member on {driver}: fine as it is")
+    return BindAction(addr, driver, True, f"group member: {driver} -> {target}")
+
+
+def plan_bind(
+    addresses: Sequence[str],
+    *,
+    group: bool = False,
+    target: str = VFIO_PCI,
+    sysfs: Sysfs = LIVE,
+) -> BindPlan:
+    """Check the request and say what a bind would do; changes nothing.
+
+    Raises InvalidAddressError / DeviceNotFoundError / UnknownDriverError for bad input,
+    HostError when a device cannot go to vfio-pci at all (no IOMMU group).
+    """
+    if not addresses:
+        raise InvalidAddressError("name at least one PCI address, e.g. 0000:00:1f.2")
+    named = list(dict.fromkeys(normalize(a) for a in addresses))
+    for addr in named:
+        sysfs.device_dir(addr)
+    check_driver(target, sysfs)
+    actions: dict[str, BindAction] = {}
+    groups: dict[int, list[str]] = {}
+    for addr in named:
+        driver = sysfs.driver(addr)
+        number = sysfs.iommu_group(addr)
+        if number is None and target == VFIO_PCI:
+            raise HostError(
+                f"{addr} has no IOMMU group, so vfio-pci cannot take it: the IOMMU is off "
+                "(pyvfio doctor says what to change)"
+            )
+        if number is not None:
+            groups.setdefault(number, sysfs.group_devices(number))
+        if driver == target:
+            actions[addr] = BindAction(addr, driver, False, f"already on {target}: nothing to do")
+        else:
+            users = usage.device_users(addr, sysfs)
+            actions[addr] = BindAction(
+                addr, driver, True, f"{driver or 'no driver'} -> {target}", users
+            )
+    if group:
+        for members in groups.values():
+            for member in members:
+                if member not in actions:
+                    action = _member_action(member, target, sysfs)
+                    if action.bind:
+                        action = replace(action, users=usage.device_users(member, sysfs))
+                    actions[member] = action
+    blockers = []
+    for number, members in sorted(groups.items()):
+        for member in members:
+            planned = actions.get(member)
+            if planned is not None and planned.bind:
+                continue
+            info = inventory.device_info(member, sysfs)
+            if info.blocks_group and info.driver is not None:
+                blockers.append((number, member, info.driver))
+    return BindPlan(target, tuple(actions.values()), tuple(blockers))
+
+
+def _refuse_in_use(plan: BindPlan) -> None:
+    busy = plan.in_use
+    if not busy:
+        return
+    first = busy[0]
+    more = f" (and {len(busy) - 1} more device(s))" if len(busy) > 1 else ""
+    raise DeviceInUseError(
+        f"{first.address} is in use: {first.users[0]}{more}; taking it away would break "
+        "the host, so nothing was changed (--force takes it anyway)",
+        {a.address: a.users for a in busy},
+    )
+
+
+def bind_devices(
+    plan: BindPlan,
+    *,
+    force: bool = False,
+    sysfs: Sysfs = LIVE,
+    journal_dir: Path | None = None,
+) -> list[BindAction]:
+    """Carry out ``plan``, journaling each step; return the actions that changed a device.
+
+    The journal gets every device's original driver and override before the first
+    write. If a device refuses to bind, every device this call moved is given back
+    and HostError says which and why.
+    """
+    if not force:
+        _refuse_in_use(plan)
+    todo = plan.changes
+    if not todo:
+        return []
+    require_root(sysfs, "binding devices")
+    begin_steps()
+    with Journal.locked(journal_dir) as journal:
+        fresh = {}
+        for action in todo:
+            old = journal.entries.get(action.address)
+            # A device left half-done keeps the original recorded the first time.
+            fresh[action.address] = JournalEntry(
+                address=action.address,
+                original_driver=old.original_driver if old else action.driver,
+                original_override=(
+                    old.original_override if old else read_override(action.address, sysfs)
+                ),
+                target=plan.target,
+            )
+        journal.record(fresh)
+        try:
+            if plan.target == VFIO_PCI:
+                load_module(VFIO_PCI, sysfs)
+                step("modules")
+            for action in todo:
+                _bind_one(journal, action.address, plan.target, sysfs)
+        except BaseException:
+            for addr in reversed(fresh):
+                with contextlib.suppress(HostError):
+                    _restore_one(journal, journal.entries[addr], sysfs)
+            raise
+    return list(todo)
+
+
+def _bind_one(journal: Journal, addr: str, target: str, sysfs: Sysfs) -> None:
+    dev = sysfs.device_dir(addr)
+    _write(sysfs, f"{dev}/driver_override", target, f"binding {addr}")
+    step("override")
+    journal.advance(addr, "override-set")
+    current = sysfs.driver(addr)
+    if current not in (None, target):
+        _write(
+            sysfs, f"sys/bus/pci/drivers/{current}/unbind", addr, f"unbinding {addr} from {current}"
+        )
+        step("unbind")
+        journal.advance(addr, "unbound")
+    if sysfs.driver(addr) != target:
+        _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}")
+        step("probe")
+    after = sysfs.driver(addr)
+    if after != target:
+        raise HostError(
+            f"{addr} did not bind to {target} (it is on {after or 'no driver'}); "
+            "see dmesg for the driver's reason; every device was given back"
+        )
+    journal.advance(addr, "bound")
+
+
+def _restore_one(journal: Journal, entry: JournalEntry, sysfs: Sysfs) -> None:
+    if sysfs.exists(f"{PCI_DEVICES}/{entry.address}"):
+        give_back(
+            entry.address,
+            entry.original_driver,
+            sysfs,
+            original_override=entry.original_override,
+        )
+    journal.forget(entry.address)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A device given back (or found with nothing to undo)."""
+
+    address: str
+    driver: str | None
+    changed: bool
+    note: str = ""
+
+    def __str__(self) -> str:
+        if not self.changed:
+            return f"{self.address}: {self.note or 'nothing to undo'}"
+        return f"{self.address}: back on {self.driver or 'no driver'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def restore(
+    addresses: Sequence[str] = (),
+    *,
+    all_devices: bool = False,
+    sysfs: Sysfs = LIVE,
+    journal_dir: Path | None = None,
+) -> list[Restored]:
+    """Give journaled devices back to their original driver and override.
+
+    With ``all_devices`` every journal entry; otherwise those named (a named device
+    pyvfio did not touch is reported unchanged).
+    """
+    if not all_devices and not addresses:
+        raise InvalidAddressError("name the devices to restore, or use --all")
+    named = [normalize(a) for a in addresses]
+    for addr in named:
+        sysfs.device_dir(addr)
+    entries = read_journal(journal_dir)
+    wanted = list(entries) if all_devices else named
+    if not any(a in entries for a in wanted):
+        return [Restored(a, sysfs.driver(a), False, "pyvfio did not change it") for a in wanted]
+    require_root(sysfs, "restoring devices")
+    done = []
+    with Journal.locked(journal_dir) as journal:
+        for addr in wanted:
+            entry = journal.entries.get(addr)
+            if entry is None:
+                done.append(Restored(addr, sysfs.driver(addr), False, "pyvfio did not change it"))
+                continue
+            _restore_one(journal, entry, sysfs)
+            gone = not sysfs.exists(f"{PCI_DEVICES}/{addr}")
+            done.append(Restored(addr, entry.original_driver, True, "device gone" if gone else ""))
+    return done
+
+
+def unbind_devices(
+    addresses: Sequence[str], *, sysfs: Sysfs = LIVE, journal_dir: Path | None = None
+) -> list[Restored]:
+    """Take devices off vfio-pci: journaled ones go back to their original driver;
+    others have their override cleared and are offered to the host's drivers."""
+    if not addresses:
+        raise InvalidAddressError("name at least one PCI address, e.g. 0000:00:1f.2")
+    named = list(dict.fromkeys(normalize(a) for a in addresses))
+    for addr in named:
+        sysfs.device_dir(addr)
+    entries = read_journal(journal_dir)
+    out: list[Restored] = []
+    for addr in named:
+        if addr in entries:
+            out += restore([addr], sysfs=sysfs, journal_dir=journal_dir)
+            continue
+        driver = sysfs.driver(addr)
+        if not _is_vfio_driver(driver):
+            out.append(Restored(addr, driver, False, f"not on vfio-pci ({driver or 'no driver'})"))
+            continue
+        require_root(sysfs, "unbinding devices")
+        dev = sysfs.device_dir(addr)
+        _write(sysfs, f"{dev}/driver_override", "\n", f"unbinding {addr}")
+        _write(sysfs, f"sys/bus/pci/drivers/{driver}/unbind", addr, f"unbinding {addr}")
+        _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}")
+        out.append(Restored(addr, sysfs.driver(addr), True, ""))
+    return out

@@ -6,9 +6,11 @@ gives the same answers as the live host.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pyvfio.host.journal import JournalEntry
 from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs
 from pyvfio.iommu import VIABLE_DRIVERS, _is_vfio_driver
 from pyvfio.pci import ids
@@ -78,8 +80,12 @@ class IommuGroup:
         return f"not viable: {named}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"group": self.number, "viable": self.viable, "verdict": self.verdict,
-                "devices": [d.to_json() for d in self.devices]}
+        return {
+            "group": self.number,
+            "viable": self.viable,
+            "verdict": self.verdict,
+            "devices": [d.to_json() for d in self.devices],
+        }
 
 
 def device_info(address: str, sysfs: Sysfs = LIVE) -> PciDeviceInfo:
@@ -89,11 +95,16 @@ def device_info(address: str, sysfs: Sysfs = LIVE) -> PciDeviceInfo:
     klass = sysfs.read_int(f"{rel}/class", 16) or 0
     names = ids.system_ids()
     return PciDeviceInfo(
-        address=rel.rsplit("/", 1)[1], vendor_id=vendor, device_id=device, class_code=klass,
-        driver=sysfs.link_name(f"{rel}/driver"), iommu_group=sysfs.iommu_group(address),
+        address=rel.rsplit("/", 1)[1],
+        vendor_id=vendor,
+        device_id=device,
+        class_code=klass,
+        driver=sysfs.link_name(f"{rel}/driver"),
+        iommu_group=sysfs.iommu_group(address),
         vendor_name=names.vendor_name(vendor) if names else None,
         device_name=names.device_name(vendor, device) if names else None,
-        class_name=(names.class_name(klass >> 16, (klass >> 8) & 0xFF) if names else None))
+        class_name=(names.class_name(klass >> 16, (klass >> 8) & 0xFF) if names else None),
+    )
 
 
 def devices(sysfs: Sysfs = LIVE) -> list[PciDeviceInfo]:
@@ -104,8 +115,10 @@ def devices(sysfs: Sysfs = LIVE) -> list[PciDeviceInfo]:
 def iommu_groups(sysfs: Sysfs = LIVE) -> list[IommuGroup]:
     """Every IOMMU group with its members, by group number (empty: IOMMU off)."""
     by_addr = {d.address: d for d in devices(sysfs)}
-    return [IommuGroup(number, tuple(by_addr[a] for a in members if a in by_addr))
-            for number, members in sorted(sysfs.iommu_groups().items())]
+    return [
+        IommuGroup(number, tuple(by_addr[a] for a in members if a in by_addr))
+        for number, members in sorted(sysfs.iommu_groups().items())
+    ]
 
 
 def group_of(address: str, sysfs: Sysfs = LIVE) -> IommuGroup | None:
@@ -113,3 +126,20 @@ def group_of(address: str, sysfs: Sysfs = LIVE) -> IommuGroup | None:
     if group is None:
         return None
     return IommuGroup(group, tuple(device_info(a, sysfs) for a in sysfs.group_devices(group)))
+
+
+def listing_json(groups: list[IommuGroup], journal: Mapping[str, JournalEntry]) -> dict[str, Any]:
+    """``pyvfio ls --json``: the groups, each device with what the bind journal says of it.
+
+    Schema (docs/host-tools.md): ``{"groups": [{"group", "viable", "verdict", "devices":
+    [{..., "journal": null | {"original_driver", "target", "step", "done", ...}}]}],
+    "journal": [entries]}``.
+    """
+    out = []
+    for group in groups:
+        data = group.to_json()
+        for dev in data["devices"]:
+            entry = journal.get(dev["address"])
+            dev["journal"] = entry.to_json() if entry else None
+        out.append(data)
+    return {"groups": out, "journal": [e.to_json() for e in journal.values()]}

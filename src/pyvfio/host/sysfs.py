@@ -71,6 +71,34 @@ class Sysfs:
     def exists(self, rel: str) -> bool:
         return self.path(rel).exists()
 
+    def read_lines(self, rel: str) -> list[str]:
+        """The lines of a text file (procfs tables), empty where it is absent."""
+        text = self.read_attr(rel)
+        return text.splitlines() if text else []
+
+    def realpath(self, rel: str) -> str | None:
+        """Where ``rel`` leads after symlinks, relative to the root (None: outside or absent).
+
+        sysfs links are relative (``../../devices/pci0000:00/...``), so a recorded tree
+        resolves inside its own folder.
+        """
+        try:
+            real = Path(os.path.realpath(self.path(rel), strict=True))
+            return str(real.relative_to(self.root.resolve()))
+        except (OSError, ValueError):
+            return None
+
+    def stat(self, rel: str) -> os.stat_result | None:
+        try:
+            return os.stat(self.path(rel))
+        except OSError:
+            return None
+
+    @property
+    def is_live(self) -> bool:
+        """True for the running host (root ``/``), False for a recorded snapshot."""
+        return self.root == Path("/")
+
     # -- PCI devices ------------------------------------------------------------
 
     def device_dir(self, address: str) -> str:
