@@ -6,8 +6,9 @@ boots the lab guest with one edu device, runs ``bench/primitives.py`` in it, sav
 ``bench/results/primitives-<backend>.json`` and rewrites the table block of
 ``bench/README.md`` from every results file there.
 
-``--kernel`` boots another kernel (a bzImage path) and ``--backend`` picks pyvfio's
-IOMMU backend, so an iommufd run on a kernel that has it lands beside the type1 one.
+``--kernel`` boots another kernel (``iommufd``, the lab's build, or a bzImage) and
+``--backend`` picks the IOMMU backend of both sides, so an iommufd run on a kernel that
+has it lands beside the type1 one.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def regenerate_readme() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="type1", choices=("type1", "iommufd"))
-    parser.add_argument("--kernel", default="stock", help="'stock' or a bzImage path")
+    parser.add_argument(
+        "--kernel", default="stock", help="stock, iommufd (the lab's build) or a bzImage path"
+    )
     parser.add_argument("--accel", choices=("kvm", "tcg"), help="default: KVM when usable")
     parser.add_argument("--budget-ms", type=int, default=2000, help="time per operation and side")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds for the whole run")

@@ -3,16 +3,20 @@
  * VFIO type1 ioctls and mmap, as the C baseline for the pyvfio/C ratios.
  *
  *   gcc -O2 -Wall -o vfio_prims vfio_prims.c
- *   vfio_prims [--budget-ms N] [--max-iters N] [--live 1,1000,30000] BDF
+ *   vfio_prims [--backend type1|iommufd] [--budget-ms N] [--max-iters N]
+ *              [--live 1,1000,30000] BDF
  *
  * BDF must be QEMU's edu device (1234:11e8), already bound to vfio-pci, with nothing
- * else holding its group. Prints one JSON object on stdout: for each operation the
+ * else holding its group. type1 goes through /dev/vfio/vfio and the group; iommufd
+ * through /dev/iommu and the device cdev /dev/vfio/devices/vfioN (Linux 6.6+). Prints one JSON object on stdout: for each operation the
  * median and best nanoseconds per operation over ROUNDS rounds, and the iterations.
  *
- * Timing mirrors primitives.py: double the batch size until one batch takes a fifth
- * of the budget (or reaches --max-iters), then run ROUNDS batches of that size.
+ * Timing mirrors primitives.py: double the batch size until one batch takes a fiftieth
+ * of the budget (or reaches --max-iters), scale it to a fifth of the budget, then run
+ * ROUNDS batches of that size.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -29,6 +33,55 @@
 #include <time.h>
 #include <unistd.h>
 
+/*
+ * iommufd and the VFIO device cdev, for kernels newer than the installed headers
+ * (linux/iommufd.h since 6.2, the cdev ioctls since 6.6); layouts as in those headers.
+ */
+#ifndef IOMMUFD_TYPE
+#define IOMMUFD_TYPE (';')
+struct iommu_ioas_alloc {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t out_ioas_id;
+};
+#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
+struct iommu_ioas_map {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t ioas_id;
+	uint32_t __reserved;
+	uint64_t user_va;
+	uint64_t length;
+	uint64_t iova;
+};
+#define IOMMU_IOAS_MAP_FIXED_IOVA (1 << 0)
+#define IOMMU_IOAS_MAP_WRITEABLE (1 << 1)
+#define IOMMU_IOAS_MAP_READABLE (1 << 2)
+#define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, 0x85)
+struct iommu_ioas_unmap {
+	uint32_t size;
+	uint32_t ioas_id;
+	uint64_t iova;
+	uint64_t length;
+};
+#define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
+#endif
+#ifndef VFIO_DEVICE_BIND_IOMMUFD
+struct vfio_device_bind_iommufd {
+	uint32_t argsz;
+	uint32_t flags;
+	int32_t iommufd;
+	uint32_t out_devid;
+};
+#define VFIO_DEVICE_BIND_IOMMUFD _IO(VFIO_TYPE, VFIO_BASE + 18)
+struct vfio_device_attach_iommufd_pt {
+	uint32_t argsz;
+	uint32_t flags;
+	uint32_t pt_id;
+};
+#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(VFIO_TYPE, VFIO_BASE + 19)
+#endif
+
 #define ROUNDS 5
 #define PAGE 4096UL
 #define EDU_ID 0x00
@@ -43,8 +96,12 @@
 #define IOVA_LIVE 0x400000UL
 #define MAX_LIVE 60000
 
+enum backend { TYPE1, IOMMUFD };
+
 struct vfio {
-	int container, group, device, eventfd;
+	enum backend backend;
+	int container, group, device, eventfd; /* container: /dev/iommu for iommufd */
+	uint32_t ioas;
 	volatile uint32_t *bar0;
 	size_t bar0_size;
 	off_t config_offset;
@@ -91,13 +148,10 @@ static int group_of(const char *bdf)
 	return atoi(slash ? slash + 1 : target);
 }
 
-static void open_device(struct vfio *v, const char *bdf)
+static void open_type1(struct vfio *v, const char *bdf)
 {
 	struct vfio_group_status status = { .argsz = sizeof(status) };
-	struct vfio_region_info bar = { .argsz = sizeof(bar) };
-	struct vfio_region_info cfg = { .argsz = sizeof(cfg) };
 	char path[64];
-	void *map;
 
 	v->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
 	if (v->container < 0)
@@ -123,6 +177,58 @@ static void open_device(struct vfio *v, const char *bdf)
 	v->device = ioctl(v->group, VFIO_GROUP_GET_DEVICE_FD, bdf);
 	if (v->device < 0)
 		die("VFIO_GROUP_GET_DEVICE_FD %s", bdf);
+}
+
+static void open_iommufd(struct vfio *v, const char *bdf)
+{
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
+	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach) };
+	struct iommu_ioas_alloc alloc = { .size = sizeof(alloc) };
+	char path[PATH_MAX], cdev[PATH_MAX];
+	struct dirent *entry;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vfio-dev", bdf);
+	dir = opendir(path);
+	if (!dir)
+		die("opendir %s (no VFIO device cdev: CONFIG_VFIO_DEVICE_CDEV)", path);
+	cdev[0] = '\0';
+	while ((entry = readdir(dir)))
+		if (!strncmp(entry->d_name, "vfio", 4))
+			snprintf(cdev, sizeof(cdev), "/dev/vfio/devices/%s", entry->d_name);
+	closedir(dir);
+	if (!cdev[0]) {
+		errno = ENOENT;
+		die("no vfioN below %s", path);
+	}
+	v->group = -1;
+	v->container = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+	if (v->container < 0)
+		die("open /dev/iommu");
+	v->device = open(cdev, O_RDWR | O_CLOEXEC);
+	if (v->device < 0)
+		die("open %s", cdev);
+	bind.iommufd = v->container;
+	if (ioctl(v->device, VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0)
+		die("VFIO_DEVICE_BIND_IOMMUFD");
+	if (ioctl(v->container, IOMMU_IOAS_ALLOC, &alloc) < 0)
+		die("IOMMU_IOAS_ALLOC");
+	v->ioas = alloc.out_ioas_id;
+	attach.pt_id = v->ioas;
+	if (ioctl(v->device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0)
+		die("VFIO_DEVICE_ATTACH_IOMMUFD_PT");
+}
+
+static void open_device(struct vfio *v, const char *bdf)
+{
+	struct vfio_region_info bar = { .argsz = sizeof(bar) };
+	struct vfio_region_info cfg = { .argsz = sizeof(cfg) };
+	void *map;
+
+	if (v->backend == IOMMUFD)
+		open_iommufd(v, bdf);
+	else
+		open_type1(v, bdf);
 
 	bar.index = VFIO_PCI_BAR0_REGION_INDEX;
 	if (ioctl(v->device, VFIO_DEVICE_GET_REGION_INFO, &bar) < 0)
@@ -146,11 +252,13 @@ static void open_device(struct vfio *v, const char *bdf)
 
 static void close_device(struct vfio *v)
 {
-	/* Reverse order of acquisition: IRQs off, BAR, device, group, container. */
+	/* Reverse order of acquisition: BAR, device, group, container (or iommufd). */
 	munmap((void *)v->bar0, v->bar0_size);
 	close(v->device);
-	ioctl(v->group, VFIO_GROUP_UNSET_CONTAINER, &v->container);
-	close(v->group);
+	if (v->group >= 0) {
+		ioctl(v->group, VFIO_GROUP_UNSET_CONTAINER, &v->container);
+		close(v->group);
+	}
 	close(v->container);
 }
 
@@ -206,6 +314,21 @@ static void disable_msi(struct vfio *v)
 
 static void map_dma(struct vfio *v, void *vaddr, uint64_t iova)
 {
+	if (v->backend == IOMMUFD) {
+		struct iommu_ioas_map map = {
+			.size = sizeof(map),
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
+				 IOMMU_IOAS_MAP_WRITEABLE,
+			.ioas_id = v->ioas,
+			.user_va = (uint64_t)(uintptr_t)vaddr,
+			.length = PAGE,
+			.iova = iova,
+		};
+
+		if (ioctl(v->container, IOMMU_IOAS_MAP, &map) < 0)
+			die("IOMMU_IOAS_MAP iova %#lx", (unsigned long)iova);
+		return;
+	}
 	struct vfio_iommu_type1_dma_map map = {
 		.argsz = sizeof(map),
 		.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
@@ -220,6 +343,18 @@ static void map_dma(struct vfio *v, void *vaddr, uint64_t iova)
 
 static void unmap_dma(struct vfio *v, uint64_t iova)
 {
+	if (v->backend == IOMMUFD) {
+		struct iommu_ioas_unmap unmap = {
+			.size = sizeof(unmap),
+			.ioas_id = v->ioas,
+			.iova = iova,
+			.length = PAGE,
+		};
+
+		if (ioctl(v->container, IOMMU_IOAS_UNMAP, &unmap) < 0)
+			die("IOMMU_IOAS_UNMAP iova %#lx", (unsigned long)iova);
+		return;
+	}
 	struct vfio_iommu_type1_dma_unmap unmap = {
 		.argsz = sizeof(unmap),
 		.iova = iova,
@@ -306,10 +441,13 @@ static struct result measure(void (*op)(unsigned long), uint64_t budget_ns,
 		t0 = now_ns();
 		op(n);
 		took = now_ns() - t0;
-		if (took >= budget_ns / ROUNDS || n >= max_iters)
+		if (took >= budget_ns / 50 || n >= max_iters)
 			break;
 		n = n * 2 > max_iters ? max_iters : n * 2;
 	}
+	/* A stall while calibrating shortens the rounds rather than ending calibration early. */
+	n = (unsigned long)((uint64_t)n * (budget_ns / ROUNDS) / (took ? took : 1));
+	n = n < 1 ? 1 : n > max_iters ? max_iters : n;
 	for (i = 0; i < ROUNDS; i++) {
 		t0 = now_ns();
 		op(n);
@@ -344,8 +482,8 @@ static void *alloc_pages(size_t count)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: vfio_prims [--budget-ms N] [--max-iters N] "
-			"[--live N,N,...] BDF\n");
+	fprintf(stderr, "usage: vfio_prims [--backend type1|iommufd] [--budget-ms N] "
+			"[--max-iters N] [--live N,N,...] BDF\n");
 	exit(2);
 }
 
@@ -360,7 +498,13 @@ int main(int argc, char **argv)
 	uint32_t ident;
 
 	for (i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--budget-ms") && i + 1 < argc)
+		if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
+			i++;
+			if (!strcmp(argv[i], "iommufd"))
+				dev.backend = IOMMUFD;
+			else if (strcmp(argv[i], "type1"))
+				usage();
+		} else if (!strcmp(argv[i], "--budget-ms") && i + 1 < argc)
 			budget_ns = strtoull(argv[++i], NULL, 0) * 1000000ULL;
 		else if (!strcmp(argv[i], "--max-iters") && i + 1 < argc)
 			max_iters = strtoul(argv[++i], NULL, 0);
@@ -391,9 +535,9 @@ int main(int argc, char **argv)
 	page_one = alloc_pages(1);
 	page_extra = alloc_pages(1);
 
-	printf("{\"tool\": \"c\", \"backend\": \"type1\", \"device\": \"%s\", "
+	printf("{\"tool\": \"c\", \"backend\": \"%s\", \"device\": \"%s\", "
 	       "\"edu_ident\": %u, \"rounds\": %d, \"ops\": {",
-	       bdf, ident, ROUNDS);
+	       dev.backend == IOMMUFD ? "iommufd" : "type1", bdf, ident, ROUNDS);
 	print_result("mmio_read32", measure(op_mmio_read32, budget_ns, max_iters), &first);
 	print_result("config_read32", measure(op_config_read32, budget_ns, max_iters), &first);
 	print_result("dma_map_unmap_4k", measure(op_dma_map_unmap, budget_ns, max_iters),
