@@ -38,5 +38,8 @@ def kernel_log() -> str:
 def dmar_faults(address: str, log: str) -> list[str]:
     """DMAR fault lines naming the device (intel-iommu: 'Request device [00:10.0]')."""
     short = address.split(":", 1)[1]
-    return [line for line in log.splitlines()
-            if "DMAR" in line and "fault" in line.lower() and re.search(re.escape(short), line)]
+    return [
+        line
+        for line in log.splitlines()
+        if "DMAR" in line and "fault" in line.lower() and re.search(re.escape(short), line)
+    ]

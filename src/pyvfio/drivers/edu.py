@@ -15,7 +15,9 @@ BAR0 registers (all 32-bit unless noted):
 
 The device's DMA mask is 28 bits (QEMU masks higher address bits away), and its
 buffer is 4 KiB at device address 0x40000: QEMU aborts the *whole VM* when a
-transfer's device-side range leaves it, so this driver checks ranges first.
+transfer's device-side range leaves it, so this driver checks ranges first. QEMU's
+check (``edu_check_range``) wants the transfer's end *strictly* inside the buffer,
+so a transfer may not touch the buffer's last byte: at most 4095 bytes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ IRQ_FACTORIAL, IRQ_DMA = 0x1, 0x100
 DMA_MASK = (1 << 28) - 1
 #: The device-side buffer, as edu.rst documents it.
 BUFFER_ADDR, BUFFER_SIZE = 0x40000, 4096
+#: The bytes a transfer may cover: QEMU aborts the VM if one reaches offset 4095.
+DMA_LIMIT = BUFFER_SIZE - 1
 
 
 class Edu:
@@ -147,10 +151,10 @@ class Edu:
         irq: Interrupt | None,
         timeout: float,
     ) -> None:
-        if length <= 0 or device_offset < 0 or device_offset + length > BUFFER_SIZE:
+        if length <= 0 or device_offset < 0 or device_offset + length > DMA_LIMIT:
             raise ValueError(
-                f"edu DMA of {length} bytes at device offset {device_offset:#x} "
-                f"leaves its {BUFFER_SIZE}-byte buffer"
+                f"edu DMA of {length} bytes at device offset {device_offset:#x} leaves the "
+                f"first {DMA_LIMIT} bytes of its buffer (QEMU would abort the VM)"
             )
         if ram_iova < 0 or ram_iova + length - 1 > DMA_MASK:
             raise ValueError(
@@ -178,8 +182,9 @@ class Edu:
         irq: Interrupt | None = None,
         timeout: float = 5.0,
     ) -> None:
-        """DMA ``length`` bytes of ``buf`` (from ``offset``) into the device's buffer."""
-        length = buf.size - offset if length is None else length
+        """DMA ``length`` bytes of ``buf`` (from ``offset``; default: as many as fit)
+        into the device's buffer."""
+        length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
         self._dma(0, buf.iova + offset, device_offset, length, irq, timeout)
@@ -194,8 +199,9 @@ class Edu:
         irq: Interrupt | None = None,
         timeout: float = 5.0,
     ) -> None:
-        """DMA ``length`` bytes of the device's buffer into ``buf`` (at ``offset``)."""
-        length = buf.size - offset if length is None else length
+        """DMA ``length`` bytes of the device's buffer into ``buf`` (at ``offset``;
+        default: as many as fit)."""
+        length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
         self._dma(DMA_TO_RAM, buf.iova + offset, device_offset, length, irq, timeout)

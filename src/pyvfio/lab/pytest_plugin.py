@@ -78,6 +78,16 @@ class _GuestRun:
     output: str = ""
     error: str | None = None
     unavailable: bool = False
+    log: str = ""
+
+
+def _save_log(topo: Topology, output: str) -> str:
+    """Keep the guest's whole output (QEMU's last words included) for a failure report."""
+    folder = Path(os.environ.get("PYVFIO_LAB_LOG_DIR", "/tmp/pyvfio-lab-logs"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{topo.name.replace('/', '_')}.log"
+    path.write_text(output)
+    return str(path)
 
 
 class LabScheduler:
@@ -130,7 +140,8 @@ class LabScheduler:
             return reports
         why = done.error or "the guest did not report this test"
         tail = "\n".join(done.output.splitlines()[-40:])
-        return [_report(item, "failed", f"{why}\n--- guest output (tail) ---\n{tail}")]
+        return [_report(item, "failed", f"{why} (whole output: {done.log})\n"
+                        f"--- guest output (tail) ---\n{tail}")]
 
     def _boot(self, topo: Topology) -> _GuestRun:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -171,6 +182,7 @@ class LabScheduler:
                     scratch=scratch,
                 )
                 result.output = lab.output
+                result.log = _save_log(topo, lab.output)
                 if lab.returncode not in (0, 1):
                     result.error = f"the guest's pytest exited with {lab.returncode}"
                 say(f"lab: {topo.name}: {len(nodeids)} tests, {lab}")

@@ -1,0 +1,300 @@
+"""The edu suite: pyvfio's userspace API against QEMU's edu device on the real kernel.
+
+Imported by test modules that pick a kernel and the backends to run it with
+(``test_edu.py``: the stock kernel, type1), so the same tests prove every backend.
+Each test gets ``edu_dev``: edu bound to vfio-pci and opened in an Iommu of the
+module's ``backend`` parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+from labhelp import dmar_faults, kernel_log, on_vfio, open_fds
+
+import pyvfio
+from pyvfio.drivers import edu as edu_mod
+from pyvfio.drivers.edu import Edu
+from pyvfio.host import bind
+from pyvfio.lab.pytest_plugin import LabFixture
+from pyvfio.pci.config import CapId
+
+
+@pytest.fixture
+def iommu(backend: str) -> Iterator[pyvfio.Iommu]:
+    bind.load_module("vfio-pci")  # /dev/vfio/vfio appears with the vfio modules
+    with pyvfio.Iommu(backend=backend) as iommu:
+        yield iommu
+
+
+@pytest.fixture
+def edu_dev(lab: LabFixture, iommu: pyvfio.Iommu) -> Iterator[pyvfio.Device]:
+    for address in on_vfio(lab.address("edu")):
+        with iommu.open(address) as dev:
+            yield dev
+
+
+@pytest.fixture
+def edu(edu_dev: pyvfio.Device) -> Edu:
+    return Edu(edu_dev)
+
+
+def test_backend_is_the_one_asked_for(edu_dev: pyvfio.Device, backend: str) -> None:
+    assert edu_dev.iommu.backend == backend
+    assert edu_dev.iommu.info.iova_ranges
+
+
+def test_bar0_map_and_registers(edu: Edu) -> None:
+    bar = edu.bar0
+    assert bar.size == 1 << 20
+    view = bar.map()
+    assert len(view) == bar.size and bar.mapped
+    assert bar.read32(edu_mod.REG_ID) == 0x010000ED
+    assert edu.version == (1, 0)
+    for value in (0, 0x12345678, 0xFFFFFFFF):
+        assert edu.liveness(value) == value ^ 0xFFFFFFFF
+    bar.write64(edu_mod.REG_DMA_SRC, 0x1122334455667788)
+    assert bar.read64(edu_mod.REG_DMA_SRC) == 0x1122334455667788
+
+
+def test_region_access_is_checked_before_the_syscall(edu: Edu) -> None:
+    bar = edu.bar0
+    with pytest.raises(ValueError, match="outside"):
+        bar.read32(bar.size)
+    with pytest.raises(ValueError, match="aligned"):
+        bar.read32(2)
+    with pytest.raises(ValueError, match="does not fit"):
+        bar.write32(0x04, 1 << 32)
+    with pytest.raises(ValueError, match="outside"):
+        edu.device.config.read32(edu.device.config.size)
+    with pytest.raises(pyvfio.UnsupportedError):
+        edu.device.bar(1)
+
+
+def test_config_space_and_capabilities(edu_dev: pyvfio.Device, lab: LabFixture) -> None:
+    cfg = edu_dev.config
+    assert (cfg.read16(0), cfg.read16(2)) == (0x1234, 0x11E8)
+    with open(f"/sys/bus/pci/devices/{edu_dev.bdf}/config", "rb") as f:
+        sysfs = f.read(64)
+    assert cfg.read(0, 4) == sysfs[:4]
+    assert cfg.read(8, 4) == sysfs[8:12]  # revision and class code
+    space = cfg.capabilities
+    assert not space.problems
+    msi = space.find(CapId.MSI)
+    assert msi is not None and msi.offset == 0x40
+
+
+def test_factorial_by_polling_and_by_msi(edu: Edu) -> None:
+    assert edu.factorial(10) == 3628800
+    irq = edu.device.enable_irqs("msi")[0]
+    assert edu.factorial(6, irq=irq) == 720
+    assert edu.factorial(0, irq=irq) == 1
+    with pytest.raises(TimeoutError):
+        irq.wait(0.05)  # the handled interrupt was consumed, no stray one follows
+
+
+def test_dma_round_trip_through_the_iommu(edu: Edu) -> None:
+    dev = edu.device
+    irq = dev.enable_irqs("msi")[0]
+    payload = random.Random(7).randbytes(4096)
+    with (
+        dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as out,
+        dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as back,
+    ):
+        out.write(payload)
+        edu.to_device(out, irq=irq)  # as much as the device takes: DMA_LIMIT bytes
+        edu.from_device(back, irq=irq)
+        assert back.read(0, edu_mod.DMA_LIMIT) == payload[: edu_mod.DMA_LIMIT]
+        with pytest.raises(ValueError, match="abort the VM"):
+            edu.to_device(out, 4096)
+        # Polling completion too, and partial transfers at offsets.
+        out.write(b"\xa5" * 100, offset=8)
+        edu.to_device(out, 100, offset=8, device_offset=200)
+        edu.from_device(back, 100, offset=1000, device_offset=200)
+        assert back.read(1000, 100) == b"\xa5" * 100
+
+
+def test_iovas_above_the_28_bit_mask_are_refused(edu: Edu) -> None:
+    dev, iommu = edu.device, edu.device.iommu
+    bufs = [dev.dma_alloc(8192, max_iova=edu_mod.DMA_MASK) for _ in range(8)]
+    try:
+        assert all(b.iova + b.size - 1 <= edu_mod.DMA_MASK for b in bufs)
+        with pytest.raises(ValueError, match="max_iova"):
+            iommu.map(bufs[0].address, 4096, iova=1 << 28, max_iova=edu_mod.DMA_MASK)
+        with pytest.raises(ValueError, match="28-bit"):
+            edu.dma_raw(to_ram=True, ram_iova=1 << 28, length=16)
+        with pytest.raises(ValueError, match="below the lowest usable IOVA"):
+            dev.dma_alloc(4096, max_iova=0xFFF)  # IOVA 0 is never handed out
+    finally:
+        for b in bufs:
+            b.free()
+
+
+def test_msi_and_asyncio_wait(edu: Edu) -> None:
+    irq = edu.device.enable_irqs("msi", count=1)[0]
+    with pytest.raises(TimeoutError):
+        irq.wait(timeout=0.05)
+    edu.raise_interrupt(0x55)
+    assert irq.wait(timeout=5) == 1
+    assert edu.interrupt_status == 0x55
+    edu.acknowledge(0x55)
+
+    async def fire_and_wait() -> int:
+        edu.raise_interrupt(0x66)
+        return await irq.wait_async(timeout=5)
+
+    assert asyncio.run(fire_and_wait()) == 1
+    edu.acknowledge(0x66)
+    edu.device.disable_irqs("msi")
+    with pytest.raises(pyvfio.ClosedError):
+        irq.wait(0)
+
+
+def test_intx_delivered_and_unmasked(edu: Edu) -> None:
+    info = edu.device.irq_info("intx")
+    assert info.count == 1 and info.automasked
+    irq = edu.device.enable_irqs("intx")[0]
+    for value in (0x1, 0x2, 0x3):
+        edu.raise_interrupt(value)
+        assert irq.wait(timeout=5) == 1
+        assert edu.interrupt_status & value
+        edu.acknowledge(value)
+        irq.unmask()
+
+
+def test_isolation_unmapped_iova_is_not_read(edu: Edu) -> None:
+    """The device asked to read an IOVA that is no longer mapped gets nothing of ours."""
+    dev = edu.device
+    secret = b"pyvfio-secret-" * 8
+    page = mmap.mmap(-1, 4096)  # memory the caller owns; stays alive after unmap
+    with dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as sink:
+        mapping = dev.iommu.map(page, max_iova=edu_mod.DMA_MASK)
+        # Put a known pattern in the device's buffer through the mapping, then put a
+        # secret in the page and unmap it: the page still holds the secret.
+        page[: len(secret)] = b"\x11" * len(secret)
+        edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
+        page[: len(secret)] = secret
+        dev.iommu.unmap(mapping)
+        before = kernel_log()
+        edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
+        edu.from_device(sink, len(secret))
+        got = sink.read(0, len(secret))
+        assert got != secret and secret[:14] not in got
+        deadline = time.monotonic() + 5
+        faults: list[str] = []
+        while not faults and time.monotonic() < deadline:
+            faults = dmar_faults(dev.bdf, kernel_log()[len(before) :])
+            time.sleep(0.1)
+        assert faults, "the guest kernel logged no DMAR fault for the blocked read"
+    page.close()
+
+
+def test_edu_and_nvme_share_one_iommu(lab: LabFixture, iommu: pyvfio.Iommu) -> None:
+    for edu_addr in on_vfio(lab.address("edu")):
+        for nvme_addr in on_vfio(lab.address("nvme")):
+            edu_dev = iommu.open(edu_addr)
+            nvme = iommu.open(nvme_addr)
+            assert {d.bdf for d in iommu.devices} == {edu_addr, nvme_addr}
+            assert edu_dev.iommu is nvme.iommu is iommu
+            cap = nvme.bar(0).read64(0)  # NVMe CAP: MQES in bits 15:0 is non-zero
+            assert cap & 0xFFFF
+            buf = iommu.dma_alloc(4096, max_iova=edu_mod.DMA_MASK)
+            buf.write(b"shared")
+            edu = Edu(edu_dev)
+            edu.to_device(buf, 6)
+            back = iommu.dma_alloc(4096, max_iova=edu_mod.DMA_MASK)
+            edu.from_device(back, 6)
+            assert back.read(0, 6) == b"shared"
+            nvme.close()
+            edu_dev.close()
+
+
+def test_edu_below_a_switch_opens(lab: LabFixture, iommu: pyvfio.Iommu) -> None:
+    for address in on_vfio(lab.address("edu", 1)):
+        with iommu.open(address) as dev:
+            assert Edu(dev).ident == 0x010000ED
+
+
+def test_chipset_group_not_viable_names_its_peers(iommu: pyvfio.Iommu) -> None:
+    smbus = "0000:00:1f.3"
+    for address in on_vfio(smbus):
+        with pytest.raises(pyvfio.GroupNotViableError) as info:
+            iommu.open(address)
+        peers = {p.address: p.driver for p in info.value.peers}
+        assert peers == {"0000:00:1f.0": "lpc_ich", "0000:00:1f.2": "ahci"}
+        assert "pyvfio bind --group" in str(info.value)
+
+
+def test_device_not_on_vfio_pci_says_how_to_bind(lab: LabFixture, iommu: pyvfio.Iommu) -> None:
+    with pytest.raises(pyvfio.DeviceNotBoundError, match="pyvfio bind"):
+        iommu.open(lab.address("nvme"))  # still on the kernel's nvme driver
+
+
+def test_reset_unsupported_on_edu(edu_dev: pyvfio.Device) -> None:
+    assert not edu_dev.info.reset_works
+    with pytest.raises(pyvfio.UnsupportedError, match="no function reset"):
+        edu_dev.reset()
+    with pytest.raises(pyvfio.UnsupportedError, match="bus-reset"):
+        edu_dev.hot_reset()
+
+
+def test_hugepage_buffer(edu: Edu) -> None:
+    path = "/proc/sys/vm/nr_hugepages"
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write("4")
+    try:
+        with edu.device.dma_alloc(2 << 20, max_iova=edu_mod.DMA_MASK, hugepages=True) as buf:
+            assert buf.iova % (2 << 20) == 0 and buf.size == 2 << 20
+            buf.write(b"huge", offset=(1 << 20))
+            edu.to_device(buf, 4, offset=1 << 20)
+            edu.from_device(buf, 4, offset=0)
+            assert buf.read(0, 4) == b"huge"
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+
+
+def test_close_releases_every_fd_and_mapping(lab: LabFixture, backend: str) -> None:
+    for address in on_vfio(lab.address("edu")):
+        before = open_fds()
+        iommu = pyvfio.Iommu(backend=backend)
+        dev = iommu.open(address)
+        start = iommu.info.dma_avail
+        bufs = [dev.dma_alloc(4096) for _ in range(16)]
+        dev.bar(0).map()
+        dev.enable_irqs("msi")
+        assert len(iommu.mappings) == 16
+        if start is not None:
+            assert iommu.info.dma_avail == start - 16
+        for b in bufs[:8]:
+            b.free()
+        if start is not None:
+            assert iommu.info.dma_avail == start - 8
+        iommu.close()
+        iommu.close()  # twice is fine
+        assert dev.closed and iommu.closed
+        assert open_fds() == before
+        with pytest.raises(pyvfio.ClosedError):
+            dev.bar(0).read32(0)
+        with pytest.raises(pyvfio.ClosedError):
+            iommu.dma_alloc(4096)
+
+
+def test_pyvfio_open_owns_its_iommu(lab: LabFixture) -> None:
+    for address in on_vfio(lab.address("edu")):
+        before = open_fds()
+        with pyvfio.open(address) as dev:
+            assert dev.bdf == address
+            buf = dev.dma_alloc(4096)
+            assert buf.iova
+        assert dev.iommu.closed and buf.freed
+        assert open_fds() == before
+        assert os.path.exists(f"/dev/vfio/{dev.group}")
