@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pyvfio.errors import InvalidAddressError
+from pyvfio.pci.address import normalize
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("00:1f.2", "0000:00:1f.2"),
+        ("0000:00:1F.2", "0000:00:1f.2"),
+        (" 0000:03:00.0\n", "0000:03:00.0"),
+        ("10000:e1:00.7", "10000:e1:00.7"),
+        ("1:2.3", "0000:01:02.3"),
+    ],
+)
+def test_normalize_accepts_lspci_and_sysfs_forms(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("0000:00:1f.9", "function 9 is out of range"),
+        ("0000:00:20.0", "device 0x20 is out of range"),
+        ("zz:00.0", "is not a PCI address"),
+        ("", "is not a PCI address"),
+        ("00:1f", "is not a PCI address"),
+        ("0000:00:1f.2.1", "is not a PCI address"),
+    ],
+)
+def test_normalize_rejects_with_the_reason(text: str, why: str) -> None:
+    with pytest.raises(InvalidAddressError, match=why):
+        normalize(text)
+
+
+def test_non_strings_are_refused() -> None:
+    with pytest.raises(InvalidAddressError, match="must be a string"):
+        normalize(0x1F2)  # type: ignore[arg-type]
+
+
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.integers(0, 0x1F), st.integers(0, 7))
+def test_round_trip(domain: int, bus: int, dev: int, fn: int) -> None:
+    text = f"{domain:04x}:{bus:02x}:{dev:02x}.{fn}"
+    assert normalize(text) == text
+    assert normalize(normalize(text).upper()) == text
+
+
+@given(st.text(max_size=20))
+def test_any_text_parses_or_raises_invalid_address(text: str) -> None:
+    try:
+        out = normalize(text)
+    except InvalidAddressError:
+        return
+    assert normalize(out) == out

@@ -1,0 +1,85 @@
+"""The lab's pytest plugin, with the VM replaced by running the 'guest' pytest here."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from pyvfio.errors import LabUnavailableError
+from pyvfio.lab import pytest_plugin
+from pyvfio.lab.runner import LabResult
+
+LAB_TESTS = """
+import pytest
+pytestmark = pytest.mark.lab(devices=("edu",))
+
+def test_passes():
+    assert 1 + 1 == 2
+
+def test_fails():
+    assert 1 + 1 == 3
+
+@pytest.mark.skip(reason="not today")
+def test_skipped():
+    pass
+
+def test_unit_like_but_in_lab(tmp_path):
+    assert tmp_path.exists()
+"""
+
+UNIT_TEST = """
+def test_unit():
+    pass
+"""
+
+
+def _fake_run(calls: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    def run(command, topology, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((topology.name, command))
+        done = subprocess.run(
+            command, shell=True, cwd=kwargs["cwd"], capture_output=True, text=True, check=False
+        )
+        return LabResult(done.returncode, done.stdout, "tcg", "fake", 0.1)
+
+    return run
+
+
+def test_lab_tests_replay_in_the_host_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_lab=LAB_TESTS, test_unit=UNIT_TEST)
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(pytest_plugin, "run", _fake_run(calls))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+    assert len(calls) == 1, "one boot for the topology, not one per test"
+    assert calls[0][0] == "edu"
+    result.stdout.fnmatch_lines(["*assert (1 + 1) == 3*", "*not today*"])
+
+
+def test_lab_unavailable_skips_or_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_lab=LAB_TESTS)
+
+    def unavailable(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise LabUnavailableError("qemu-system-x86_64 is missing: install it")
+
+    monkeypatch.setattr(pytest_plugin, "run", unavailable)
+    auto = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+    auto.assert_outcomes(skipped=4)
+    auto.stdout.fnmatch_lines(["*lab unavailable: qemu-system-x86_64 is missing*"])
+    required = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--lab", "require")
+    required.assert_outcomes(failed=4)
+
+
+def test_lab_no_skips_without_booting(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_lab=LAB_TESTS, test_unit=UNIT_TEST)
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(pytest_plugin, "run", _fake_run(calls))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--lab", "no")
+    result.assert_outcomes(passed=1, skipped=4)
+    assert calls == []
