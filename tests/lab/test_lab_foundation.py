@@ -22,7 +22,8 @@ CHIPSET = ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")
 def test_manifest_lists_the_topology_asked_for(lab) -> None:
     assert lab.manifest.accel in ("kvm", "tcg")
     assert [f"{d.name}@{d.place}" for d in lab.manifest.devices] == [
-        "{}@{}".format(*parse_spec(s)) for s in MAIN_TOPOLOGY]
+        "{}@{}".format(*parse_spec(s)) for s in MAIN_TOPOLOGY
+    ]
 
 
 def test_every_lab_device_is_present_with_its_ids_and_group(lab) -> None:
