@@ -147,7 +147,7 @@ def bench_pyvfio(
                     t0 = time.monotonic()
                     live = [iommu.map(base + i * PAGE, PAGE) for i in range(count)]
                     setup = time.monotonic() - t0
-                    say(f"pyvfio: {count:,} live mappings made in {setup:.1f} s")
+                    say(f"pyvfio: {count:,} live mapping(s) made in {setup:.1f} s")
                     run(report.live_op(count), map_unmap)
                     ops[report.live_op(count)]["setup_seconds"] = round(setup, 2)
                     for mapping in live:
