@@ -131,3 +131,68 @@ def _report(results: Sequence[Restored], as_json: bool) -> None:
         typer.echo(str(r))
     if not results:
         typer.echo("nothing to restore: the journal is empty")
+
+
+@app.command("show")
+@handle_errors
+def show(
+    address: Annotated[str, typer.Argument(help="PCI address, e.g. 0000:00:1f.2")],
+    as_json: JsonOpt = False,
+    root: RootOpt = "/",
+) -> None:
+    """Everything a passthrough decision needs about one device."""
+    from pyvfio.host.details import describe
+    from pyvfio.host.snapshot import open_root
+
+    details = describe(address, open_root(root))
+    if as_json:
+        print_json(details.to_json())
+    else:
+        typer.echo(str(details))
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size like 512M or 16G") from None
+
+
+@app.command("doctor")
+@handle_errors
+def doctor(
+    addresses: Annotated[list[str] | None, typer.Argument(help="devices to check too")] = None,
+    memlock: Annotated[
+        str, typer.Option(help="memory you plan to pin (a VM's RAM), e.g. 16G")
+    ] = "64M",
+    as_json: JsonOpt = False,
+    root: RootOpt = "/",
+) -> None:
+    """PASS/WARN/FAIL for everything VFIO needs, with a hint each; exit 1 on a FAIL."""
+    from pyvfio.host import doctor as d
+    from pyvfio.host.snapshot import open_root
+
+    results = d.run(addresses or (), memlock_need=_parse_size(memlock), sysfs=open_root(root))
+    failed = any(r.failed for r in results)
+    if as_json:
+        print_json({"ok": not failed, "checks": [r.to_json() for r in results]})
+    else:
+        for r in results:
+            typer.echo(str(r))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("snapshot")
+@handle_errors
+def snapshot(
+    out: Annotated[str, typer.Argument(help="the tarball to write, e.g. host.tar.gz")],
+) -> None:
+    """Record what pyvfio reads of this host (for --root, or a bug report)."""
+    from pyvfio.host.snapshot import record
+
+    count = record(out)
+    typer.echo(f"wrote {out}: {count} PCI devices; any read-only command takes --root {out}")

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import tarfile
@@ -93,7 +92,9 @@ class SnapshotError(HostError, ValueError):
 
 def scrub_config(data: bytes) -> bytes:
     """Configuration space with only the header and the decoded capabilities kept."""
-    space = parse_config(data)
+    # An SR-IOV VF's ID registers read all ones; its capabilities are there all the same.
+    vf = data[:4] == b"\xff\xff\xff\xff"
+    space = parse_config(bytes(4) + data[4:] if vf else data)
     out = bytearray(len(data))
     out[:64] = data[:64]
     for cap in space.capabilities:
@@ -283,13 +284,12 @@ def record(out: str | os.PathLike[str], sysfs: Sysfs = LIVE) -> int:
             "proc/net/route",
             "proc/net/if_inet6",
             "proc/sys/kernel/osrelease",
+            "proc/self/limits",
         ):
             rec.file(rel)
         cpuinfo = sysfs.read_attr("proc/cpuinfo") or ""
         first = cpuinfo.split("\n\n", 1)[0]  # one CPU is enough: flags, vendor
         rec.data("proc/cpuinfo", (first + "\n").encode())
-        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        rec.data("proc/self/limits", _limits_text(soft, hard).encode())
         release = sysfs.read_attr("proc/sys/kernel/osrelease") or ""
         for name in ("modules.dep", "modules.builtin"):
             lines = sysfs.read_lines(f"lib/modules/{release}/{name}")
@@ -305,18 +305,11 @@ def record(out: str | os.PathLike[str], sysfs: Sysfs = LIVE) -> int:
             "format": 1,
             "devices": len(addresses),
             "kernel": release,
+            "euid": os.geteuid(),
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         rec.data(META, json.dumps(meta, indent=1).encode())
     return len(addresses)
-
-
-def _limits_text(soft: int, hard: int) -> str:
-    def show(v: int) -> str:
-        return "unlimited" if v == resource.RLIM_INFINITY else str(v)
-
-    head = f"{'Limit':<26}{'Soft Limit':<21}{'Hard Limit':<21}Units\n"
-    return head + f"{'Max locked memory':<26}{show(soft):<21}{show(hard):<21}bytes\n"
 
 
 def open_root(root: str | os.PathLike[str]) -> Sysfs:

@@ -350,3 +350,174 @@ def q35_lab(root: str | os.PathLike[str]) -> SimulatedKernel:
     for table in ("DMAR",):
         host.write(f"sys/firmware/acpi/tables/{table}", b"")
     return SimulatedKernel(host, defaults)
+
+
+def intel_server(root: str | os.PathLike[str]) -> SimulatedKernel:
+    """What QEMU cannot make: a PCIe switch without ACS holding two endpoints, an SR-IOV
+    NIC with two of seven VFs enabled, and a device that offers no reset method."""
+    host = SyntheticHost(root)
+    host.write("proc/cpuinfo", "vendor_id\t: GenuineIntel\nflags\t\t: fpu vmx sse2\n\n")
+    host.write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/sda1 intel_iommu=on iommu=pt\n")
+    host.write("sys/firmware/acpi/tables/DMAR", b"")
+    host.write("sys/devices/virtual/iommu/dmar0/intel-iommu/ecap", "f020de\n")
+    host.link("sys/class/iommu/dmar0", "sys/devices/virtual/iommu/dmar0")
+    host.write("pyvfio/dmesg.txt", "DMAR-IR: Enabled IRQ remapping in x2apic mode\n")
+    host.write("pyvfio/nodes.json", '{"dev/kvm": {"mode": 8630, "uid": 0, "gid": 0}}')
+    rp = config_bytes(
+        0x8086, 0x2030, BRIDGE_CLASS, capabilities=[pcie_cap(0x4)], extended=[acs_ext()]
+    )
+    host.add_device(
+        "0000:00:01.0", 0x8086, 0x2030, BRIDGE_CLASS, driver="pcieport", group=1, config=rp
+    )
+    up = config_bytes(0x10B5, 0x8747, BRIDGE_CLASS, capabilities=[pcie_cap(0x5)])
+    host.add_device(
+        "0000:01:00.0",
+        0x10B5,
+        0x8747,
+        BRIDGE_CLASS,
+        driver="pcieport",
+        group=2,
+        parent="0000:00:01.0",
+        config=up,
+    )
+    down = config_bytes(0x10B5, 0x8747, BRIDGE_CLASS, capabilities=[pcie_cap(0x6)])
+    for port, ep, ids, klass, drv in (
+        ("0000:02:08.0", "0000:03:00.0", (0x144D, 0xA808), 0x010802, "nvme"),
+        ("0000:02:10.0", "0000:04:00.0", (0x8086, 0x1533), 0x020000, "igb"),
+    ):
+        host.add_device(
+            port,
+            0x10B5,
+            0x8747,
+            BRIDGE_CLASS,
+            driver="pcieport",
+            group=3,
+            parent="0000:01:00.0",
+            config=down,
+        )
+        cfg = config_bytes(
+            *ids, klass, capabilities=[pm_cap(), msix_cap(8), pcie_cap(0x0, flr=True)]
+        )
+        host.add_device(
+            ep,
+            *ids,
+            klass,
+            driver=drv,
+            group=3,
+            parent=port,
+            config=cfg,
+            reset_method="flr bus",
+            resources=[(0, 0xF7000000, 16 << 10)],
+        )
+    pf_cfg = config_bytes(
+        0x8086,
+        0x1521,
+        0x020000,
+        capabilities=[pm_cap(), msix_cap(10), pcie_cap(0x0, flr=True)],
+        extended=[sriov_ext(7, 2, 0x1520)],
+    )
+    host.add_device(
+        "0000:00:02.0",
+        0x8086,
+        0x1521,
+        0x020000,
+        driver="igb",
+        group=4,
+        config=pf_cfg,
+        reset_method="flr",
+        attrs={"sriov_totalvfs": "7", "sriov_numvfs": "2"},
+        resources=[(0, 0xF6000000, 1 << 20), (3, 0xF6100000, 16 << 10)],
+    )
+    for n, vf in enumerate(("0000:00:02.1", "0000:00:02.2")):
+        vf_cfg = config_bytes(
+            0xFFFF,
+            0xFFFF,
+            0x020000,
+            capabilities=[msix_cap(3), pcie_cap(0x0, flr=True)],
+            interrupt_pin=0,
+        )
+        host.add_device(
+            vf,
+            0x8086,
+            0x1520,
+            0x020000,
+            driver="igbvf",
+            group=5 + n,
+            config=vf_cfg,
+            reset_method="flr",
+        )
+        host.link(f"{host.real[vf]}/physfn", host.real["0000:00:02.0"])
+        host.link(f"{host.real['0000:00:02.0']}/virtfn{n}", host.real[vf])
+    old = config_bytes(0x1234, 0x5678, 0x118000, capabilities=[pm_cap(no_soft_reset=True)])
+    host.add_device(
+        "0000:00:05.0",
+        0x1234,
+        0x5678,
+        0x118000,
+        group=7,
+        config=old,
+        reset_method=None,
+        resources=[(0, 0xF5000000, 4096)],
+    )
+    host.write(
+        "proc/self/limits",
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max locked memory         8388608              8388608              bytes\n",
+    )
+    defaults = {a: d for a, d in (("0000:03:00.0", "nvme"), ("0000:04:00.0", "igb"))}
+    return SimulatedKernel(host, defaults)
+
+
+def amd_desktop(root: str | os.PathLike[str]) -> SimulatedKernel:
+    """An AMD host (IVRS, ivhd units, the AMD-Vi log) with a GPU and its HDMI audio in one
+    group behind a GPP bridge, the GPU holding the console and the boot framebuffer."""
+    host = SyntheticHost(root)
+    host.write("proc/cpuinfo", "vendor_id\t: AuthenticAMD\nflags\t\t: fpu svm sse2\n\n")
+    host.write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 quiet\n")
+    host.write("sys/firmware/acpi/tables/IVRS", b"")
+    host.write("sys/devices/virtual/iommu/ivhd0/amd-iommu/features", "25bf732fa2295afe\n")
+    host.link("sys/class/iommu/ivhd0", "sys/devices/virtual/iommu/ivhd0")
+    host.write("pyvfio/dmesg.txt", "AMD-Vi: Interrupt remapping enabled\n")
+    host.write("proc/iomem", "e0000000-efffffff : 0000:0a:00.0\n  e0000000-e07fffff : BOOTFB\n")
+    host.add_device("0000:00:00.0", 0x1022, 0x1480, 0x060000, group=0)
+    gpp = config_bytes(
+        0x1022, 0x1483, BRIDGE_CLASS, capabilities=[pcie_cap(0x4)], extended=[acs_ext()]
+    )
+    host.add_device(
+        "0000:00:03.1", 0x1022, 0x1483, BRIDGE_CLASS, driver="pcieport", group=12, config=gpp
+    )
+    gpu = config_bytes(0x10DE, 0x1B80, 0x030000, capabilities=[pm_cap(), msi_cap(1), pcie_cap(0x0)])
+    host.add_device(
+        "0000:0a:00.0",
+        0x10DE,
+        0x1B80,
+        0x030000,
+        driver="nouveau",
+        group=13,
+        parent="0000:00:03.1",
+        config=gpu,
+        reset_method="bus",
+        resources=[
+            (0, 0xF6000000, 16 << 20),
+            (1, 0xE0000000, 256 << 20),
+            (6, 0xF7000000, 512 << 10),
+        ],
+        attrs={"boot_vga": "1"},
+    )
+    audio = config_bytes(
+        0x10DE, 0x10F0, 0x040300, capabilities=[pm_cap(), msi_cap(1), pcie_cap(0x0)]
+    )
+    host.add_device(
+        "0000:0a:00.1",
+        0x10DE,
+        0x10F0,
+        0x040300,
+        driver="snd_hda_intel",
+        group=13,
+        parent="0000:00:03.1",
+        config=audio,
+        reset_method="bus",
+        resources=[(0, 0xF7080000, 16 << 10)],
+    )
+    host.add_framebuffer("0000:0a:00.0")
+    return SimulatedKernel(host, {"0000:0a:00.0": "nouveau", "0000:0a:00.1": "snd_hda_intel"})

@@ -1,0 +1,461 @@
+"""``pyvfio doctor``: is this host ready for VFIO, and if not, what to change.
+
+Each check returns a :class:`CheckResult`: PASS, WARN or FAIL, what was found, and a
+hint saying what to do. The checks read only through :class:`~pyvfio.host.sysfs.Sysfs`
+(and the kernel log a snapshot carries), so a recorded host gets the same verdicts.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyvfio.host import bind, inventory, usage
+from pyvfio.host.snapshot import META, device_nodes, kernel_log
+from pyvfio.host.sysfs import LIVE, Sysfs
+from pyvfio.pci.address import normalize
+
+
+class Status(enum.Enum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the doctor's report."""
+
+    name: str
+    status: Status
+    message: str
+    hint: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status is Status.FAIL
+
+    def __str__(self) -> str:
+        text = f"{self.status.value} {self.name}: {self.message}"
+        return text + (f"\n     hint: {self.hint}" if self.hint else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+# Intel VT-d Extended Capability Register, bit 3: Interrupt Remapping support.
+ECAP_IR = 1 << 3
+
+GRUB_HINT = (
+    "(Debian/Ubuntu: GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub; "
+    "Fedora: grubby --update-kernel=ALL --args=...) and reboot"
+)
+
+
+def _cpu(sysfs: Sysfs) -> tuple[str, set[str]]:
+    vendor, flags = "", set[str]()
+    for line in sysfs.read_lines("proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return vendor, flags
+
+
+def _cmdline(sysfs: Sysfs) -> list[str]:
+    return (sysfs.read_attr("proc/cmdline") or "").split()
+
+
+def _is_amd(sysfs: Sysfs) -> bool:
+    vendor, _ = _cpu(sysfs)
+    return vendor == "AuthenticAMD" or sysfs.exists("sys/firmware/acpi/tables/IVRS")
+
+
+def _iommu_option(sysfs: Sysfs) -> str:
+    """What to add to the command line: AMD-Vi is on whenever the firmware enables it,
+    Intel VT-d needs intel_iommu=on unless the kernel was built with it on by default."""
+    return "iommu=pt" if _is_amd(sysfs) else "intel_iommu=on iommu=pt"
+
+
+def iommu_units(sysfs: Sysfs) -> list[str]:
+    return sysfs.listdir("sys/class/iommu")
+
+
+def iommu_active(sysfs: Sysfs) -> bool:
+    return bool(iommu_units(sysfs)) and bool(sysfs.listdir("sys/kernel/iommu_groups"))
+
+
+def check_cpu(sysfs: Sysfs) -> CheckResult:
+    vendor, flags = _cpu(sysfs)
+    found = sorted(flags & {"vmx", "svm"})
+    if found:
+        return CheckResult("CPU virtualisation", Status.PASS, f"{vendor}: {', '.join(found)}")
+    return CheckResult(
+        "CPU virtualisation",
+        Status.WARN,
+        f"{vendor or 'CPU'} shows neither vmx nor svm",
+        "only VMs need it (userspace drivers do not): enable VT-x/AMD-V in the firmware",
+    )
+
+
+def check_kvm(sysfs: Sysfs) -> CheckResult:
+    if "dev/kvm" in device_nodes(sysfs):
+        return CheckResult("/dev/kvm", Status.PASS, "present")
+    return CheckResult(
+        "/dev/kvm",
+        Status.WARN,
+        "missing",
+        "only VMs need it: modprobe kvm_intel (or kvm_amd) after enabling virtualisation",
+    )
+
+
+def check_acpi(sysfs: Sysfs) -> CheckResult:
+    tables = [t for t in ("DMAR", "IVRS") if sysfs.exists(f"sys/firmware/acpi/tables/{t}")]
+    if tables:
+        return CheckResult("ACPI IOMMU table", Status.PASS, f"{', '.join(tables)} present")
+    return CheckResult(
+        "ACPI IOMMU table",
+        Status.FAIL,
+        "neither DMAR (Intel VT-d) nor IVRS (AMD-Vi) is present: the firmware offers no IOMMU",
+        "enable VT-d / AMD-Vi (often 'IOMMU' or 'SVM/VT-d') in the firmware setup; in a VM, "
+        "give it a virtual IOMMU (QEMU: -device intel-iommu,intremap=on with "
+        "-machine q35,kernel-irqchip=split)",
+    )
+
+
+def _enable_hint(sysfs: Sysfs) -> str:
+    option = _iommu_option(sysfs)
+    if not sysfs.exists("sys/firmware/acpi/tables/DMAR") and not sysfs.exists(
+        "sys/firmware/acpi/tables/IVRS"
+    ):
+        return check_acpi(sysfs).hint
+    return f"add {option} to the kernel command line {GRUB_HINT}"
+
+
+def check_iommu(sysfs: Sysfs) -> CheckResult:
+    units = iommu_units(sysfs)
+    groups = sysfs.listdir("sys/kernel/iommu_groups")
+    if units and groups:
+        return CheckResult(
+            "IOMMU active",
+            Status.PASS,
+            f"{len(units)} unit(s) ({', '.join(units[:4])}), {len(groups)} IOMMU groups",
+        )
+    return CheckResult(
+        "IOMMU active",
+        Status.FAIL,
+        "no IOMMU is active (/sys/class/iommu is empty, no IOMMU groups)",
+        _enable_hint(sysfs),
+    )
+
+
+_CMDLINE_KEYS = ("intel_iommu", "amd_iommu", "iommu", "iommu.passthrough", "iommu.strict")
+
+
+def check_cmdline(sysfs: Sysfs) -> CheckResult:
+    args = _cmdline(sysfs)
+    mine = [a for a in args if a.split("=", 1)[0] in _CMDLINE_KEYS]
+    acs_override = [a for a in args if a.startswith("pcie_acs_override")]
+    option = _iommu_option(sysfs)
+    shown = " ".join(mine) or "no IOMMU options"
+    if any(a in ("intel_iommu=off", "amd_iommu=off", "iommu=off") for a in args):
+        return CheckResult(
+            "kernel command line",
+            Status.FAIL,
+            f"{shown}: the IOMMU is switched off",
+            f"remove the '=off' option (add {option}) {GRUB_HINT}",
+        )
+    if acs_override:
+        return CheckResult(
+            "kernel command line",
+            Status.WARN,
+            f"{shown}; {acs_override[0]} fakes ACS isolation",
+            "devices in a group split by pcie_acs_override can still reach each other's DMA",
+        )
+    if iommu_active(sysfs):
+        extra = "" if "iommu=pt" in args else "; iommu=pt spares host devices the translation"
+        return CheckResult("kernel command line", Status.PASS, shown + extra)
+    if _is_amd(sysfs):
+        return CheckResult(
+            "kernel command line",
+            Status.PASS,
+            f"{shown}: nothing here keeps AMD-Vi off (it follows the firmware setting)",
+        )
+    return CheckResult(
+        "kernel command line",
+        Status.FAIL,
+        f"{shown}: the IOMMU stays off",
+        f"add {option} {GRUB_HINT}",
+    )
+
+
+def check_interrupt_remapping(sysfs: Sysfs) -> CheckResult:
+    name = "interrupt remapping"
+    if not iommu_active(sysfs):
+        return CheckResult(
+            name,
+            Status.FAIL,
+            "not available for VFIO: it needs an active IOMMU, and vfio_iommu_type1 refuses "
+            "to attach a group without it",
+            _enable_hint(sysfs),
+        )
+    log = kernel_log(sysfs)
+    unsafe = sysfs.read_attr("sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts")
+    if re.search(r"IRQ remapping was disabled|[Ii]nterrupt remapping.*disabled", log):
+        return CheckResult(
+            name,
+            Status.FAIL,
+            "the kernel log says it is disabled",
+            "remove intremap=off / nointremap from the kernel command line; on old firmware "
+            "update it (vfio_iommu_type1.allow_unsafe_interrupts=1 works but is unsafe)",
+        )
+    ecaps = []
+    for unit in iommu_units(sysfs):
+        ecap = sysfs.read_int(f"sys/class/iommu/{unit}/intel-iommu/ecap", 16)
+        if ecap is not None:
+            ecaps.append((unit, bool(ecap & ECAP_IR)))
+    if ecaps and not all(ok for _, ok in ecaps):
+        lacking = ", ".join(u for u, ok in ecaps if not ok)
+        return CheckResult(
+            name,
+            Status.FAIL,
+            f"{lacking} cannot remap interrupts (ECAP.IR is 0)",
+            "vfio_iommu_type1 refuses type1 attach without it; "
+            "vfio_iommu_type1.allow_unsafe_interrupts=1 works but is unsafe"
+            + (" (it is set now)" if unsafe == "Y" else ""),
+        )
+    enabled = re.search(r"Enabled IRQ remapping|Interrupt remapping enabled", log)
+    if ecaps:
+        how = "ECAP.IR set on " + ", ".join(u for u, _ in ecaps)
+        return CheckResult(name, Status.PASS, how + ("; enabled (kernel log)" if enabled else ""))
+    if enabled:
+        return CheckResult(name, Status.PASS, "enabled (kernel log)")
+    return CheckResult(
+        name,
+        Status.WARN,
+        "cannot tell: no capability registers and no kernel log line (run as root for dmesg)",
+        "if attaching a group fails with EPERM, check 'dmesg | grep -i remapping'",
+    )
+
+
+VFIO_MODULES = ("vfio", "vfio_pci", "vfio_iommu_type1")
+
+
+def check_modules(sysfs: Sysfs) -> CheckResult:
+    loaded = [m for m in VFIO_MODULES if bind.module_loaded(m, sysfs)]
+    missing = [m for m in VFIO_MODULES if not bind.module_available(m, sysfs)]
+    if missing:
+        return CheckResult(
+            "VFIO modules",
+            Status.FAIL,
+            f"not in this kernel: {', '.join(missing)}",
+            "use a kernel built with CONFIG_VFIO, CONFIG_VFIO_PCI, CONFIG_VFIO_IOMMU_TYPE1",
+        )
+    idle = [m for m in VFIO_MODULES if m not in loaded]
+    if idle:
+        return CheckResult(
+            "VFIO modules",
+            Status.PASS,
+            f"available; not loaded yet: {', '.join(idle)} (pyvfio bind loads them)",
+        )
+    return CheckResult("VFIO modules", Status.PASS, "vfio, vfio_pci, vfio_iommu_type1 loaded")
+
+
+def _euid(sysfs: Sysfs) -> int:
+    if sysfs.is_live:
+        return os.geteuid()
+    meta = sysfs.read_attr(META)
+    return int(json.loads(meta).get("euid", 0)) if meta else 0
+
+
+def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
+    nodes = {k: v for k, v in device_nodes(sysfs).items() if k.startswith("dev/vfio/")}
+    if "dev/vfio/vfio" not in nodes:
+        return CheckResult(
+            "/dev/vfio",
+            Status.WARN,
+            "/dev/vfio/vfio is missing",
+            "it appears when vfio is loaded (modprobe vfio-pci, or pyvfio bind)",
+        )
+    groups = {k: v for k, v in nodes.items() if k.removeprefix("dev/vfio/").isdigit()}
+    closed = [
+        k.removeprefix("dev/vfio/")
+        for k, v in groups.items()
+        if v["uid"] == 0 and not v["mode"] & (stat.S_IRWXG | stat.S_IRWXO)
+    ]
+    text = f"container node present, {len(groups)} group node(s)"
+    if closed and _euid(sysfs) != 0:
+        return CheckResult(
+            "/dev/vfio",
+            Status.WARN,
+            f"{text}; only root may open group(s) {', '.join(sorted(closed))}",
+            "give your user the group node: chown $USER /dev/vfio/N (or a udev rule)",
+        )
+    who = "root only" if closed else "as set by their modes"
+    return CheckResult("/dev/vfio", Status.PASS, f"{text}; opened by {who}")
+
+
+def memlock_limit(sysfs: Sysfs) -> int | None:
+    """The soft RLIMIT_MEMLOCK in bytes (None: unlimited), from /proc/self/limits."""
+    for line in sysfs.read_lines("proc/self/limits"):
+        if line.startswith("Max locked memory"):
+            soft = line[26:].split()[0]
+            return None if soft == "unlimited" else int(soft)
+    return None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n} {unit}"
+        n //= 1024
+    return f"{n} TiB"
+
+
+def check_memlock(sysfs: Sysfs, need: int) -> CheckResult:
+    limit = memlock_limit(sysfs)
+    if _euid(sysfs) == 0:
+        shown = "unlimited" if limit is None else _size(limit)
+        return CheckResult(
+            "RLIMIT_MEMLOCK", Status.PASS, f"{shown}, but root pins without limit (CAP_IPC_LOCK)"
+        )
+    if limit is None or limit >= need:
+        shown = "unlimited" if limit is None else _size(limit)
+        return CheckResult("RLIMIT_MEMLOCK", Status.PASS, f"{shown}, enough for {_size(need)}")
+    return CheckResult(
+        "RLIMIT_MEMLOCK",
+        Status.FAIL,
+        f"{_size(limit)}: less than the {_size(need)} to pin",
+        "raise it: 'ulimit -l unlimited' in a root shell, LimitMEMLOCK= in a systemd unit, "
+        "or '@USER hard memlock unlimited' in /etc/security/limits.conf",
+    )
+
+
+def check_hugepages(sysfs: Sysfs) -> CheckResult:
+    sizes = {}
+    for size in sysfs.listdir("sys/kernel/mm/hugepages"):
+        count = sysfs.read_int(f"sys/kernel/mm/hugepages/{size}/nr_hugepages") or 0
+        if count:
+            sizes[size.removeprefix("hugepages-")] = count
+    if sizes:
+        text = ", ".join(f"{n} x {s}" for s, n in sizes.items())
+        return CheckResult("hugepages", Status.PASS, f"reserved: {text}")
+    return CheckResult(
+        "hugepages",
+        Status.PASS,
+        "none reserved (optional: a VM's RAM on hugepages maps faster through the IOMMU; "
+        "echo N > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)",
+    )
+
+
+def check_boot_framebuffer(sysfs: Sysfs) -> CheckResult:
+    held = []
+    for info in inventory.devices(sysfs):
+        if info.class_code >> 16 == 0x03:
+            for user in usage.boot_framebuffer_users(info.address, sysfs):
+                held.append(f"{info.address}: {user}")
+    if held:
+        return CheckResult(
+            "boot framebuffer",
+            Status.WARN,
+            "; ".join(held),
+            "vfio-pci cannot claim that BAR while it is held: boot with video=efifb:off "
+            "(kernel >= 5.15: initcall_blacklist=sysfb_init) for a GPU you pass through",
+        )
+    return CheckResult("boot framebuffer", Status.PASS, "no firmware framebuffer on a GPU BAR")
+
+
+def device_checks(address: str, sysfs: Sysfs) -> list[CheckResult]:
+    addr = normalize(address)
+    sysfs.device_dir(addr)
+    out = []
+    group = inventory.group_of(addr, sysfs)
+    if group is None:
+        out.append(
+            CheckResult(
+                f"{addr} group",
+                Status.FAIL,
+                "no IOMMU group",
+                _enable_hint(sysfs) if not iommu_active(sysfs) else "",
+            )
+        )
+    elif group.viable:
+        out.append(CheckResult(f"{addr} group", Status.PASS, f"group {group.number} is viable"))
+    else:
+        out.append(
+            CheckResult(
+                f"{addr} group",
+                Status.FAIL,
+                f"group {group.number} {group.verdict}",
+                f"bind the whole group: pyvfio bind --group {addr}",
+            )
+        )
+    methods = (sysfs.read_attr(f"{sysfs.device_dir(addr)}/reset_method") or "").split()
+    if methods:
+        out.append(CheckResult(f"{addr} reset", Status.PASS, " ".join(methods)))
+    else:
+        out.append(
+            CheckResult(
+                f"{addr} reset",
+                Status.WARN,
+                "the kernel offers no reset method",
+                "the device keeps its state between users; a VM may need a host reboot "
+                "to get it clean (pyvfio show lists what the capabilities allow)",
+            )
+        )
+    users = usage.device_users(addr, sysfs)
+    if users:
+        out.append(
+            CheckResult(
+                f"{addr} in use",
+                Status.FAIL,
+                "; ".join(users),
+                "the host needs it: pass through another device, or stop that use first",
+            )
+        )
+    else:
+        out.append(CheckResult(f"{addr} in use", Status.PASS, "not used by the host"))
+    return out
+
+
+HOST_CHECKS: tuple[Callable[[Sysfs], CheckResult], ...] = (
+    check_cpu,
+    check_kvm,
+    check_acpi,
+    check_iommu,
+    check_cmdline,
+    check_interrupt_remapping,
+    check_modules,
+    check_dev_vfio,
+    check_hugepages,
+    check_boot_framebuffer,
+)
+
+
+def run(
+    addresses: Sequence[str] = (),
+    *,
+    memlock_need: int = 64 << 20,
+    sysfs: Sysfs = LIVE,
+) -> list[CheckResult]:
+    """Every host check, then the per-device checks for ``addresses``."""
+    for addr in addresses:
+        sysfs.device_dir(normalize(addr))  # bad input before any output
+    results = [check(sysfs) for check in HOST_CHECKS]
+    results.insert(8, check_memlock(sysfs, memlock_need))
+    for addr in addresses:
+        results += device_checks(addr, sysfs)
+    return results
