@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,24 @@ def test_load_results_puts_type1_first(tmp_path: Path) -> None:
         (tmp_path / f"primitives-{backend}.json").write_text(json.dumps(sample(backend)))
     (tmp_path / "other.json").write_text("{}")
     assert [r["backend"] for r in report.load_results(tmp_path)] == ["type1", "iommufd"]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build bench/c/vfio_prims.c")
+def test_vfio_prims_builds_without_warnings(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+            str(tmp_path / "vfio_prims"),
+            str(BENCH / "c" / "vfio_prims.c"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    usage = subprocess.run([str(tmp_path / "vfio_prims")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: vfio_prims" in usage.stderr
