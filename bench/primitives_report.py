@@ -131,6 +131,12 @@ def section(results: Mapping[str, Any]) -> str:
         f"C built with `{results['cc']}`; best of {results['rounds']} batches, "
         f"about {results['budget_ms'] / 1000:g} s per operation and side."
     )
+    host = results.get("host")
+    if host:
+        conditions += (
+            f" Host: {host['cpus']} CPUs ({host['cpu']}), load average {host['loadavg'][0]:g} "
+            f"before and {host['loadavg_after'][0]:g} after (other jobs share it)."
+        )
     return "\n\n".join([heading, conditions, table(results)])
 
 

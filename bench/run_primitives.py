@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import primitives_report as report
 from primitives import C_SOURCE, CFLAGS, compiler_line
@@ -38,6 +41,19 @@ def build(scratch: Path) -> tuple[Path, str]:
     binary = scratch / "vfio_prims"
     subprocess.run(["gcc", *CFLAGS, "-o", str(binary), str(C_SOURCE)], check=True)
     return binary, compiler_line("gcc")
+
+
+def host_conditions() -> dict[str, Any]:
+    """What the host was and how busy: the lab's figures move with its load."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    return {"cpu": model, "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def regenerate_readme() -> None:
@@ -64,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     out_name = f"primitives-{args.backend}.json"
+    host_before = host_conditions()
     with runner.scratch_dir() as scratch:
         binary, cc = build(scratch)
         print(f"bench: built {binary} ({cc})", flush=True)
@@ -103,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: the guest run failed ({result}); nothing saved", file=sys.stderr)
             return 1
         results = json.loads(produced.read_text())
+    results["host"] = {**host_before, "loadavg_after": host_conditions()["loadavg"]}
 
     RESULTS.mkdir(exist_ok=True)
     saved = RESULTS / out_name

@@ -126,6 +126,19 @@ def test_section_names_backend_and_accelerator() -> None:
     assert "Kernel 6.1.0-56-amd64" in text and "about 2 s per operation" in text
 
 
+def test_section_mentions_the_host_load_when_recorded() -> None:
+    results = {
+        **sample(),
+        "host": {
+            "cpu": "AMD EPYC",
+            "cpus": 2,
+            "loadavg": [7.5, 1, 1],
+            "loadavg_after": [9.25, 1, 1],
+        },
+    }
+    assert "load average 7.5 before and 9.25 after" in report.section(results)
+
+
 def test_update_readme_replaces_only_the_generated_block() -> None:
     old = f"# Bench\n\nintro\n\n{report.BEGIN}\nstale\n{report.END}\n\n## Later\n"
     new = report.update_readme(old, report.render_block([sample()]))
