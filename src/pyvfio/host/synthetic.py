@@ -231,7 +231,7 @@ class SyntheticHost:
         self.write("proc/net/if_inet6", text)
 
     def add_virtio_9p(self, address: str, child: str, tag: str) -> None:
-        self.write(f"{self.real[address]}/{child}/mount_tag", tag + "\n")
+        self.write(f"{self.real[address]}/{child}/mount_tag", tag + "\0")
 
     def add_framebuffer(self, address: str, fb: str = "fb0") -> None:
         where = f"{self.real[address]}/graphics/{fb}"

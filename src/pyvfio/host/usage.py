@@ -75,7 +75,8 @@ def _virtio_users(sysfs: Sysfs, device: str) -> list[str]:
     for child in sysfs.listdir(device):
         if not child.startswith("virtio"):
             continue
-        tag = sysfs.read_attr(f"{device}/{child}/mount_tag")
+        # 9p's mount_tag attribute ends in the tag's NUL (net/9p/trans_virtio.c).
+        tag = (sysfs.read_attr(f"{device}/{child}/mount_tag") or "").rstrip("\0")
         if not tag:
             continue
         for src, point, fstype in mounts(sysfs):
