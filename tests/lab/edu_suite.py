@@ -298,3 +298,68 @@ def test_pyvfio_open_owns_its_iommu(lab: LabFixture) -> None:
         assert dev.iommu.closed and buf.freed
         assert open_fds() == before
         assert os.path.exists(f"/dev/vfio/{dev.group}")
+
+
+def test_caller_memory_at_a_fixed_iova(edu: Edu) -> None:
+    iommu = edu.device.iommu
+    page = mmap.mmap(-1, 8192)
+    mapping = iommu.map(page, iova=0x200000, max_iova=edu_mod.DMA_MASK)
+    try:
+        assert (mapping.iova, mapping.size) == (0x200000, 8192)
+        with pytest.raises(ValueError, match="overlaps the live reservation"):
+            iommu.map(page, iova=0x201000)  # overlaps the first mapping
+        page[4096:4100] = b"ping"
+        edu.dma_raw(to_ram=False, ram_iova=0x201000, length=4)
+        edu.dma_raw(to_ram=True, ram_iova=0x200000, length=4)
+        assert page[:4] == b"ping"
+        with pytest.raises(ValueError, match="page aligned"):
+            iommu.map(bytearray(100))
+    finally:
+        iommu.unmap(mapping)
+        page.close()
+
+
+def test_memlock_limit_is_checked_for_unprivileged_callers(
+    edu: Edu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resource
+
+    from pyvfio import iommu as iommu_mod
+
+    monkeypatch.setattr(iommu_mod, "_has_cap_ipc_lock", lambda: False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 << 10, hard))
+    try:
+        with pytest.raises(pyvfio.MemlockLimitError) as info:
+            edu.device.dma_alloc(128 << 10)
+        assert info.value.limit == 64 << 10 and info.value.requested == 128 << 10
+        assert "ulimit -l" in str(info.value)
+        assert not edu.device.iommu.mappings  # nothing half-done
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+
+
+def test_msix_vectors_on_nvme(lab: LabFixture, iommu: pyvfio.Iommu) -> None:
+    for address in on_vfio(lab.address("nvme")):
+        with iommu.open(address) as nvme:
+            table = nvme.config.capabilities.msix
+            assert table is not None
+            info = nvme.irq_info("msix")
+            assert info.count == table.table_size
+            irqs = nvme.enable_irqs("msix", count=4)
+            assert [i.vector for i in irqs] == [0, 1, 2, 3]
+            assert len({i.fileno() for i in irqs}) == 4
+            with pytest.raises(pyvfio.UnsupportedError, match="offers"):
+                nvme.enable_irqs("msix", count=info.count + 1)
+            nvme.disable_irqs("msix")
+            assert all(_closed(i) for i in irqs)
+            # The BAR holding the MSI-X table still reads through VFIO.
+            assert nvme.bar(0).read32(0x08) >> 16 >= 1  # VS: major version
+
+
+def _closed(irq: pyvfio.Interrupt) -> bool:
+    try:
+        irq.fileno()
+    except pyvfio.ClosedError:
+        return True
+    return False

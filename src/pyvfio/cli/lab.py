@@ -20,6 +20,9 @@ def lab_run(
     kernel: Annotated[str | None, typer.Option(help="stock (default) or a bzImage")] = None,
     accel: Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")] = None,
     no_viommu: Annotated[bool, typer.Option("--no-viommu", help="no intel-iommu")] = False,
+    no_intremap: Annotated[
+        bool, typer.Option("--no-intremap", help="intel-iommu without interrupt remapping")
+    ] = False,
     no_iommu_cmdline: Annotated[
         bool, typer.Option("--no-intel-iommu", help="boot without intel_iommu=on")
     ] = False,
@@ -30,7 +33,8 @@ def lab_run(
     from pyvfio.lab.topology import Topology
 
     topology = Topology(
-        devices=tuple(device or ("edu",)), viommu=not no_viommu, iommu_cmdline=not no_iommu_cmdline
+        devices=tuple(device or ("edu",)), viommu=not no_viommu,
+        intremap=not no_intremap, iommu_cmdline=not no_iommu_cmdline
     )
     result = run(
         command,

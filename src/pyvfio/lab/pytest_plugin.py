@@ -30,7 +30,7 @@ from pyvfio.lab import guest
 from pyvfio.lab.runner import run, scratch_dir
 from pyvfio.lab.topology import Manifest, Topology
 
-_TOPOLOGY_ARGS = ("devices", "viommu", "iommu_cmdline", "memory", "kernel")
+_TOPOLOGY_ARGS = ("devices", "viommu", "intremap", "iommu_cmdline", "memory", "kernel")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

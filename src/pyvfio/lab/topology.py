@@ -66,6 +66,8 @@ class Topology:
     devices: tuple[str, ...] = ("edu",)
     #: QEMU's intel-iommu device (with interrupt remapping and caching mode).
     viommu: bool = True
+    #: Interrupt remapping in the vIOMMU; without it vfio_iommu_type1 refuses groups.
+    intremap: bool = True
     #: ``intel_iommu=on`` on the guest's kernel command line.
     iommu_cmdline: bool = True
     memory: str = "2G"
@@ -81,6 +83,8 @@ class Topology:
         parts = list(self.devices) or ["bare"]
         if not self.viommu:
             parts.append("no-viommu")
+        elif not self.intremap:
+            parts.append("no-intremap")
         if not self.iommu_cmdline:
             parts.append("no-intel_iommu")
         if self.kernel != "stock":
@@ -114,7 +118,8 @@ class Topology:
         """The QEMU options that build this topology (machine, vIOMMU, devices)."""
         args = ["-machine", "q35,kernel-irqchip=split"]
         if self.viommu:
-            args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+            intremap = "on" if self.intremap else "off"
+            args += ["-device", f"intel-iommu,intremap={intremap},caching-mode=on"]
         chassis = 1
         for dev in devices:
             bus = ""
