@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: install what is needed, then run every check: ruff, mypy --strict,
 # and pytest with the unit tests and the lab tests (run as root in the VM on the real
-# kernel; --lab require makes a lab that cannot run a failure, not a skip).
+# kernel; --lab require makes a lab that cannot run a failure, not a skip, and
+# --no-skips fails the run if any test at all was skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,6 +13,6 @@ echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest (unit + lab)"
 status=0
-.venv/bin/python -m pytest --lab require "$@" || status=$?
+.venv/bin/python -m pytest --lab require --no-skips "$@" || status=$?
 echo "test.sh: finished in $(( $(date +%s) - start )) s with status $status"
 exit $status

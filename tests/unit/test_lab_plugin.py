@@ -83,3 +83,13 @@ def test_lab_no_skips_without_booting(
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--lab", "no")
     result.assert_outcomes(passed=1, skipped=4)
     assert calls == []
+
+
+def test_no_skips_turns_a_skip_into_a_failed_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_s="import pytest\n\n@pytest.mark.skip(reason='needs a GPU')\ndef test_x(): pass\n"
+    )
+    assert pytester.runpytest_inprocess("-p", "no:cacheprovider").ret == 0
+    strict = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--no-skips")
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+    strict.stdout.fnmatch_lines(["*test_s.py::test_x: Skipped: needs a GPU*"])

@@ -55,6 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="limit for one topology's whole run in the guest",
     )
+    group.addoption(
+        "--no-skips",
+        action="store_true",
+        help="fail the run if any test was skipped (CI: nothing it should run may be skipped)",
+    )
     group.addoption("--lab-results", default=None, help=argparse.SUPPRESS)
 
 
@@ -88,6 +93,29 @@ def _save_log(topo: Topology, output: str) -> str:
     path = folder / f"{topo.name.replace('/', '_')}.log"
     path.write_text(output)
     return str(path)
+
+
+class SkipGuard:
+    """``--no-skips``: a skipped test (unit or lab) fails the whole run, listed by reason."""
+
+    def __init__(self) -> None:
+        self.skipped: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            self.skipped.append((report.nodeid, str(reason)))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.skipped:
+            terminalreporter.section("skipped tests (--no-skips makes them failures)")
+            for nodeid, reason in self.skipped:
+                terminalreporter.write_line(f"{nodeid}: {reason}")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.skipped and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 class LabScheduler:
@@ -140,8 +168,13 @@ class LabScheduler:
             return reports
         why = done.error or "the guest did not report this test"
         tail = "\n".join(done.output.splitlines()[-40:])
-        return [_report(item, "failed", f"{why} (whole output: {done.log})\n"
-                        f"--- guest output (tail) ---\n{tail}")]
+        return [
+            _report(
+                item,
+                "failed",
+                f"{why} (whole output: {done.log})\n--- guest output (tail) ---\n{tail}",
+            )
+        ]
 
     def _boot(self, topo: Topology) -> _GuestRun:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -237,9 +270,13 @@ class GuestReporter:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "lab(devices=..., viommu=True, iommu_cmdline=True, kernel='stock'): runs "
-        "as root in the lab guest on the real kernel (one boot per topology)")
+        "markers",
+        "lab(devices=..., viommu=True, iommu_cmdline=True, kernel='stock'): runs "
+        "as root in the lab guest on the real kernel (one boot per topology)",
+    )
     results = config.getoption("--lab-results")
+    if config.getoption("--no-skips") and not results:
+        config.pluginmanager.register(SkipGuard(), "pyvfio-no-skips")
     if results:
         config.pluginmanager.register(GuestReporter(config, Path(results)), "pyvfio-lab-guest")
     else:
