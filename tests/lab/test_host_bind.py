@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import Result
 from labhelp import main_lab
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
 from pyvfio.host import bind, journal
