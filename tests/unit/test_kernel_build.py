@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -232,12 +233,15 @@ def test_build_kernel_reports_kconfig_dropping_an_option(
         (source / ".config").write_text("CONFIG_VFIO=y\n# CONFIG_IOMMUFD is not set\n")
 
     monkeypatch.setattr(kb, "_make", fake_make)
+    stale = tmp_path / "cache" / ".build-6.12.90-1-0123456789ab-killed"
+    (stale / "src").mkdir(parents=True)
     said: list[str] = []
     with pytest.raises(kb.KernelBuildError, match=r"CONFIG_IOMMUFD=y \(the \.config has"):
         kb.build_kernel(tmp_path / "cache", fragment_path=fragment, say=said.append)
     assert said[0] == "lab: kernel: fetching linux-source-6.12 from bookworm-backports"
     assert kb.cached_builds(tmp_path / "cache") == []
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".lock"]  # no leftovers
+    # Neither this build's tree nor the one a killed build left behind remains.
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".lock"]
 
 
 # -- the CLI -----------------------------------------------------------------------------
@@ -255,3 +259,52 @@ def test_cli_kernel_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     as_json = json.loads(runner.invoke(app, ["lab", "kernel", "list", "--json"]).output)
     assert as_json["config_hash"] == CURRENT
     assert [b["source_version"] for b in as_json["builds"]] == ["6.12.95-1"]
+
+
+# -- make's output, condensed ------------------------------------------------------------
+
+
+def fake_make(bin_dir: Path, script: str) -> None:
+    bin_dir.mkdir()
+    make = bin_dir / "make"
+    make.write_text("#!/bin/sh\n" + script)
+    make.chmod(0o755)
+
+
+def test_make_progress_is_a_line_every_n_objects(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake_make(
+        tmp_path / "bin",
+        'i=0; while [ $i -lt 600 ]; do echo "  CC      obj$i.o"; echo "  AR      x.a";'
+        " i=$((i+1)); done\n",
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    said: list[str] = []
+    count = kb._make_bzimage(
+        tmp_path, 3, 0.0, said.append, expected=1000, failed_log=tmp_path / "failed.log"
+    )
+    assert count == 600
+    assert [line.split(",")[0] for line in said] == [
+        "lab: kernel: make: 250 of ~1000 objects (~25%)",
+        "lab: kernel: make: 500 of ~1000 objects (~50%)",
+        "lab: kernel: make: 600 objects compiled",
+    ]
+    assert (tmp_path / "build.log").read_text().count("  CC ") == 600
+
+
+def test_make_failure_shows_the_errors_and_keeps_the_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake_make(
+        tmp_path / "bin",
+        'echo "  CC      a.o"; echo "a.c:1:1: error: expected x"; echo "make: *** [a.o] Error 1";'
+        " exit 2\n",
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with pytest.raises(kb.KernelBuildError, match=r"exit 2\); full log in .*failed\.log") as info:
+        kb._make_bzimage(
+            tmp_path, 3, 0.0, lambda line: None, expected=10, failed_log=tmp_path / "failed.log"
+        )
+    assert "a.c:1:1: error: expected x" in str(info.value)
+    assert "error: expected x" in (tmp_path / "failed.log").read_text()

@@ -47,6 +47,9 @@ _MAKE_TIMEOUT = 3600
 _APT_TIMEOUT = 900
 #: make's progress is shown every this many compiled objects.
 PROGRESS_EVERY: Final = 250
+#: Objects (CC and AS steps) of a build of the shipped fragment, for the progress
+#: line until the cache holds a build that counted its own.
+EXPECTED_OBJECTS: Final = 1700
 
 # Tools the build runs, and the Debian package that has each.
 _TOOLS: Final = {
@@ -288,6 +291,8 @@ def build_kernel(
     wanted = config_hash(fragment)
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache, say):
+        for stale in cache.glob(".build-*"):  # left by a killed build: we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         start = time.monotonic()
         say(f"lab: kernel: fetching {SOURCE_PACKAGE} from {DEBIAN_SUITE}")
         deb, version = _download_source(cache)
@@ -355,7 +360,15 @@ def _build(
         )
 
     say(f"lab: kernel: make -j{jobs} bzImage (nice 19)")
-    objects = _make_bzimage(source, jobs, start, say, failed_log=work.parent / "last-build.log")
+    earlier = [build.objects for build in cached_builds(work.parent) if build.objects]
+    objects = _make_bzimage(
+        source,
+        jobs,
+        start,
+        say,
+        expected=earlier[0] if earlier else EXPECTED_OBJECTS,
+        failed_log=work.parent / "last-build.log",
+    )
 
     out = work / "out"
     out.mkdir()
@@ -377,8 +390,13 @@ def _config_line(name: str, value: str) -> str:
     return f"# {name} is not set\n" if value == "n" else f"{name}={value}\n"
 
 
-def _make_bzimage(source: Path, jobs: int, start: float, say: Say, *, failed_log: Path) -> int:
-    """Run make, saying how far it got every PROGRESS_EVERY objects; returns their count."""
+def _make_bzimage(
+    source: Path, jobs: int, start: float, say: Say, *, expected: int, failed_log: Path
+) -> int:
+    """Run make, saying how far it got every PROGRESS_EVERY objects; returns their count.
+
+    ``expected`` is the count an earlier build reached: progress says "about N%".
+    """
     argv = ["nice", "-n", "19", "make", f"-j{jobs}", "bzImage"]
     log = source / "build.log"
     objects = 0
@@ -401,7 +419,11 @@ def _make_bzimage(source: Path, jobs: int, start: float, say: Say, *, failed_log
                 if line.startswith(("  CC ", "  AS ")):
                     objects += 1
                     if objects % PROGRESS_EVERY == 0:
-                        say(f"lab: kernel: make: {objects} objects, {_elapsed(start)}")
+                        done = min(99, 100 * objects // max(expected, 1))
+                        say(
+                            f"lab: kernel: make: {objects} of ~{expected} objects "
+                            f"(~{done}%), {_elapsed(start)}"
+                        )
             returncode = proc.wait(timeout=_MAKE_TIMEOUT)
         finally:
             if proc.poll() is None:
