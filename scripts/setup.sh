@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 # qemu-system-x86: the lab's VM; linux-image-amd64: the guest's kernel and modules;
 # pciutils + pci.ids: lspci (the config-space oracle) and device names; gcc + libc6-dev:
 # the ABI test's C program; file + binutils: virtme-ng calls them; kmod: modprobe in
-# the guest; python3-venv: the virtual environment; dpkg-dev + apt: the ABI test's
+# the guest; busybox-static: virtme-ng's initramfs for a modular kernel;
+# python3-venv: the virtual environment; dpkg-dev + apt: the ABI test's
 # header download; make, bc, bison, flex, libelf-dev, libssl-dev, cpio, xz-utils and
 # debian-archive-keyring: building the lab kernel with IOMMUFD (docs/lab-kernel.md).
 packages=(qemu-system-x86 linux-image-amd64 pciutils pci.ids gcc libc6-dev file binutils
-          kmod python3-venv python3-dev ca-certificates dpkg-dev
+          kmod busybox-static python3-venv python3-dev ca-certificates dpkg-dev
           make bc bison flex libelf-dev libssl-dev cpio xz-utils debian-archive-keyring)
 missing=()
 for pkg in "${packages[@]}"; do

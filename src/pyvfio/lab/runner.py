@@ -134,6 +134,12 @@ def _prepare(
     say: Callable[[str], None],
 ) -> tuple[Manifest, Path]:
     _require("qemu-system-x86_64", "Debian: apt-get install qemu-system-x86")
+    if kernel in (None, "stock") and not shutil.which("busybox"):
+        # A modular kernel needs virtme-ng's initramfs to load 9p/virtio, built from busybox.
+        raise LabUnavailableError(
+            "busybox is missing: virtme-ng builds the guest's initramfs "
+            "with it (Debian: apt-get install busybox-static)"
+        )
     image = resolve_kernel(kernel)
     chosen = choose_accel(accel)
     say(f"lab: booting {topology.name} on {image.name} under {chosen.upper()}")
