@@ -521,3 +521,39 @@ def amd_desktop(root: str | os.PathLike[str]) -> SimulatedKernel:
     )
     host.add_framebuffer("0000:0a:00.0")
     return SimulatedKernel(host, {"0000:0a:00.0": "nouveau", "0000:0a:00.1": "snd_hda_intel"})
+
+
+#: (vendor, device, class, driver) of the functions a large synthetic host repeats.
+_LARGE_MIX = (
+    (0x8086, 0x1521, 0x020000, "igb"),
+    (0x15B3, 0x1017, 0x020000, "mlx5_core"),
+    (0x144D, 0xA808, 0x010802, "nvme"),
+    (0x10DE, 0x1DB4, 0x030200, "nvidia"),
+    (0x8086, 0x0D58, 0x0C0330, "xhci_hcd"),
+    (0x1022, 0x1498, 0x108000, None),
+)
+
+
+def large_host(root: str | os.PathLike[str], devices: int, per_group: int = 4) -> SyntheticHost:
+    """``devices`` functions in groups of ``per_group``: multi-function slots on buses
+    1..N, each slot its own group, with names pci.ids knows (the ``ls`` benchmark)."""
+    host = SyntheticHost(root)
+    caps = [pm_cap(), msi_cap(4), msix_cap(64), pcie_cap(0x0, flr=True)]
+    configs = {mix: config_bytes(mix[0], mix[1], mix[2], capabilities=caps) for mix in _LARGE_MIX}
+    for n in range(devices):
+        group, function = divmod(n, per_group)
+        bus, slot = divmod(group, 32)
+        mix = _LARGE_MIX[group % len(_LARGE_MIX)]
+        vendor, device, klass, driver = mix
+        host.add_device(
+            f"0000:{bus + 1:02x}:{slot:02x}.{function}",
+            vendor,
+            device,
+            klass,
+            driver=driver,
+            group=group,
+            config=configs[mix],
+            resources=[(0, 0x80000000 + (n << 20), 1 << 20)],
+            reset_method="flr bus",
+        )
+    return host
