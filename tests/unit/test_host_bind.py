@@ -225,3 +225,30 @@ def test_modules_dep_and_builtin_make_a_module_available(tmp_path: Path) -> None
     assert bind.module_available("vfio-pci", kernel)
     assert bind.module_available("pci_stub", kernel)
     assert not bind.module_available("nouveau", kernel)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bind", "0000:00:1f.9"],
+        ["bind", "zz:00.0"],
+        ["bind", ""],
+        ["bind", "0000:7f:1f.0"],
+        ["bind", "--driver", "no-such-driver", "0000:7f:1f.0"],
+        ["unbind", "0000:00:1f.9"],
+        ["restore", "zz:00.0"],
+        ["restore"],
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from pyvfio.cli import app
+
+    monkeypatch.setenv(journal.STATE_DIR_ENV, str(tmp_path))
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2, done.output
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")
+    assert list(tmp_path.iterdir()) == []
