@@ -13,6 +13,6 @@ echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest (unit + lab)"
 status=0
-.venv/bin/python -m pytest --lab require --no-skips "$@" || status=$?
+.venv/bin/python -m pytest --lab require --no-skips -m "not slow and not soak" "$@" || status=$?
 echo "test.sh: finished in $(( $(date +%s) - start )) s with status $status"
 exit $status
