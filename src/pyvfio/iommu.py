@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as E
+import functools
 import os
 import resource
 import weakref
@@ -110,8 +111,14 @@ def _check_bound(address: str, sysfs: Sysfs) -> int:
     return group
 
 
+@functools.cache
 def _has_cap_ipc_lock() -> bool:
-    """CAP_IPC_LOCK (bit 14 of CapEff) exempts a process from RLIMIT_MEMLOCK for pinning."""
+    """CAP_IPC_LOCK (bit 14 of CapEff) exempts a process from RLIMIT_MEMLOCK for pinning.
+
+    Read once per process: reading /proc on every map was most of a map's cost (the
+    primitives benchmark); a process that drops the capability later still meets
+    the kernel's own check, which raises MemlockLimitError from the ioctl.
+    """
     try:
         with open("/proc/self/status") as f:
             for line in f:
