@@ -5,9 +5,77 @@ Each is a few lines over :mod:`pyvfio.vm`.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from pyvfio.cli.common import app
+from pyvfio.cli.common import app, handle_errors, print_json
 
 vm_app = typer.Typer(help="Pass devices through to a VM: QEMU and libvirt.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+RootOpt = Annotated[
+    str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
+]
+
+
+def _split(args: list[str]) -> tuple[list[str], list[str]]:
+    """``BDF... -- EXTRA``: click hands both over as one list; QEMU options start with '-'."""
+    for n, arg in enumerate(args):
+        if arg.startswith("-"):
+            return args[:n], args[n:]
+    return args, []
+
+
+@vm_app.command("qemu")
+@handle_errors
+def qemu(
+    args: Annotated[
+        list[str], typer.Argument(help="PCI addresses, then -- and extra QEMU arguments")
+    ],
+    memory: Annotated[str, typer.Option(help="guest RAM, e.g. 4G")] = "4G",
+    hugepages: Annotated[bool, typer.Option("--hugepages", help="guest RAM on hugepages")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the argv, run nothing")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="start QEMU, confirm over QMP, stop: yes or no")
+    ] = False,
+    accel: Annotated[str, typer.Option(help="kvm, tcg, or auto (KVM, else TCG)")] = "auto",
+    x_vga: Annotated[bool, typer.Option("--x-vga", help="GPU: legacy VGA ranges")] = False,
+    romfile: Annotated[str | None, typer.Option(help="GPU: ROM image to expose")] = None,
+    rombar: Annotated[bool, typer.Option(help="GPU: expose the ROM BAR")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds for QEMU to answer on QMP")] = 120.0,
+    as_json: JsonOpt = False,
+    root: RootOpt = "/",
+) -> None:
+    """QEMU (q35) with the devices passed through: print it, check it, or run it (managed)."""
+    from pyvfio.host.snapshot import open_root
+    from pyvfio.vm import qemu as q
+
+    addresses, extra = _split(args)
+    sysfs = open_root(root)
+    gpu = q.GpuOptions(x_vga=x_vga, romfile=romfile, rombar=rombar)
+    plan = q.build(
+        addresses,
+        memory=memory,
+        hugepages=hugepages,
+        accel=accel,
+        gpu=gpu,
+        extra=extra,
+        sysfs=sysfs,
+    )
+    if dry_run:
+        if as_json:
+            print_json(plan.to_json())
+        else:
+            typer.echo(str(plan))
+        return
+    if not sysfs.is_live:
+        raise ValueError("--root reads a snapshot: only --dry-run works on one")
+    report = q.run(plan, check=check, timeout=timeout, echo_stderr=not check and not as_json)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        typer.echo(str(report))
+    if not report.ok:
+        raise typer.Exit(1)
