@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 packages=(qemu-system-x86 linux-image-amd64 pciutils pci.ids gcc libc6-dev file binutils
           kmod busybox-static python3-venv python3-dev ca-certificates dpkg-dev
           make bc bison flex libelf-dev libssl-dev cpio xz-utils debian-archive-keyring
-          libvirt-clients)  # libvirt-clients: virt-xml-validate, run by the vm libvirt tests
+          libvirt-clients libxml2-utils)  # virt-xml-validate (and its xmllint) for the vm libvirt tests
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
