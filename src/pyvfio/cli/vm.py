@@ -79,3 +79,32 @@ def qemu(
         typer.echo(str(report))
     if not report.ok:
         raise typer.Exit(1)
+
+
+@vm_app.command("libvirt")
+@handle_errors
+def libvirt(
+    addresses: Annotated[list[str], typer.Argument(help="PCI addresses, e.g. 0000:01:00.0")],
+    domain: Annotated[
+        str | None, typer.Option(help="print a whole minimal q35 domain of this name")
+    ] = None,
+    memory: Annotated[str, typer.Option(help="guest RAM (with --domain)")] = "4G",
+    hugepages: Annotated[bool, typer.Option("--hugepages", help="guest RAM on hugepages")] = False,
+    romfile: Annotated[str | None, typer.Option(help="GPU: ROM image to expose")] = None,
+    rombar: Annotated[bool, typer.Option(help="GPU: expose the ROM BAR")] = True,
+    root: RootOpt = "/",
+) -> None:
+    """libvirt <hostdev managed='yes'> elements, or with --domain a whole q35 domain."""
+    from pyvfio.host.snapshot import open_root
+    from pyvfio.vm import libvirt as lv
+    from pyvfio.vm.qemu import GpuOptions
+
+    sysfs = open_root(root)
+    gpu = GpuOptions(romfile=romfile, rombar=rombar)
+    if domain is None:
+        typer.echo(lv.hostdevs(addresses, gpu=gpu, sysfs=sysfs), nl=False)
+    else:
+        text = lv.domain(
+            addresses, domain, memory=memory, hugepages=hugepages, gpu=gpu, sysfs=sysfs
+        )
+        typer.echo(text, nl=False)

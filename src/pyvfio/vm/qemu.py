@@ -156,6 +156,10 @@ class GpuOptions:
         return self.x_vga or self.romfile is not None or not self.rombar
 
 
+#: No GPU options: QEMU's defaults (ROM BAR on, the device's own ROM, no legacy VGA).
+NO_GPU_OPTIONS = GpuOptions()
+
+
 def hugepage_mount(sysfs: Sysfs = LIVE) -> str | None:
     """Where hugetlbfs is mounted (the first mount; Debian's systemd: /dev/hugepages)."""
     for line in sysfs.read_lines("proc/mounts"):
@@ -269,7 +273,7 @@ def build(
     memory: str = "4G",
     hugepages: bool = False,
     accel: str = "auto",
-    gpu: GpuOptions = GpuOptions(),
+    gpu: GpuOptions = NO_GPU_OPTIONS,
     extra: Sequence[str] = (),
     qemu: str = QEMU,
     sysfs: Sysfs = LIVE,
