@@ -666,7 +666,11 @@ def run(
             if proc.poll() is None and qmp_path.exists():
                 started = True
                 try:
-                    monitor = Monitor(str(qmp_path), timeout=max(deadline - time.monotonic(), 1))
+                    monitor = Monitor(
+                        str(qmp_path),
+                        timeout=max(deadline - time.monotonic(), 1),
+                        alive=lambda: proc.poll() is None,
+                    )
                     answer = monitor.execute("query-pci", timeout=60)
                     confirmations = confirm(plan.devices, answer)
                 except QmpError as err:

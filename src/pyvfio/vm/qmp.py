@@ -9,8 +9,9 @@ every device is realized).
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,16 +29,35 @@ class QmpError(PyvfioError):
 class Monitor:
     """One QMP connection to a QEMU listening on a unix socket."""
 
-    def __init__(self, path: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, path: str, *, timeout: float = 60.0, alive: Callable[[], bool] | None = None
+    ) -> None:
         self.path = path
         self._loop: asyncio.AbstractEventLoop | None = asyncio.new_event_loop()
         self._client = QMPClient("pyvfio")
         self._finalizer = weakref.finalize(self, self._loop.close)
         try:
-            self._run(self._client.connect(path), timeout)
+            self._connect(timeout, alive or (lambda: True))
         except BaseException:
             self.close()
             raise
+
+    def _connect(self, timeout: float, alive: Callable[[], bool]) -> None:
+        # The socket file appears at bind(), a moment before listen(): ECONNREFUSED
+        # then means "not yet", so try again until the deadline.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._run(self._client.connect(self.path), max(deadline - time.monotonic(), 1))
+                return
+            except QmpError as err:
+                cause = getattr(err.__cause__, "exc", err.__cause__)  # qemu.qmp's ConnectError
+                if not isinstance(cause, ConnectionRefusedError | FileNotFoundError):
+                    raise
+                if time.monotonic() > deadline or not alive():
+                    raise
+            time.sleep(0.1)
+            self._client = QMPClient("pyvfio")
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         if self._loop is None:
