@@ -1,0 +1,103 @@
+"""Interrupt waits on a bare eventfd: counts, timeouts, EINTR, asyncio, close."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pyvfio.errors import ClosedError
+from pyvfio.interrupt import Interrupt, check_kind
+
+
+class _Dev:
+    bdf = "0000:00:10.0"
+
+    def __init__(self) -> None:
+        self.unmasked: list[int] = []
+
+    def _unmask_irq(self, irq: Interrupt) -> None:
+        self.unmasked.append(irq.vector)
+
+
+@pytest.fixture
+def irq() -> Iterator[Interrupt]:
+    i = Interrupt(_Dev(), "msi", 0)  # type: ignore[arg-type]
+    yield i
+    i.close()
+
+
+def _fire_later(irq: Interrupt, delay: float, times: int = 1) -> threading.Thread:
+    def fire() -> None:
+        time.sleep(delay)
+        for _ in range(times):
+            os.eventfd_write(irq.fileno(), 1)
+
+    t = threading.Thread(target=fire)
+    t.start()
+    return t
+
+
+def test_wait_returns_the_count_and_times_out(irq: Interrupt) -> None:
+    with pytest.raises(TimeoutError, match=r"did not fire within 0\.05 s"):
+        irq.wait(0.05)
+    os.eventfd_write(irq.fileno(), 1)
+    os.eventfd_write(irq.fileno(), 1)
+    assert irq.wait(1) == 2  # two signals since the last read, counted once
+    assert irq.poll() == 0
+
+
+def test_wait_survives_signals(irq: Interrupt) -> None:
+    ticks = []
+    old = signal.signal(signal.SIGALRM, lambda *a: ticks.append(1))
+    signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+    try:
+        t = _fire_later(irq, 0.3)
+        assert irq.wait(5) == 1
+        t.join()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(ticks) >= 3, "the wait was interrupted by signals and went on"
+
+
+def test_wait_async(irq: Interrupt) -> None:
+    async def main() -> int:
+        t = _fire_later(irq, 0.1, times=3)
+        got = await irq.wait_async(timeout=5)
+        t.join()
+        return got
+
+    assert asyncio.run(main()) >= 1
+
+    async def never() -> int:
+        return await irq.wait_async(timeout=0.05)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(never())
+
+
+def test_close_is_idempotent_and_use_after_close_is_clear(irq: Interrupt) -> None:
+    fd = irq.fileno()
+    irq.close()
+    irq.close()
+    with pytest.raises(ClosedError, match="closed"):
+        irq.wait(0)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the eventfd really is closed
+
+
+def test_unmask_goes_to_the_device(irq: Interrupt) -> None:
+    irq.unmask()
+    assert irq._device.unmasked == [0]  # type: ignore[attr-defined]
+
+
+def test_kinds() -> None:
+    assert check_kind("msix") == 2
+    with pytest.raises(ValueError, match="intx, msi, msix"):
+        check_kind("msi-x")
