@@ -165,6 +165,15 @@ def check_iommu(sysfs: Sysfs) -> CheckResult:
 _CMDLINE_KEYS = ("intel_iommu", "amd_iommu", "iommu", "iommu.passthrough", "iommu.strict")
 
 
+def _vtd_default_on(sysfs: Sysfs) -> str | None:
+    """The kernel config option that turns VT-d on without intel_iommu=on, if set."""
+    release = sysfs.read_attr("proc/sys/kernel/osrelease") or ""
+    for line in sysfs.read_lines(f"boot/config-{release}"):
+        if line.startswith("CONFIG_INTEL_IOMMU_DEFAULT_ON") and line.endswith("=y"):
+            return line
+    return None
+
+
 def check_cmdline(sysfs: Sysfs) -> CheckResult:
     args = _cmdline(sysfs)
     mine = [a for a in args if a.split("=", 1)[0] in _CMDLINE_KEYS]
@@ -186,6 +195,9 @@ def check_cmdline(sysfs: Sysfs) -> CheckResult:
             "devices in a group split by pcie_acs_override can still reach each other's DMA",
         )
     if iommu_active(sysfs):
+        default = _vtd_default_on(sysfs)
+        if not mine and default:
+            shown += f" (this kernel turns VT-d on by default: {default})"
         extra = "" if "iommu=pt" in args else "; iommu=pt spares host devices the translation"
         return CheckResult("kernel command line", Status.PASS, shown + extra)
     if _is_amd(sysfs):

@@ -295,6 +295,10 @@ def record(out: str | os.PathLike[str], sysfs: Sysfs = LIVE) -> int:
             lines = sysfs.read_lines(f"lib/modules/{release}/{name}")
             keep = [ln for ln in lines if re.search(r"/(vfio|pci-stub|pci_stub|kvm)[^/]*\.ko", ln)]
             rec.data(f"lib/modules/{release}/{name}", ("\n".join(keep) + "\n").encode())
+        config = sysfs.read_lines(f"boot/config-{release}")
+        iommu = [ln for ln in config if "IOMMU" in ln or ln.startswith("CONFIG_VFIO")]
+        if iommu:
+            rec.data(f"boot/config-{release}", ("\n".join(iommu) + "\n").encode())
         log = [ln for ln in _kernel_log(sysfs).splitlines() if _LOG_KEEP.search(ln)]
         rec.data(KERNEL_LOG, ("\n".join(log) + "\n").encode())
         rec.data(NODES, json.dumps(device_nodes(sysfs), indent=1).encode())
