@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from pyvfio.host import journal, synthetic
 from pyvfio.host.synthetic import SimulatedKernel
 from pyvfio.vm import qemu
 from pyvfio.vm.layout import layout
+from pyvfio.vm.qmp import Monitor, walk_query_pci
 
 DATA = Path(__file__).parent.parent / "data" / "vm"
 runner = CliRunner()
@@ -273,3 +277,38 @@ def test_cli_dry_run_json_and_extra_args(tmp_path: Path) -> None:
     assert data["devices"][0]["qdev_id"] == "hostdev1-0"
     done = runner.invoke(app, ["vm", "qemu", "00:10.0", "--root", str(tmp_path)])
     assert done.exit_code == 2 and "only --dry-run" in done.output
+
+
+def test_query_devices_sees_behind_a_root_port_of_a_real_qemu(
+    lab: SimulatedKernel, tmp_path: Path
+) -> None:
+    """QEMU's emulated edu stands in for the passed one: with -S a root port has no
+    secondary bus yet and query-pci leaves its devices out, until firmware numbers it."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    devices = layout(["00:10.0"], lab)
+    sock = tmp_path / "qmp.sock"
+    argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "64M", "-S"]
+    argv += ["-nodefaults", "-display", "none", "-qmp", f"unix:{sock},server=on,wait=off"]
+    argv += ["-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1"]
+    argv += ["-device", f"edu,id={devices[0].qdev_id},bus=rp1,addr=00.0"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Monitor(str(sock), timeout=30) as monitor:
+            first = monitor.execute("query-pci")
+            assert devices[0].qdev_id not in {d.qdev_id for d in walk_query_pci(first)}
+            answer, resumed = qemu.query_devices(monitor, devices, deadline)
+            assert resumed
+            (found,) = qemu.confirm(devices, answer)
+            assert found.ok, str(found)
+            assert found.guest is not None and found.guest.bus != 0
+            monitor.execute("quit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()

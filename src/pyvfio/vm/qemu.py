@@ -490,6 +490,31 @@ def confirm(devices: Sequence[PassedDevice], answer: Any) -> tuple[Confirmation,
     return tuple(out)
 
 
+def query_devices(
+    monitor: Monitor, devices: Sequence[PassedDevice], deadline: float
+) -> tuple[Any, bool]:
+    """``query-pci``'s answer once it lists every passed device; whether the CPUs ran.
+
+    QEMU lists a bridge's devices only once the bridge has a secondary bus number
+    (hw/pci/pci.c, qmp_query_pci_bridge), and with ``-S`` no firmware has numbered the
+    root ports yet. Devices on the root bus answer at once; for those below a root
+    port the CPUs run (``cont``) until SeaBIOS has numbered the buses, a fraction of a
+    second of guest time. Returns the last answer at the deadline, whatever it holds.
+    """
+    wanted = {d.qdev_id for d in devices}
+    answer = monitor.execute("query-pci", timeout=60)
+    resumed = False
+    while not wanted <= {d.qdev_id for d in walk_query_pci(answer)}:
+        if time.monotonic() > deadline:
+            break
+        if not resumed:
+            monitor.execute("cont")
+            resumed = True
+        time.sleep(0.1)
+        answer = monitor.execute("query-pci", timeout=60)
+    return answer, resumed
+
+
 @dataclass(frozen=True)
 class PassthroughReport:
     """The answer of ``vm qemu --check`` (and of a run): yes or no, with the reasons."""
@@ -621,9 +646,11 @@ def run(
 ) -> PassthroughReport:
     """Pre-flight, bind (journaled), start QEMU, confirm over QMP, give the devices back.
 
-    QEMU starts with its CPUs stopped (``-S``: devices are realized before the CPUs run,
-    so ``query-pci`` answers). With ``check`` it quits as soon as the devices are
-    confirmed; otherwise its CPUs start (QMP ``cont``) and this returns when QEMU exits.
+    QEMU starts with its CPUs stopped (``-S``): devices are realized (group attached,
+    guest RAM mapped for DMA, BARs mapped) before any CPU runs, and the CPUs run only as
+    long as the firmware needs to number the root ports (see :func:`query_devices`).
+    With ``check`` QEMU quits as soon as the devices are confirmed; otherwise its CPUs
+    run on (QMP ``cont``) and this returns when QEMU exits.
     Devices pyvfio moved go back to their original drivers in every case; devices
     already on vfio-pci stay there.
     """
@@ -639,12 +666,12 @@ def run(
     workdir = Path(tempfile.mkdtemp(prefix="pyvfio-vm-"))
     qmp_path = workdir / "qmp.sock"
     argv = list(plan.argv)
-    # -S: the CPUs wait while QMP confirms the devices (they are realized by then), so
-    # a guest never runs with a device missing.
+    # -S: the CPUs wait while QMP confirms the devices (they are realized by then).
     argv += ["-qmp", f"unix:{qmp_path},server=on,wait=off", "-S"]
     if check:
         argv += ["-nodefaults", "-display", "none"]
     confirmations: tuple[Confirmation, ...] = ()
+    resumed = False
     error = None
     started = False
     status: int | None = None
@@ -671,7 +698,7 @@ def run(
                         timeout=max(deadline - time.monotonic(), 1),
                         alive=lambda: proc.poll() is None,
                     )
-                    answer = monitor.execute("query-pci", timeout=60)
+                    answer, resumed = query_devices(monitor, plan.devices, deadline)
                     confirmations = confirm(plan.devices, answer)
                 except QmpError as err:
                     error = str(err)
@@ -688,7 +715,8 @@ def run(
             else:
                 try:
                     assert monitor is not None
-                    monitor.execute("cont")
+                    if not resumed:
+                        monitor.execute("cont")
                     status = proc.wait()
                 except KeyboardInterrupt:
                     status = _stop(proc, monitor)
