@@ -108,3 +108,53 @@ def libvirt(
             addresses, domain, memory=memory, hugepages=hugepages, gpu=gpu, sysfs=sysfs
         )
         typer.echo(text, nl=False)
+
+
+@app.command("persist")
+@handle_errors
+def persist(
+    addresses: Annotated[
+        list[str] | None, typer.Argument(help="PCI addresses to bind to vfio-pci at boot")
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="write the files (with backups); else a diff")
+    ] = False,
+    undo: Annotated[bool, typer.Option("--undo", help="put back what --apply wrote")] = False,
+    distro: Annotated[
+        str | None, typer.Option(help="debian, fedora or arch (default: /etc/os-release)")
+    ] = None,
+    root: Annotated[
+        str, typer.Option(help="a tree with etc/ (and sys/, proc/) instead of /")
+    ] = "/",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the vfio-pci binding survive reboot: udev rule, softdep, initramfs, cmdline."""
+    from pyvfio.host.bind import require_root
+    from pyvfio.host.sysfs import Sysfs
+    from pyvfio.vm import persist as p
+
+    if undo:
+        if root == "/":
+            require_root(Sysfs(root), "undoing persist")
+        restored = p.undo(root=root)
+        if as_json:
+            print_json({"restored": restored})
+        else:
+            for path in restored:
+                typer.echo(f"restored {path}")
+            typer.echo("now regenerate the initramfs and boot loader configuration again")
+        return
+    plan = p.plan(addresses or [], root=root, distro=distro)
+    if not apply:
+        if as_json:
+            print_json({"applied": False, **plan.to_json()})
+        else:
+            typer.echo(str(plan))
+        return
+    if root == "/":
+        require_root(Sysfs(root), "writing /etc")
+    applied = p.apply(plan, root=root)
+    if as_json:
+        print_json({"applied": True, **plan.to_json(), **applied.to_json()})
+    else:
+        typer.echo(str(applied))
