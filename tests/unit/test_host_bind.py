@@ -252,3 +252,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert done.exit_code == 2, done.output
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error:")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_built_in_module_without_parameters_counts_as_loaded(tmp_path: Path) -> None:
+    kernel = q35_lab(tmp_path)
+    assert not bind.module_loaded("pci_stub", kernel)
+    kernel.host.write(
+        "lib/modules/6.1.0-synthetic/modules.builtin", "kernel/drivers/pci/pci-stub.ko\n"
+    )
+    assert bind.module_loaded("pci-stub", kernel)

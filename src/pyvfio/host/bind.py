@@ -36,8 +36,13 @@ VFIO_PCI = "vfio-pci"
 
 
 def module_loaded(name: str, sysfs: Sysfs = LIVE) -> bool:
-    """A module is usable when /sys/module/NAME exists: loaded, or built in."""
-    return sysfs.exists(f"sys/module/{name.replace('-', '_')}")
+    """Loaded, or built in: /sys/module/NAME exists (a built-in module shows there only
+    when it has parameters, so modules.builtin is asked too)."""
+    if sysfs.exists(f"sys/module/{name.replace('-', '_')}"):
+        return True
+    release = sysfs.read_attr("proc/sys/kernel/osrelease")
+    builtin = sysfs.read_lines(f"lib/modules/{release}/modules.builtin") if release else []
+    return name.replace("-", "_") in _module_names(builtin)
 
 
 def load_module(name: str, sysfs: Sysfs = LIVE) -> None:
