@@ -49,7 +49,7 @@ _APT_TIMEOUT = 900
 PROGRESS_EVERY: Final = 250
 #: Objects (CC and AS steps) of a build of the shipped fragment, for the progress
 #: line until the cache holds a build that counted its own.
-EXPECTED_OBJECTS: Final = 1700
+EXPECTED_OBJECTS: Final = 1330
 
 # Tools the build runs, and the Debian package that has each.
 _TOOLS: Final = {
