@@ -1,6 +1,6 @@
 """The configuration-space parser, checked against lspci on real and on broken dumps.
 
-Every dump in the shared corpus (pciutils' own test dumps: ``lspci -vvv`` text followed by
+Every dump in tests/data/pciutils-dumps (pciutils' own test dumps: ``lspci -vvv`` text followed by
 an ``lspci -xxxx`` hex dump, possibly several devices per file) is parsed here and
 compared with what ``lspci -F FILE -vvvnn`` prints, run now: lspci is the oracle. Synthetic
 config spaces (loops, bad pointers, Resizable BAR, DVSEC) are written out in the same
@@ -54,8 +54,8 @@ from pyvfio.pci.config import (
     parse_config,
 )
 
-CORPUS = Path(__file__).parents[2].parent / "shared/corpus/pciutils-dumps"
-DUMPS = sorted(CORPUS.iterdir()) if CORPUS.is_dir() else []
+CORPUS = Path(__file__).parents[1] / "data/pciutils-dumps"
+DUMPS = sorted(p for p in CORPUS.iterdir() if p.name != "README.md") if CORPUS.is_dir() else []
 
 Address = tuple[int, int, int, int]  # domain, bus, device, function
 
@@ -664,8 +664,8 @@ def compare_device(space: ConfigSpace, device: LspciDevice, check: Comparison) -
 
 def test_corpus_is_present() -> None:
     assert DUMPS, (
-        f"no dumps in {CORPUS}: the shared corpus of pciutils test dumps is missing"
-        " (see shared/corpus/README.md)"
+        f"no dumps in {CORPUS}: the pciutils test dumps are missing"
+        " (tests/data/pciutils-dumps/README.md)"
     )
 
 
