@@ -818,6 +818,7 @@ class Controller:
 
     def _shutdown(self) -> None:
         """Delete the I/O queues, then a normal shutdown (CC.SHN=01b, wait SHST=10b)."""
+        self.check_fatal()  # a dead controller answers nothing: straight to disabling it
         for qp in reversed(self.queues):
             with contextlib.suppress(NvmeError):
                 self.delete_queue_pair(qp)
