@@ -11,6 +11,7 @@ slot, doorbell rung once per batch), then one pyvfio run under cProfile. Writes 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import glob
 import io
@@ -140,8 +141,10 @@ def draw_lbas(ctrl: Controller, w: Workload) -> list[int] | None:
 def run_pyvfio(
     ctrl: Controller, w: Workload, runtime: float, lbas: list[int] | None = None
 ) -> dict[str, Any]:
-    """``w.qd`` commands in flight on one polled queue pair for ``runtime`` seconds."""
+    """``w.qd`` commands in flight on one queue pair for ``runtime`` seconds: polled, or
+    sleeping on the queue's MSI-X vector when the controller was opened with msix."""
     qp = ctrl.queues[0]
+    irq = qp.irq
     ns = ctrl.namespaces[1]
     blocks = w.bs // ns.block_size
     slots = ns.size // blocks
@@ -187,6 +190,9 @@ def run_pyvfio(
                     lat.append(t - started[cid])
                     free.append(slot_of[cid])
                 in_flight -= len(done)
+            elif irq is not None:
+                with contextlib.suppress(TimeoutError):
+                    irq.wait(1.0)
         elapsed = (clock() - begin) / 1e9
     ios = len(lat)
     return {
@@ -242,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": [w.name for w in SWEEP],
         "kernel_driver": {},
         "pyvfio": {},
+        "pyvfio_msix": {},
     }
 
     # Each workload runs on both drivers back to back (rebinding in between), so a
@@ -261,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_pyvfio(ctrl, w, args.runtime)
             result["pyvfio"][name] = res
             print(f"pyvfio {name}: {res['iops']:.0f} IOPS, p50 {res['p50_us']:.0f} us", flush=True)
+            if w in SWEEP:
+                with Controller.open(addr, msix=True) as ctrl:
+                    res = run_pyvfio(ctrl, w, args.runtime)
+                result["pyvfio_msix"][name] = res
+                print(f"pyvfio+msix {name}: {res['iops']:.0f} IOPS", flush=True)
         with Controller.open(addr) as ctrl:
             result["profile_4k_randread_qd32"] = profile_pyvfio(
                 ctrl, workloads["4k-randread-qd32"], args.runtime

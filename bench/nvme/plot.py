@@ -29,8 +29,14 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         return False
     qds = [results["workloads"][n]["qd"] for n in results["sweep"]]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key, label in (("kernel_driver", "kernel nvme + fio"), ("pyvfio", "pyvfio (polled)")):
-        ax.plot(qds, [results[key][n]["iops"] for n in results["sweep"]], marker="o", label=label)
+    for key, label in (
+        ("kernel_driver", "kernel nvme + fio (MSI-X)"),
+        ("pyvfio", "pyvfio, polled"),
+        ("pyvfio_msix", "pyvfio, MSI-X"),
+    ):
+        if all(n in results.get(key, {}) for n in results["sweep"]):
+            iops = [results[key][n]["iops"] for n in results["sweep"]]
+            ax.plot(qds, iops, marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(qds, [str(q) for q in qds])
     ax.set_xlabel("queue depth")

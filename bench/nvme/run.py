@@ -59,12 +59,20 @@ def table(results: dict[str, Any]) -> str:
                 f"| {_f(r['mean_us'])} µs | {_f(r['p50_us'])} µs | {_f(r['p99_us'])} µs "
                 f"| {_f(r['p99.9_us'])} µs | {ratio} |"
             )
-    lines += ["", "4 KiB random read, IOPS by queue depth:", ""]
-    lines += ["| QD | kernel | pyvfio | ratio |", "| ---: | ---: | ---: | ---: |"]
+    msix = results.get("pyvfio_msix", {})
+    lines += ["", "4 KiB random read, IOPS by queue depth (ratios against the kernel):", ""]
+    lines += [
+        "| QD | kernel | pyvfio polled | ratio | pyvfio MSI-X | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name in results["sweep"]:
         qd = results["workloads"][name]["qd"]
         k, p = results["kernel_driver"][name], results["pyvfio"][name]
-        lines.append(f"| {qd} | {_f(k['iops'])} | {_f(p['iops'])} | {p['ratio_iops']:.2f} |")
+        m = msix.get(name)
+        irq = f"{_f(m['iops'])} | {m['iops'] / k['iops']:.2f}" if m else "| "
+        lines.append(
+            f"| {qd} | {_f(k['iops'])} | {_f(p['iops'])} | {p['ratio_iops']:.2f} | {irq} |"
+        )
     return "\n".join(lines)
 
 
