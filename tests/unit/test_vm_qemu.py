@@ -312,3 +312,13 @@ def test_query_devices_sees_behind_a_root_port_of_a_real_qemu(
         proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_qemu_that_cannot_start_raises_and_devices_go_back(
+    lab: SimulatedKernel, tmp_path: Path
+) -> None:
+    plan = qemu.build(["00:11.0"], memory="128M", qemu=str(tmp_path / "no-qemu"), sysfs=lab)
+    with pytest.raises(qemu.QemuError, match="cannot start"):
+        qemu.run(plan, check=True, sysfs=lab, journal_dir=tmp_path / "state")
+    assert lab.driver("00:11.0") == "nvme"
+    assert journal.read_journal(tmp_path / "state") == {}

@@ -678,13 +678,19 @@ def run(
     restored: list[Restored] = []
     monitor = None
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL if check else None,
-            stdout=subprocess.DEVNULL if check else None,
-            stderr=subprocess.PIPE,
-            preexec_fn=_raise_memlock(lock.need),  # before the stderr thread starts
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL if check else None,
+                stdout=subprocess.DEVNULL if check else None,
+                stderr=subprocess.PIPE,
+                preexec_fn=_raise_memlock(lock.need),  # before the stderr thread starts
+            )
+        except OSError as err:
+            raise QemuError(
+                f"cannot start {argv[0]}: {err.strerror} (Debian: apt-get install "
+                "qemu-system-x86); the devices were given back"
+            ) from err
         assert proc.stderr is not None
         stderr = _Stderr(proc.stderr, echo=echo_stderr)
         try:
