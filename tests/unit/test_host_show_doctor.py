@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from pyvfio.cli import app
 from pyvfio.host import bind, details, doctor, snapshot
 from pyvfio.host.doctor import Status
+from pyvfio.host.inventory import devices as inventory_devices
+from pyvfio.host.inventory import iommu_groups
 from pyvfio.host.synthetic import SimulatedKernel, amd_desktop, intel_server, q35_lab
 from pyvfio.host.sysfs import Sysfs
 
@@ -225,3 +227,35 @@ def test_doctor_exit_1_on_a_fail_and_0_when_all_pass(intel) -> None:
     assert runner.invoke(app, ["doctor", "--root", str(intel.root)]).exit_code == 0
     done = runner.invoke(app, ["doctor", "03:00.0", "--root", str(intel.root)])
     assert done.exit_code == 1 and "FAIL 0000:03:00.0 group" in done.stdout
+
+
+LAB_SNAPSHOT = Path(__file__).parent.parent / "data" / "snapshots" / "lab-main.tar.gz"
+
+
+def test_the_snapshot_recorded_in_the_lab_replays_its_topology() -> None:
+    """Recorded in the lab's main topology (tests/data/snapshots/README.md says how)."""
+    if not LAB_SNAPSHOT.exists():
+        pytest.skip(f"{LAB_SNAPSHOT} has not been recorded")
+    sysfs = snapshot.open_root(LAB_SNAPSHOT)
+    groups = {g.number: g for g in iommu_groups(sysfs)}
+    chipset = next(g for g in groups.values() if g.devices[0].address == "0000:00:1f.0")
+    assert [(d.address, d.driver) for d in chipset.devices] == [
+        ("0000:00:1f.0", "lpc_ich"),
+        ("0000:00:1f.2", "ahci"),
+        ("0000:00:1f.3", "i801_smbus"),
+    ]
+    plan = bind.plan_bind(["00:1f.2"], group=True, sysfs=sysfs)
+    assert len(plan.changes) == 3
+    edus = [d for g in groups.values() for d in g.devices if d.ids == "1234:11e8"]
+    alone, switched = edus
+    assert len(groups[alone.iommu_group].devices) == 1  # type: ignore[index]
+    shared = groups[switched.iommu_group].devices  # type: ignore[index]
+    assert len(shared) == 2 and shared[0].is_bridge
+    hops = details.describe(switched.address, sysfs).acs_path
+    assert [h.port_type for h in hops] == ["downstream port", "upstream port", "root port"]
+    assert not hops[0].acs and hops[-1].acs
+    checks = by_name(doctor.run(sysfs=sysfs))
+    for name in ("ACPI IOMMU table", "IOMMU active", "interrupt remapping"):
+        assert checks[name].status is Status.PASS, checks[name]
+    nine_p = [d.address for d in inventory_devices(sysfs) if d.driver == "virtio-pci"]
+    assert any(bind.usage.device_users(a, sysfs) for a in nine_p)
