@@ -89,6 +89,19 @@ def _error(err: int, name: str, device: str | None) -> VfioError:
             ioctl=name,
             device=device,
         )
+    if err == E.EPERM and name == "VFIO_DEVICE_BIND_IOMMUFD":
+        # Access was checked when the cdev was opened. iommufd_device_bind answers
+        # -EPERM when the group has another DMA owner (iommu_device_claim_dma_owner)
+        # or cannot isolate MSI while iommufd.allow_unsafe_interrupts is off.
+        return VfioError(
+            f"{text}: the device's IOMMU group has another owner (a kernel driver on a "
+            "member, another iommufd or a type1 container: pyvfio ls), or it cannot "
+            "isolate MSI (no interrupt remapping; iommufd.allow_unsafe_interrupts=1 "
+            "accepts that risk)",
+            errno=err,
+            ioctl=name,
+            device=device,
+        )
     if err in (E.EACCES, E.EPERM):
         return PermissionDeniedError(
             f"{text}; run as root or get access with 'pyvfio grant'",

@@ -285,9 +285,10 @@ class IommufdBackend:
             try:
                 _ioctl.device_bind_iommufd(fd, self.fd, address)
             except VfioError as err:
-                # iommu_device_claim_dma_owner: -EBUSY while a kernel driver owns DMA
-                # for a member of the group.
-                if err.errno == E.EBUSY and blocking_peers(group, self.sysfs):
+                # iommu_device_claim_dma_owner: -EPERM while a kernel driver owns DMA
+                # for a member of the group (owner_cnt set by another owner), -EBUSY
+                # while the group is attached to a domain other than its default.
+                if err.errno in (E.EPERM, E.EBUSY) and blocking_peers(group, self.sysfs):
                     raise not_viable_error(
                         address, group, self.sysfs, "VFIO_DEVICE_BIND_IOMMUFD"
                     ) from err
