@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,19 @@ def combine(
     return out
 
 
+def merge_repeats(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per operation, the repeat whose best batch was fastest, with every repeat's best.
+
+    ``runs`` are one side's ``{op: result}`` from each repeat, in order.
+    """
+    merged: dict[str, Any] = {}
+    for name in dict.fromkeys(name for run in runs for name in run):
+        results = [run[name] for run in runs if name in run]
+        fastest = min(results, key=lambda r: r["best_ns_per_op"])
+        merged[name] = {**fastest, "best_ns_by_repeat": [r["best_ns_per_op"] for r in results]}
+    return merged
+
+
 def parse_c_output(text: str) -> dict[str, Any]:
     """The JSON object vfio_prims prints (its stdout), with a readable error otherwise."""
     start = text.find("{")
@@ -126,9 +139,12 @@ def section(results: Mapping[str, Any]) -> str:
     """The heading, conditions and table of one results file."""
     accel = str(results["accel"]).upper()
     heading = f"### {results['backend']} backend, {accel}"
+    n = results.get("repeats", 1)
+    repeats = f" in each of {n} alternating repeats" if n > 1 else ""
     conditions = (
         f"Kernel {results['kernel']}, {results['date']}, Python {results['python']}, "
-        f"C built with `{results['cc']}`; best of {results['rounds']} batches, "
+        f"C built with `{results['cc']}`; best of {results['rounds']} batches"
+        f"{repeats}, "
         f"about {results['budget_ms'] / 1000:g} s per operation and side."
     )
     host = results.get("host")

@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--accel", choices=("kvm", "tcg"), help="default: KVM when usable")
     parser.add_argument("--budget-ms", type=int, default=2000, help="time per operation and side")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds for the whole run")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="alternate the two sides this many times"
+    )
+    parser.add_argument("--timeout", type=float, default=2400, help="seconds for the whole run")
     parser.add_argument(
         "--readme-only", action="store_true", help="only rewrite the README from bench/results"
     )
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.backend,
                 "--budget-ms",
                 str(args.budget_ms),
+                "--repeat",
+                str(args.repeat),
                 "--c-binary",
                 str(binary),
                 "--cc",

@@ -72,6 +72,24 @@ def test_combine_keeps_an_op_one_side_lacks_without_a_ratio() -> None:
     assert [(o["name"], o["ratio"], o["c"]) for o in ops] == [("x", None, None), ("y", None, None)]
 
 
+def test_merge_repeats_keeps_the_fastest_repeat_and_every_best() -> None:
+    first = {"a": {**result(50.0), "best_ns_per_op": 40.0}, "b": result(10.0)}
+    second = {"a": {**result(60.0), "best_ns_per_op": 30.0}, "b": result(20.0), "c": result(5.0)}
+    merged = report.merge_repeats([first, second])
+    assert list(merged) == ["a", "b", "c"]
+    assert merged["a"]["best_ns_per_op"] == 30.0 and merged["a"]["ns_per_op"] == 60.0
+    assert merged["a"]["best_ns_by_repeat"] == [40.0, 30.0]
+    assert merged["b"]["best_ns_by_repeat"] == [10.0, 20.0] and merged["b"]["ns_per_op"] == 10.0
+    assert merged["c"]["best_ns_by_repeat"] == [5.0]
+
+
+def test_section_names_the_repeats() -> None:
+    assert "best of 5 batches in each of 3 alternating repeats," in report.section(
+        {**sample(), "repeats": 3}
+    )
+    assert "best of 5 batches, about" in report.section(sample())
+
+
 def test_parse_c_output_reads_the_json_object() -> None:
     text = json.dumps({"tool": "c", "ops": {"mmio_read32": result(40.0)}})
     assert report.parse_c_output(text)["ops"]["mmio_read32"]["ns_per_op"] == 40.0
