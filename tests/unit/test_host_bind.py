@@ -261,3 +261,12 @@ def test_a_built_in_module_without_parameters_counts_as_loaded(tmp_path: Path) -
         "lib/modules/6.1.0-synthetic/modules.builtin", "kernel/drivers/pci/pci-stub.ko\n"
     )
     assert bind.module_loaded("pci-stub", kernel)
+
+
+def test_a_damaged_journal_stops_restore_with_the_reason(kernel, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "journal.json").write_text("{not json")
+    with pytest.raises(HostError, match="cannot read the bind journal"):
+        bind.restore(all_devices=True, sysfs=kernel)
+    assert journal.read_journal() == {}  # ls stays usable

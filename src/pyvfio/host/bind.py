@@ -27,7 +27,7 @@ from typing import Any
 
 from pyvfio.errors import HostError, InvalidAddressError
 from pyvfio.host import inventory, usage
-from pyvfio.host.journal import Journal, JournalEntry, begin_steps, read_journal, step
+from pyvfio.host.journal import Journal, JournalEntry, begin_steps, step
 from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs
 from pyvfio.iommu import _is_vfio_driver
 from pyvfio.pci.address import normalize
@@ -472,7 +472,7 @@ def restore(
     named = [normalize(a) for a in addresses]
     for addr in named:
         sysfs.device_dir(addr)
-    entries = read_journal(journal_dir)
+    entries = Journal(journal_dir).entries  # a damaged journal is an error here
     wanted = list(entries) if all_devices else named
     if not any(a in entries for a in wanted):
         return [Restored(a, sysfs.driver(a), False, "pyvfio did not change it") for a in wanted]
@@ -500,7 +500,7 @@ def unbind_devices(
     named = list(dict.fromkeys(normalize(a) for a in addresses))
     for addr in named:
         sysfs.device_dir(addr)
-    entries = read_journal(journal_dir)
+    entries = Journal(journal_dir).entries
     out: list[Restored] = []
     for addr in named:
         if addr in entries:
