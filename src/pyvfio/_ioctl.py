@@ -305,9 +305,15 @@ def device_get_pci_hot_reset_info(
     call(device, v.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf, name, address)
     base = ctypes.sizeof(v.vfio_pci_hot_reset_info)
     out = []
+    flags = v.VfioPciHotResetFlag(full.flags)
+    by_devid = bool(flags & v.VfioPciHotResetFlag.VFIO_PCI_HOT_RESET_FLAG_DEV_ID)
+    owned = bool(flags & v.VfioPciHotResetFlag.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED)
     for i in range(full.count):
         d = v.vfio_pci_dependent_device.from_buffer_copy(buf, base + i * step)
-        out.append(DependentDevice(d.segment, d.bus, d.devfn, d._id.group_id))
+        if by_devid:
+            out.append(DependentDevice(d.segment, d.bus, d.devfn, devid=d._id.devid, owned=owned))
+        else:
+            out.append(DependentDevice(d.segment, d.bus, d.devfn, group_id=d._id.group_id))
     return tuple(out)
 
 

@@ -261,11 +261,25 @@ class Device:
             ) from err
 
     def hot_reset(self) -> None:
-        """Secondary bus reset, when every affected device's group is open in this Iommu."""
+        """Secondary bus reset, when this Iommu holds every device it would reset.
+
+        type1: the group fd of each affected device goes with the ioctl. iommufd:
+        the kernel checks ownership through the iommufd itself, so no fds go with
+        it (an empty array), and it refuses unless the devices are all bound to it.
+        """
         fd = self._require_fd()
         dependents = self.hot_reset_dependents()
-        backend = self.iommu._backend
-        groups = getattr(backend, "groups", {})
+        if all(d.group_id is None for d in dependents):  # iommufd: ids, not groups
+            if not all(d.owned for d in dependents):
+                raise UnsupportedError(
+                    f"a bus reset of {self.bdf} also resets "
+                    f"{', '.join(d.address for d in dependents)}: open them all in the "
+                    "same Iommu first",
+                    device=self.bdf,
+                )
+            _ioctl.device_pci_hot_reset(fd, [], self.bdf)
+            return
+        groups = getattr(self.iommu._backend, "groups", {})
         missing = [d for d in dependents if d.group_id not in groups]
         if missing:
             raise UnsupportedError(

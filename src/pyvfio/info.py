@@ -155,16 +155,25 @@ class IommuInfo:
 
 @dataclass(frozen=True)
 class DependentDevice:
-    """One device a hot reset would also reset (``vfio_pci_dependent_device``)."""
+    """One device a hot reset would also reset (``vfio_pci_dependent_device``).
+
+    A device opened through a type1 group reports each dependent's IOMMU
+    ``group_id``; one opened through its cdev (iommufd) reports the dependent's
+    iommufd ``devid`` instead (``VFIO_PCI_HOT_RESET_FLAG_DEV_ID``), and ``owned`` says
+    whether this iommufd holds every one of them (``..._DEV_ID_OWNED``).
+    """
 
     segment: int
     bus: int
     devfn: int
-    group_id: int
+    group_id: int | None = None
+    devid: int | None = None
+    owned: bool = False
 
     @property
     def address(self) -> str:
         return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7:x}"
 
     def __str__(self) -> str:
-        return f"{self.address} (group {self.group_id})"
+        which = f"group {self.group_id}" if self.group_id is not None else f"devid {self.devid}"
+        return f"{self.address} ({which})"

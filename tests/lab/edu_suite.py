@@ -384,4 +384,8 @@ def test_hot_reset_dependents_below_a_root_port(lab: LabFixture, iommu: pyvfio.I
         with iommu.open(address) as nic:
             dependents = nic.hot_reset_dependents()
             assert [d.address for d in dependents] == [address]
-            assert dependents[0].group_id == nic.group
+            if nic.iommu.backend == "type1":
+                assert dependents[0].group_id == nic.group
+            else:  # a cdev reports iommufd device ids, and whether we own them all
+                assert dependents[0].group_id is None and dependents[0].devid is not None
+                assert dependents[0].owned

@@ -112,7 +112,9 @@ def demo(
     here: Annotated[
         bool, typer.Option("--here", help="run on this kernel, not in the lab")
     ] = False,
-    kernel: Annotated[str | None, typer.Option(help="lab kernel: stock or a bzImage")] = None,
+    kernel: Annotated[
+        str | None, typer.Option(help="lab kernel: stock, iommufd or a bzImage")
+    ] = None,
 ) -> None:
     """Boot the lab, list IOMMU groups, bind edu to vfio-pci, DMA through the IOMMU."""
     raise typer.Exit(main(here, kernel))

@@ -17,7 +17,9 @@ def lab_run(
         list[str] | None,
         typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
     ] = None,
-    kernel: Annotated[str | None, typer.Option(help="stock (default) or a bzImage")] = None,
+    kernel: Annotated[
+        str | None, typer.Option(help="stock (default), iommufd (built on first use) or a bzImage")
+    ] = None,
     accel: Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")] = None,
     no_viommu: Annotated[bool, typer.Option("--no-viommu", help="no intel-iommu")] = False,
     no_intremap: Annotated[
@@ -33,8 +35,10 @@ def lab_run(
     from pyvfio.lab.topology import Topology
 
     topology = Topology(
-        devices=tuple(device or ("edu",)), viommu=not no_viommu,
-        intremap=not no_intremap, iommu_cmdline=not no_iommu_cmdline
+        devices=tuple(device or ("edu",)),
+        viommu=not no_viommu,
+        intremap=not no_intremap,
+        iommu_cmdline=not no_iommu_cmdline,
     )
     result = run(
         command,
@@ -55,7 +59,9 @@ def lab_shell(
         list[str] | None,
         typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
     ] = None,
-    kernel: Annotated[str | None, typer.Option(help="stock (default) or a bzImage")] = None,
+    kernel: Annotated[
+        str | None, typer.Option(help="stock (default), iommufd (built on first use) or a bzImage")
+    ] = None,
     accel: Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")] = None,
 ) -> None:
     """Boot the lab with an interactive root shell."""

@@ -46,7 +46,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--lab-kernel",
         default=None,
         metavar="KERNEL",
-        help="kernel for the lab guest: stock (default) or a bzImage path",
+        help="kernel for every lab guest, overriding each test's: stock, iommufd or a bzImage path",
     )
     group.addoption(
         "--lab-timeout",

@@ -1,0 +1,15 @@
+"""The edu suite on the lab's own 6.12 kernel, through both backends it offers:
+iommufd (/dev/iommu + the device cdev) and the type1 container beside it."""
+
+from __future__ import annotations
+
+import pytest
+from edu_suite import *  # noqa: F403 - the suite's tests and fixtures run here
+from labhelp import MAIN_TOPOLOGY
+
+pytestmark = pytest.mark.lab(devices=MAIN_TOPOLOGY, kernel="iommufd")
+
+
+@pytest.fixture(params=["iommufd", "type1"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
