@@ -204,7 +204,7 @@ def _fetch_package(cache: Path) -> Path:
             f"{DEBIAN_KEYRING} is missing, so {DEBIAN_SUITE} cannot be verified; "
             f"apt-get install debian-archive-keyring"
         )
-    apt = _private_apt(cache / "apt")
+    apt = private_apt(cache / "apt", "pyvfio-headers")
     _run(
         ["apt-get", *apt, "update"], doing=f"apt-get update of {DEBIAN_SUITE} from {DEBIAN_MIRROR}"
     )
@@ -231,11 +231,12 @@ def _fetch_package(cache: Path) -> Path:
     return unpacked
 
 
-def _private_apt(apt_dir: Path) -> list[str]:
+def private_apt(apt_dir: Path, name: str) -> list[str]:
     """apt options for a setup of its own in ``apt_dir``, knowing only the suite's sources.
 
-    The sources stanza is the one of Debian's ``debian.sources``; lists and downloaded
-    archives stay in ``apt_dir``.
+    The sources stanza (``<name>.sources``) is the one of Debian's ``debian.sources``;
+    lists and downloaded archives stay in ``apt_dir``. The lab kernel's source
+    download (`pyvfio.lab.kernel_build`) uses the same setup.
     """
     sources_dir = apt_dir / "sources.list.d"
     for directory in (
@@ -244,7 +245,7 @@ def _private_apt(apt_dir: Path) -> list[str]:
         apt_dir / "cache" / "archives" / "partial",
     ):
         directory.mkdir(parents=True, exist_ok=True)
-    (sources_dir / "pyvfio-headers.sources").write_text(
+    (sources_dir / f"{name}.sources").write_text(
         f"Types: deb\n"
         f"URIs: {DEBIAN_MIRROR}\n"
         f"Suites: {DEBIAN_SUITE}\n"

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from pyvfio._uapi.headers import DEBIAN_KEYRING, DEBIAN_MIRROR, DEBIAN_SUITE
+from pyvfio._uapi.headers import DEBIAN_KEYRING, DEBIAN_MIRROR, DEBIAN_SUITE, private_apt
 from pyvfio.errors import LabUnavailableError
 
 SOURCE_PACKAGE: Final = "linux-source-6.12"
@@ -497,7 +497,7 @@ def _download_source(cache: Path) -> tuple[Path, str]:
             f"{DEBIAN_KEYRING} is missing, so {DEBIAN_SUITE} cannot be verified; "
             f"apt-get install debian-archive-keyring"
         )
-    apt = _private_apt(cache / "apt")
+    apt = private_apt(cache / "apt", "pyvfio-kernel")
     _run(
         ["apt-get", *apt, "update"],
         doing=f"apt-get update of {DEBIAN_SUITE} from {DEBIAN_MIRROR}",
@@ -527,39 +527,6 @@ def _download_source(cache: Path) -> tuple[Path, str]:
             f"apt-get reported success but no {SOURCE_PACKAGE} {version} .deb is in {archives}"
         )
     return debs[-1], version
-
-
-def _private_apt(apt_dir: Path) -> list[str]:
-    """apt options for a setup of its own in ``apt_dir`` that knows only the suite.
-
-    The same setup as the ABI test's header download (`pyvfio._uapi.headers`), in
-    the kernel cache.
-    """
-    sources_dir = apt_dir / "sources.list.d"
-    for directory in (
-        sources_dir,
-        apt_dir / "lists" / "partial",
-        apt_dir / "cache" / "archives" / "partial",
-    ):
-        directory.mkdir(parents=True, exist_ok=True)
-    (sources_dir / "pyvfio-kernel.sources").write_text(
-        f"Types: deb\n"
-        f"URIs: {DEBIAN_MIRROR}\n"
-        f"Suites: {DEBIAN_SUITE}\n"
-        f"Components: main\n"
-        f"Signed-By: {DEBIAN_KEYRING}\n"
-    )
-    options = [
-        "-o", "Dir::Etc::SourceList=/dev/null",
-        "-o", f"Dir::Etc::SourceParts={sources_dir}",
-        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
-        "-o", f"Dir::Cache={apt_dir / 'cache'}",
-        "-o", "Acquire::Languages=none",
-    ]  # fmt: skip
-    if os.geteuid() == 0:
-        # As root apt downloads as the _apt user, who cannot enter a cache like /root/.cache.
-        options += ["-o", "APT::Sandbox::User=root"]
-    return options
 
 
 def _run(command: list[str], *, doing: str, timeout: float, cwd: Path | None = None) -> str:
