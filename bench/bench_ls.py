@@ -10,7 +10,8 @@ written with :func:`pyvfio.host.synthetic.large_host`; then, best and median of
 * the library call behind it, in process (``iommu_groups`` + ``listing_json``);
 * ``lspci -D -nn -k -A linux-sysfs -O sysfs.path=TREE/sys/bus/pci``: lspci reading the
   same tree (it shows no groups; names from the same pci.ids);
-* ``lspci -D -nn -k`` and ``pyvfio ls --json`` on the live host, for reference.
+* ``lspci -D -nn -k`` and ``pyvfio ls --json`` on the live host, for reference;
+* Python's start alone and ``import pyvfio.cli``, to separate start-up from work.
 
 Nothing is asserted; the figures are for reading (bench/README.md).
 """
@@ -35,7 +36,7 @@ from pyvfio.host.synthetic import large_host
 from pyvfio.host.sysfs import Sysfs
 
 SIZES = (200, 500, 1000, 2000)
-ROUNDS = 5
+ROUNDS = 7
 PYVFIO = [sys.executable, "-m", "pyvfio"]
 
 
@@ -105,6 +106,11 @@ def main() -> None:
                 row["lspci_same_tree"] = timed(command(argv))
             sizes.append(row)
             print(json.dumps(row), flush=True)
+    startup = {
+        "python_c_pass": timed(command([sys.executable, "-c", "pass"])),
+        "import_pyvfio_cli": timed(command([sys.executable, "-c", "import pyvfio.cli"])),
+    }
+    print(json.dumps(startup), flush=True)
     live: dict[str, object] = {"devices": len(os.listdir("/sys/bus/pci/devices"))}
     live["pyvfio_ls_json_command"] = timed(command([*PYVFIO, "ls", "--json"]))
     if lspci:
@@ -126,6 +132,7 @@ def main() -> None:
         "sizes": sizes,
         "growth_200_to_2000": growth,
         "live_host": live,
+        "startup": startup,
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
