@@ -259,3 +259,18 @@ def test_the_snapshot_recorded_in_the_lab_replays_its_topology() -> None:
         assert checks[name].status is Status.PASS, checks[name]
     nine_p = [d.address for d in inventory_devices(sysfs) if d.driver == "virtio-pci"]
     assert any(bind.usage.device_users(a, sysfs) for a in nine_p)
+
+
+def test_ls_text_shows_a_half_done_bind_from_the_snapshot_journal(intel) -> None:
+    state = intel.path("run/pyvfio")
+    state.mkdir(parents=True)
+    entry = {"original_driver": "nvme", "original_override": None, "target": "vfio-pci"}
+    (state / "journal.json").write_text(
+        json.dumps({"version": 1, "devices": {"0000:03:00.0": {**entry, "step": "unbound"}}})
+    )
+    done = runner.invoke(app, ["ls", "--root", str(intel.root)])
+    assert done.exit_code == 0
+    assert "0000:03:00.0 half-done: stopped after 'unbound' (was nvme)" in done.stdout
+    assert "pyvfio restore --all" in done.stdout
+    data = cli_json("ls", "--json", "--root", str(intel.root))
+    assert data["journal"][0]["done"] is False  # type: ignore[index]
