@@ -147,6 +147,8 @@ def section(results: Mapping[str, Any]) -> str:
         f"{repeats}, "
         f"about {results['budget_ms'] / 1000:g} s per operation and side."
     )
+    if results.get("commit"):
+        conditions += f" pyvfio at commit {results['commit']}."
     host = results.get("host")
     if host:
         conditions += (

@@ -56,6 +56,26 @@ def host_conditions() -> dict[str, Any]:
     return {"cpu": model, "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
+def checkout_commit() -> str | None:
+    """The commit the guest ran (with ``+dirty`` when the work tree had changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(CHECKOUT), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def regenerate_readme() -> None:
     block = report.render_block(report.load_results(RESULTS))
     README.write_text(report.update_readme(README.read_text() if README.exists() else "", block))
@@ -84,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out_name = f"primitives-{args.backend}.json"
     host_before = host_conditions()
+    commit = checkout_commit()
     with runner.scratch_dir() as scratch:
         binary, cc = build(scratch)
         print(f"bench: built {binary} ({cc})", flush=True)
@@ -126,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results = json.loads(produced.read_text())
     results["host"] = {**host_before, "loadavg_after": host_conditions()["loadavg"]}
+    results["commit"] = commit
 
     RESULTS.mkdir(exist_ok=True)
     saved = RESULTS / out_name
