@@ -15,9 +15,22 @@ The tree::
     │   ├── UnsupportedError         the device or kernel cannot do what was asked
     │   └── ClosedError              the object was used after close()
     ├── HostError                    sysfs/driver changes on the host failed
+    │   ├── UnknownDriverError       no such driver (host.bind; also ValueError)
+    │   ├── NotRootError             changing the host needs root (host.bind; also ValueError)
+    │   ├── DeviceInUseError         the host uses the device: root fs, disk, NIC, console
+    │   ├── SnapshotError            a --root snapshot that cannot be read (also ValueError)
+    │   └── PersistError             persist cannot write or undo its files (vm.persist)
+    ├── QemuError / QmpError         QEMU would not start, or its monitor would not answer (vm)
+    ├── NvmeError                    the NVMe driver (drivers.nvme_spec)
+    │   ├── NvmeStatusError          a command's status, decoded (SCT/SC/DNR and the names)
+    │   ├── ControllerFatalError     CSTS.CFS: the controller gave up
+    │   └── NvmeTimeoutError         bring-up or a command timed out (also TimeoutError)
     └── LabError                     the VM lab cannot boot or run
         ├── LabSpecError             a topology the lab cannot build (also ValueError)
         └── LabUnavailableError      something the lab needs is missing (says what to install)
+            └── KernelBuildError     the lab kernel cannot be built (lab.kernel_build)
+
+The subclasses outside this module live beside the code that raises them.
 
 Every ioctl goes through :func:`pyvfio._ioctl.call`, which turns ``OSError`` into
 one of the ``VfioError`` subclasses with ``raise ... from err``.
