@@ -13,3 +13,11 @@ pytestmark = pytest.mark.lab(devices=MAIN_TOPOLOGY, kernel="iommufd")
 @pytest.fixture(params=["iommufd", "type1"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def test_doctor_names_both_backends() -> None:
+    from pyvfio.host import doctor
+
+    result = doctor.check_backends(doctor.LIVE)
+    assert result.status is doctor.Status.PASS
+    assert "type1" in result.message and "iommufd" in result.message

@@ -80,3 +80,11 @@ def test_edu_group_is_viable(edu_addr: str) -> None:
         assert not status & v.VfioGroupFlag.VFIO_GROUP_FLAGS_CONTAINER_SET
     finally:
         os.close(fd)
+
+
+def test_doctor_names_type1_only_on_the_stock_kernel(edu_addr: str) -> None:
+    from pyvfio.host import doctor
+
+    result = doctor.check_backends(doctor.LIVE)
+    assert result.status is doctor.Status.PASS
+    assert "type1" in result.message and "iommufd" not in result.message

@@ -320,6 +320,24 @@ def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
     return CheckResult("/dev/vfio", Status.PASS, f"{text}; opened by {who}")
 
 
+def check_backends(sysfs: Sysfs) -> CheckResult:
+    """Which of pyvfio's IOMMU backends this kernel offers (``Iommu(backend=...)``)."""
+    nodes = device_nodes(sysfs)
+    offered = []
+    if "dev/vfio/vfio" in nodes or bind.module_available("vfio_iommu_type1", sysfs):
+        offered.append("type1 (/dev/vfio/vfio + /dev/vfio/N)")
+    if "dev/iommu" in nodes:
+        offered.append("iommufd (/dev/iommu + /dev/vfio/devices/vfioN)")
+    if not offered:
+        return CheckResult(
+            "VFIO backends",
+            Status.FAIL,
+            "neither type1 nor iommufd is offered by this kernel",
+            "use a kernel with CONFIG_VFIO_IOMMU_TYPE1 or CONFIG_IOMMUFD + CONFIG_VFIO_DEVICE_CDEV",
+        )
+    return CheckResult("VFIO backends", Status.PASS, "; ".join(offered))
+
+
 def memlock_limit(sysfs: Sysfs) -> int | None:
     """The soft RLIMIT_MEMLOCK in bytes (None: unlimited), from /proc/self/limits."""
     for line in sysfs.read_lines("proc/self/limits"):
@@ -452,6 +470,7 @@ HOST_CHECKS: tuple[Callable[[Sysfs], CheckResult], ...] = (
     check_interrupt_remapping,
     check_modules,
     check_dev_vfio,
+    check_backends,
     check_hugepages,
     check_boot_framebuffer,
 )
@@ -467,7 +486,7 @@ def run(
     for addr in addresses:
         sysfs.device_dir(normalize(addr))  # bad input before any output
     results = [check(sysfs) for check in HOST_CHECKS]
-    results.insert(8, check_memlock(sysfs, memlock_need))
+    results.insert(9, check_memlock(sysfs, memlock_need))
     for addr in addresses:
         results += device_checks(addr, sysfs)
     return results
