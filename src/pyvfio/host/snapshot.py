@@ -329,5 +329,33 @@ def open_root(root: str | os.PathLike[str]) -> Sysfs:
     where = Path(tempfile.mkdtemp(prefix="pyvfio-root-"))
     atexit.register(shutil.rmtree, where, True)
     with tarfile.open(path) as tar:
-        tar.extractall(where, filter="data")
+        _extract_safely(tar, where, path)
     return Sysfs(where)
+
+
+def _extract_safely(tar: tarfile.TarFile, where: Path, path: Path) -> None:
+    """Unpack a snapshot without letting a member escape ``where``.
+
+    Python 3.11.4+ has the "data" filter for this; Debian 12's 3.11.2 does not, so
+    there the same rules are checked by hand: plain files, folders and symlinks
+    only, no absolute names or "..", links that stay inside.
+    """
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(where, filter="data")
+        return
+    root = where.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        link_ok = True
+        if member.issym():
+            link_ok = (target.parent / member.linkname).resolve().is_relative_to(root)
+        if (
+            member.name.startswith("/")
+            or not target.is_relative_to(root)
+            or not link_ok
+            or not (member.isfile() or member.isdir() or member.issym())
+        ):
+            raise SnapshotError(
+                f"{path} has an unsafe member {member.name!r}: not a snapshot pyvfio wrote"
+            )
+    tar.extractall(where)  # every member was checked above
