@@ -93,3 +93,23 @@ def test_no_skips_turns_a_skip_into_a_failed_run(pytester: pytest.Pytester) -> N
     strict = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--no-skips")
     assert strict.ret == pytest.ExitCode.TESTS_FAILED
     strict.stdout.fnmatch_lines(["*test_s.py::test_x: Skipped: needs a GPU*"])
+
+
+def test_a_guest_that_dies_before_any_test_is_booted_once_more(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_lab=LAB_TESTS)
+    calls: list[tuple[str, str]] = []
+    real = _fake_run(calls)
+
+    def flaky(command, topology, **kwargs):  # type: ignore[no-untyped-def]
+        if not calls:
+            calls.append(("died", ""))
+            return LabResult(255, "", "tcg", "fake", 0.1)
+        return real(command, topology, **kwargs)
+
+    monkeypatch.setattr(pytest_plugin, "run", flaky)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    assert [c[0] for c in calls] == ["died", "edu"]
+    result.stdout.fnmatch_lines(["*no test ran (the guest's pytest exited with 255)*"])

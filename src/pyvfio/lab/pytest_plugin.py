@@ -177,6 +177,20 @@ class LabScheduler:
         ]
 
     def _boot(self, topo: Topology) -> _GuestRun:
+        result = self._boot_once(topo)
+        if not result.reports and not result.unavailable and result.error:
+            # A guest that died before running any test (seen a few times on a host
+            # overloaded with other VMs: vng exits 255 with no output) is booted once
+            # more; a failure after tests started is never retried.
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(
+                    f"lab: {topo.name}: no test ran ({result.error}); booting once more"
+                )
+            result = self._boot_once(topo)
+        return result
+
+    def _boot_once(self, topo: Topology) -> _GuestRun:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         nodeids = [i.nodeid for i in self.items[topo]]
 
