@@ -95,7 +95,7 @@ def test_no_skips_turns_a_skip_into_a_failed_run(pytester: pytest.Pytester) -> N
     strict.stdout.fnmatch_lines(["*test_s.py::test_x: Skipped: needs a GPU*"])
 
 
-def test_a_guest_that_dies_before_any_test_is_booted_once_more(
+def test_a_guest_that_dies_mid_run_reruns_the_unfinished_tests_once(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytester.makepyfile(test_lab=LAB_TESTS)
@@ -103,13 +103,32 @@ def test_a_guest_that_dies_before_any_test_is_booted_once_more(
     real = _fake_run(calls)
 
     def flaky(command, topology, **kwargs):  # type: ignore[no-untyped-def]
-        if not calls:
-            calls.append(("died", ""))
+        if not calls:  # the first boot runs one test, then the guest "dies"
+            first = command.split(" test_lab.py::")[0] + " test_lab.py::test_passes 2>&1"
+            real(first, topology, **kwargs)
             return LabResult(255, "", "tcg", "fake", 0.1)
         return real(command, topology, **kwargs)
 
     monkeypatch.setattr(pytest_plugin, "run", flaky)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=1, skipped=1)
-    assert [c[0] for c in calls] == ["died", "edu"]
-    result.stdout.fnmatch_lines(["*no test ran (the guest's pytest exited with 255)*"])
+    assert len(calls) == 2
+    rerun = calls[1][1]
+    assert "test_lab.py::test_passes" not in rerun and "test_lab.py::test_fails" in rerun
+    result.stdout.fnmatch_lines(["*the guest died*3 test(s) unfinished*"])
+
+
+def test_a_test_that_kills_the_guest_twice_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_lab=LAB_TESTS)
+    calls: list[str] = []
+
+    def dead(command, topology, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(command)
+        return LabResult(255, "Kernel panic", "tcg", "fake", 0.1)
+
+    monkeypatch.setattr(pytest_plugin, "run", dead)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=4)
+    assert len(calls) == 2

@@ -177,22 +177,28 @@ class LabScheduler:
         ]
 
     def _boot(self, topo: Topology) -> _GuestRun:
-        result = self._boot_once(topo)
-        if not result.reports and not result.unavailable and result.error:
-            # A guest that died before running any test (seen a few times on a host
-            # overloaded with other VMs: vng exits 255 with no output) is booted once
-            # more; a failure after tests started is never retried.
+        nodeids = [i.nodeid for i in self.items[topo]]
+        result = self._boot_once(topo, nodeids)
+        unfinished = [n for n in nodeids if not _finished(result.reports.get(n, []))]
+        if unfinished and result.error and not result.unavailable:
+            # The guest died before these tests finished (seen on a host overloaded
+            # with other VMs: vng exits 255, the guest's output just stops). They run
+            # once more in a new boot; a test that takes the guest down twice fails.
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
                 reporter.write_line(
-                    f"lab: {topo.name}: no test ran ({result.error}); booting once more"
+                    f"lab: {topo.name}: the guest died ({result.error}) "
+                    f"with {len(unfinished)} test(s) unfinished; "
+                    "booting once more for them"
                 )
-            result = self._boot_once(topo)
+            again = self._boot_once(topo, unfinished)
+            for nodeid in unfinished:
+                result.reports[nodeid] = again.reports.get(nodeid, [])
+            result.error, result.output, result.log = again.error, again.output, again.log
         return result
 
-    def _boot_once(self, topo: Topology) -> _GuestRun:
+    def _boot_once(self, topo: Topology, nodeids: list[str]) -> _GuestRun:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        nodeids = [i.nodeid for i in self.items[topo]]
 
         def say(line: str) -> None:
             if reporter is not None and line.startswith("lab:"):
@@ -247,6 +253,11 @@ class LabScheduler:
                         report.longrepr = tuple(report.longrepr)
                     result.reports.setdefault(report.nodeid, []).append(report)
         return result
+
+
+def _finished(reports: list[Any]) -> bool:
+    """A test whose teardown was reported, or that was skipped or failed in setup."""
+    return any(r.when == "teardown" or (r.when == "setup" and not r.passed) for r in reports)
 
 
 def _report(
