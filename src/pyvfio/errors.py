@@ -13,7 +13,11 @@ The tree::
     │   ├── NoInterruptRemappingError  type1 refuses to attach without IRQ remapping
     │   ├── IovaExhaustedError       no free IOVA range fits the request
     │   ├── UnsupportedError         the device or kernel cannot do what was asked
-    │   └── ClosedError              the object was used after close()
+    │   ├── ClosedError              the object was used after close()
+    │   └── VfioUserError            the vfio-user socket failed (vfio_user); .errno
+    │       ├── VfioUserProtocolError  a short, oversized or malformed message; .header
+    │       ├── VfioUserDisconnectedError  the peer closed the socket (also ConnectionError)
+    │       └── VfioUserRemoteError  the peer answered with an error reply; .errno, .command
     ├── HostError                    sysfs/driver changes on the host failed
     │   ├── UnknownDriverError       no such driver (host.bind; also ValueError)
     │   ├── NotRootError             changing the host needs root (host.bind; also ValueError)
@@ -149,6 +153,43 @@ class UnsupportedError(VfioError):
 
 class ClosedError(VfioError):
     """The object was used after ``close()``."""
+
+
+class VfioUserError(VfioError):
+    """The vfio-user socket path failed (``pyvfio.vfio_user``, ``pyvfio.server``).
+
+    ``errno`` is the errno to put in an error reply (or the one received), ``ioctl``
+    the vfio-user command's name when one is known.
+    """
+
+
+class VfioUserProtocolError(VfioUserError):
+    """A message that breaks the wire format: short, oversized, malformed, or with the
+    wrong number of file descriptors.
+
+    ``header`` is the message's `pyvfio.vfio_user.protocol.Header` when it could be
+    read (so that an error reply can echo its id), else None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        header: object | None = None,
+        errno: int = _errno.EINVAL,
+        ioctl: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(message, errno=errno, ioctl=ioctl, device=device)
+        self.header = header
+
+
+class VfioUserDisconnectedError(VfioUserError, ConnectionError):
+    """The peer closed the vfio-user socket (between messages or in the middle of one)."""
+
+
+class VfioUserRemoteError(VfioUserError):
+    """The peer answered a command with an error reply; ``errno`` is the errno it sent."""
 
 
 class HostError(PyvfioError):
