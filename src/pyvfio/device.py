@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno as E
-import os
 import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from pyvfio import _ioctl
+from pyvfio._transport import DeviceTransport, KernelTransport
 from pyvfio._uapi import vfio as v
 from pyvfio.errors import ClosedError, UnsupportedError, VfioError
 from pyvfio.info import DependentDevice, DeviceInfo, IrqInfo, RegionInfo
@@ -32,9 +31,9 @@ _DISABLE = _SET.VFIO_IRQ_SET_DATA_NONE | _SET.VFIO_IRQ_SET_ACTION_TRIGGER
 _UNMASK = _SET.VFIO_IRQ_SET_DATA_NONE | _SET.VFIO_IRQ_SET_ACTION_UNMASK
 
 
-def _close_fd(fd: int) -> None:
+def _close_transport(transport: DeviceTransport) -> None:
     with contextlib.suppress(OSError):
-        os.close(fd)
+        transport.close()
 
 
 class Config:
@@ -89,37 +88,54 @@ class Device:
 
     ``pyvfio.open(BDF)`` gives a device with an IOMMU address space of its own;
     ``Iommu.open(BDF)`` one that shares the Iommu with other devices.
+    ``pyvfio.open("vfio-user:PATH")`` is a device served over a vfio-user socket:
+    the same API, no group (``group`` is None) and no kernel VFIO underneath.
     """
 
     def __init__(
-        self, iommu: Iommu, bdf: str, fd: int, group: int, *, owns_iommu: bool = False
+        self,
+        iommu: Iommu,
+        bdf: str,
+        fd: int | DeviceTransport,
+        group: int | None,
+        *,
+        owns_iommu: bool = False,
     ) -> None:
         self.bdf = bdf
         self.iommu = iommu
         self.group = group
-        self._fd = fd
+        transport = KernelTransport(fd, bdf) if isinstance(fd, int) else fd
+        self._transport: DeviceTransport = transport
+        self._fd = transport.fileno()
         self._owns_iommu = owns_iommu
         self._auto_map = True
         self._regions: dict[int, Region] = {}
         self._irqs: dict[str, list[Interrupt]] = {}
-        self._finalizer = weakref.finalize(self, _close_fd, fd)
+        self._finalizer = weakref.finalize(self, _close_transport, transport)
         try:
-            self.info: DeviceInfo = _ioctl.device_get_info(fd, bdf)
+            self.info: DeviceInfo = transport.device_info()
         except BaseException:
             self._finalizer()
             raise
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd {self._fd}"
-        return f"<Device {self.bdf} group {self.group} via {self.iommu.backend} ({state})>"
+        where = f"group {self.group}" if self.group is not None else "vfio-user"
+        return f"<Device {self.bdf} {where} via {self.iommu.backend} ({state})>"
 
     def fileno(self) -> int:
+        """The device fd (kernel VFIO) or the socket (vfio-user)."""
         return self._require_fd()
 
     def _require_fd(self) -> int:
         if self._fd < 0:
             raise ClosedError(f"device {self.bdf} is closed", device=self.bdf)
         return self._fd
+
+    def _require_transport(self) -> DeviceTransport:
+        if self._fd < 0:
+            raise ClosedError(f"device {self.bdf} is closed", device=self.bdf)
+        return self._transport
 
     @property
     def closed(self) -> bool:
@@ -130,7 +146,7 @@ class Device:
     def region_info(self, index: int) -> RegionInfo:
         if not 0 <= index < self.info.num_regions:
             raise ValueError(f"{self.bdf} has regions 0-{self.info.num_regions - 1}, not {index}")
-        return _ioctl.device_get_region_info(self._require_fd(), index, self.bdf)
+        return self._require_transport().region_info(index)
 
     def region(self, index: int) -> Region:
         """Region ``index`` (0-5 BARs, 6 ROM, 7 config, 8 VGA, then device specific)."""
@@ -176,11 +192,11 @@ class Device:
 
     def irq_info(self, kind: str) -> IrqInfo:
         index = check_kind(kind)
-        return _ioctl.device_get_irq_info(self._require_fd(), index, self.bdf)
+        return self._require_transport().irq_info(index)
 
     def enable_irqs(self, kind: str, count: int = 1) -> list[Interrupt]:
         """Wire ``count`` vectors of ``kind`` ("intx", "msi", "msix") to eventfds."""
-        fd = self._require_fd()
+        transport = self._require_transport()
         info = self.irq_info(kind)
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a positive int, not {count!r}")
@@ -194,14 +210,7 @@ class Device:
             self.disable_irqs(kind)
         irqs = [Interrupt(self, kind, i) for i in range(count)]
         try:
-            _ioctl.device_set_irqs(
-                fd,
-                info.index,
-                0,
-                _TRIGGER_EVENTFD,
-                [irq.fileno() for irq in irqs],
-                address=self.bdf,
-            )
+            transport.set_irqs(info.index, 0, _TRIGGER_EVENTFD, [irq.fileno() for irq in irqs])
         except BaseException:
             for irq in irqs:
                 irq.close()
@@ -217,15 +226,13 @@ class Device:
             return
         try:
             if self._fd >= 0:
-                _ioctl.device_set_irqs(self._fd, index, 0, _DISABLE, count=0, address=self.bdf)
+                self._transport.set_irqs(index, 0, _DISABLE, count=0)
         finally:
             for irq in irqs:
                 irq.close()
 
     def _unmask_irq(self, irq: Interrupt) -> None:
-        _ioctl.device_set_irqs(
-            self._require_fd(), irq.index, irq.vector, _UNMASK, count=1, address=self.bdf
-        )
+        self._require_transport().set_irqs(irq.index, irq.vector, _UNMASK, count=1)
 
     @property
     def enabled_irqs(self) -> dict[str, list[Interrupt]]:
@@ -235,19 +242,19 @@ class Device:
 
     def reset(self) -> None:
         """Function-level reset (FLR, PM or another method the kernel found)."""
-        fd = self._require_fd()
+        transport = self._require_transport()
         if not self.info.reset_works:
             raise UnsupportedError(
                 f"{self.bdf} has no function reset the kernel can use (no FLR, PM reset or "
                 "device-specific method); try hot_reset() for a bus reset",
                 device=self.bdf,
             )
-        _ioctl.device_reset(fd, self.bdf)
+        transport.reset()
 
     def hot_reset_dependents(self) -> tuple[DependentDevice, ...]:
         """Every device a bus (hot) reset of this one would also reset."""
         try:
-            return _ioctl.device_get_pci_hot_reset_info(self._require_fd(), self.bdf)
+            return self._require_transport().hot_reset_info()
         except VfioError as err:
             if err.errno not in (E.ENODEV, E.EINVAL, E.ENOTTY):
                 raise
@@ -267,7 +274,7 @@ class Device:
         the kernel checks ownership through the iommufd itself, so no fds go with
         it (an empty array), and it refuses unless the devices are all bound to it.
         """
-        fd = self._require_fd()
+        transport = self._require_transport()
         dependents = self.hot_reset_dependents()
         if all(d.group_id is None for d in dependents):  # iommufd: ids, not groups
             if not all(d.owned for d in dependents):
@@ -277,7 +284,7 @@ class Device:
                     "same Iommu first",
                     device=self.bdf,
                 )
-            _ioctl.device_pci_hot_reset(fd, [], self.bdf)
+            transport.hot_reset([])
             return
         groups = getattr(self.iommu._backend, "groups", {})
         missing = [d for d in dependents if d.group_id not in groups]
@@ -287,7 +294,7 @@ class Device:
                 "them in the same Iommu first",
                 device=self.bdf,
             )
-        _ioctl.device_pci_hot_reset(fd, [groups[d.group_id].fd for d in dependents], self.bdf)
+        transport.hot_reset([groups[d.group_id].fd for d in dependents])
 
     # -- lifetime -------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Accesses go through the mmap where the region (or the sparse area holding the
 offset) may be mapped, as a single load or store of the access's width, which MMIO
-registers need; everything else goes through ``pread``/``pwrite`` on the device fd at
-the region's offset, which vfio-pci serves (the MSI-X table of a BAR, for instance).
-Offsets and widths are checked before any system call.
+registers need; everything else goes through the device's transport: ``pread``/
+``pwrite`` on the device fd at the region's offset, which vfio-pci serves (the MSI-X
+table of a BAR, for instance), or ``VFIO_USER_REGION_READ``/``WRITE`` messages over a
+vfio-user socket. Offsets and widths are checked before any system call.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
-import os
 from typing import TYPE_CHECKING
 
 from pyvfio import _mem
@@ -87,7 +87,7 @@ class Region:
         """
         if self._view is not None:
             return self._view
-        fd = self._device._require_fd()
+        fd = self._device._require_transport().mmap_fd(self.info)
         areas = self.info.mmap_areas()
         if not areas:
             raise UnsupportedError(
@@ -264,11 +264,14 @@ class Region:
             self._write(offset, 8, value)
 
     def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes through ``pread`` on the device fd (never the mmap)."""
+        """``length`` bytes through ``pread`` on the device fd or a vfio-user message
+        (never the mmap)."""
         self._check(offset, length, False)
-        fd = self._device._require_fd()
+        transport = self._device._require_transport()
         try:
-            data = os.pread(fd, length, self.info.offset + offset)
+            data = transport.region_read(self.info, offset, length)
+        except VfioError:
+            raise
         except OSError as err:
             raise VfioError(
                 f"reading {length} bytes at {offset:#x} of {self.name} of "
@@ -285,11 +288,13 @@ class Region:
         return data
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write ``data`` through ``pwrite`` on the device fd."""
+        """Write ``data`` through ``pwrite`` on the device fd or a vfio-user message."""
         self._check(offset, len(data), True)
-        fd = self._device._require_fd()
+        transport = self._device._require_transport()
         try:
-            done = os.pwrite(fd, data, self.info.offset + offset)
+            done = transport.region_write(self.info, offset, data)
+        except VfioError:
+            raise
         except OSError as err:
             raise VfioError(
                 f"writing {len(data)} bytes at {offset:#x} of {self.name} of "
