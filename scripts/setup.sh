@@ -12,11 +12,12 @@ cd "$(dirname "$0")/.."
 # python3-venv: the virtual environment; dpkg-dev + apt: the ABI test's
 # header download; make, bc, bison, flex, libelf-dev, libssl-dev, cpio, xz-utils and
 # debian-archive-keyring: building the lab kernel with IOMMUFD (docs/lab-kernel.md);
-# fio: the kernel side of the NVMe benchmark (bench/nvme).
+# fio: the kernel side of the NVMe benchmark (bench/nvme); debootstrap: the sid chroot whose
+# QEMU is the vfio-user client the tests attach to pyvfio's server (pyvfio lab sid-qemu).
 packages=(qemu-system-x86 linux-image-amd64 pciutils pci.ids gcc libc6-dev file binutils
           kmod busybox-static python3-venv python3-dev ca-certificates dpkg-dev
           make bc bison flex libelf-dev libssl-dev cpio xz-utils debian-archive-keyring
-          libvirt-clients libxml2-utils fio)  # virt-xml-validate (and its xmllint) for the vm libvirt tests
+          libvirt-clients libxml2-utils fio debootstrap)  # virt-xml-validate (and its xmllint) for the vm libvirt tests
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -46,4 +47,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
+fi
+
+# The sid chroot with QEMU >= 10.1 (vfio-user-pci) for tests/vfio_user/test_qemu.py:
+# built once (about a minute) into ~/.cache/pyvfio/sid-qemu; the tests build it too when missing.
+if [ "$(id -u)" -eq 0 ]; then
+    .venv/bin/pyvfio lab sid-qemu >/dev/null
 fi

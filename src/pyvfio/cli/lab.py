@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pyvfio.cli.common import err_console, handle_errors, lab_app
+from pyvfio.cli.common import err_console, handle_errors, lab_app, print_json
 
 
 @lab_app.command("run", context_settings={"allow_interspersed_args": False})
@@ -79,3 +79,24 @@ def lab_accel() -> None:
 
     works, why = kvm_usable()
     print("kvm" if works else f"tcg ({why})")
+
+
+@lab_app.command("sid-qemu")
+@handle_errors
+def lab_sid_qemu(
+    force: Annotated[bool, typer.Option(help="rebuild even if the chroot is cached")] = False,
+    mirror: Annotated[
+        str | None, typer.Option(help="Debian mirror (default: the one apt uses here)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Build (when missing) the sid chroot whose QEMU is a vfio-user client; print it."""
+    from pyvfio.lab.sid_qemu import ensure_chroot
+
+    chroot = ensure_chroot(
+        mirror=mirror, force=force, say=lambda line: err_console.print(line, highlight=False)
+    )
+    if as_json:
+        print_json(chroot.to_json())
+    else:
+        print(chroot)
