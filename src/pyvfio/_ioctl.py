@@ -214,7 +214,7 @@ def device_get_info(device: int, address: str | None = None) -> DeviceInfo:
 
 
 def device_get_region_info(device: int, index: int, address: str | None = None) -> RegionInfo:
-    info, buf = _info_with_caps(
+    _, buf = _info_with_caps(
         device,
         v.VFIO_DEVICE_GET_REGION_INFO,
         v.vfio_region_info,
@@ -222,6 +222,13 @@ def device_get_region_info(device: int, index: int, address: str | None = None) 
         address,
         index=index,
     )
+    return region_info_from_buffer(index, buf)
+
+
+def region_info_from_buffer(index: int, buf: bytes) -> RegionInfo:
+    """A ``vfio_region_info`` and its capability chain, decoded (the vfio-user client's
+    ``VFIO_USER_DEVICE_GET_REGION_INFO`` reply carries the same bytes)."""
+    info = v.vfio_region_info.from_buffer_copy(buf)
     flags = v.VfioRegionInfoFlag(info.flags)
     caps = (
         _walk_caps(buf, info.cap_offset)

@@ -61,6 +61,23 @@ def anonymous(length: int, *, hugepages: bool = False) -> int:
     return map_memory(length, PROT_RW, flags)
 
 
+def shared(length: int, *, hugepages: bool = False, name: str = "pyvfio-dma") -> tuple[int, int]:
+    """Zeroed memory backed by a memfd: ``(address, fd)``; the caller closes the fd.
+
+    A vfio-user server maps the same pages through the fd (``VFIO_USER_DMA_MAP``
+    passes it), which anonymous memory cannot offer. OSError if none is free.
+    """
+    flags = os.MFD_CLOEXEC | (os.MFD_HUGETLB | os.MFD_HUGE_2MB if hugepages else 0)
+    fd = os.memfd_create(name, flags)
+    try:
+        os.ftruncate(fd, length)
+        address = map_memory(length, PROT_RW, mmap.MAP_SHARED, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return address, fd
+
+
 def view(address: int, length: int) -> memoryview:
     """A writable byte view of ``length`` bytes at ``address`` (valid until unmapped)."""
     return memoryview((ctypes.c_char * length).from_address(address)).cast("B")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,22 +28,28 @@ class DmaMapping:
         return f"iova {self.iova:#x} -> va {self.vaddr:#x} ({self.size:#x} bytes)"
 
 
-def _release(address: int, size: int) -> None:
+def _release(address: int, size: int, memfd: int) -> None:
     with contextlib.suppress(OSError):
         _mem.unmap_memory(address, size)
+    if memfd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(memfd)
 
 
 class DmaBuffer:
     """Zeroed host memory mapped for DMA: ``.iova``, ``.size``, ``.view``, ``.address``.
 
     ``free()`` (or leaving the ``with`` block) unmaps it from the IOMMU, then frees
-    the memory; views taken of ``.view`` must not be used after that.
+    the memory; views taken of ``.view`` must not be used after that. With ``memfd``
+    (what a vfio-user Iommu asks for) the memory is a memfd's, which a vfio-user
+    server maps through the fd; the kernel backends use anonymous memory.
     """
 
     __slots__ = (
         "__weakref__",
         "_finalizer",
         "_iommu",
+        "_memfd",
         "_view",
         "address",
         "hugepages",
@@ -51,14 +58,24 @@ class DmaBuffer:
     )
 
     def __init__(
-        self, iommu: Iommu, size: int, *, max_iova: int | None = None, hugepages: bool = False
+        self,
+        iommu: Iommu,
+        size: int,
+        *,
+        max_iova: int | None = None,
+        hugepages: bool = False,
+        memfd: bool = False,
     ) -> None:
         page = _mem.HUGE_PAGE_SIZE if hugepages else _mem.PAGE_SIZE
         self.size = _mem.round_up(size, page)
         self.hugepages = hugepages
         self._iommu = iommu
+        self._memfd = -1
         try:
-            self.address = _mem.anonymous(self.size, hugepages=hugepages)
+            if memfd:
+                self.address, self._memfd = _mem.shared(self.size, hugepages=hugepages)
+            else:
+                self.address = _mem.anonymous(self.size, hugepages=hugepages)
         except OSError as err:
             what = (
                 "2 MiB hugepages (see /proc/meminfo HugePages_Free; "
@@ -69,9 +86,12 @@ class DmaBuffer:
             raise MemoryError(
                 f"cannot allocate {self.size} bytes of {what}: {err.strerror}"
             ) from err
-        self._finalizer = weakref.finalize(self, _release, self.address, self.size)
+        self._finalizer = weakref.finalize(self, _release, self.address, self.size, self._memfd)
         try:
-            self.iova = iommu.map(self.address, self.size, max_iova=max_iova, align=page).iova
+            fd = self._memfd if self._memfd >= 0 else None
+            self.iova = iommu.map(
+                self.address, self.size, max_iova=max_iova, align=page, fd=fd
+            ).iova
         except BaseException:
             self._finalizer()
             raise

@@ -17,7 +17,8 @@ The tree::
     │   └── VfioUserError            the vfio-user socket failed (vfio_user); .errno
     │       ├── VfioUserProtocolError  a short, oversized or malformed message; .header
     │       ├── VfioUserDisconnectedError  the peer closed the socket (also ConnectionError)
-    │       └── VfioUserRemoteError  the peer answered with an error reply; .errno, .command
+    │       ├── VfioUserRemoteError  the peer answered with an error reply; .errno, .command
+    │       └── VfioUserTimeoutError  no reply within the client's timeout (also TimeoutError)
     ├── HostError                    sysfs/driver changes on the host failed
     │   ├── UnknownDriverError       no such driver (host.bind; also ValueError)
     │   ├── NotRootError             changing the host needs root (host.bind; also ValueError)
@@ -190,6 +191,10 @@ class VfioUserDisconnectedError(VfioUserError, ConnectionError):
 
 class VfioUserRemoteError(VfioUserError):
     """The peer answered a command with an error reply; ``errno`` is the errno it sent."""
+
+
+class VfioUserTimeoutError(VfioUserError, TimeoutError):
+    """The vfio-user server did not answer a command within the client's ``timeout``."""
 
 
 class HostError(PyvfioError):

@@ -10,9 +10,14 @@ kernel interfaces provide it:
   (``VFIO_DEVICE_BIND_IOMMUFD``, ``IOMMU_IOAS_ALLOC``, ``VFIO_DEVICE_ATTACH_IOMMUFD_PT``,
   ``IOMMU_IOAS_MAP``).
 
-``backend="auto"`` picks iommufd where ``/dev/iommu`` and the first device's cdev
-exist, type1 otherwise. IOVAs come from pyvfio's allocator, which honours the ranges
-the kernel reports and a per-allocation ``max_iova`` (the device's DMA mask).
+A third needs no kernel VFIO at all: ``vfio-user``, devices served over UNIX sockets
+(``vfio-user:PATH``), where a mapping is a ``VFIO_USER_DMA_MAP`` message to each
+device's server, with the memory's fd when it has one.
+
+``backend="auto"`` picks vfio-user for a ``vfio-user:`` address, else iommufd where
+``/dev/iommu`` and the first device's cdev exist, type1 otherwise. IOVAs come from
+pyvfio's allocator, which honours the ranges the kernel reports and a per-allocation
+``max_iova`` (the device's DMA mask).
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from pyvfio.errors import (
     VfioError,
 )
 from pyvfio.host.sysfs import LIVE, Sysfs
-from pyvfio.info import IommuInfo
+from pyvfio.info import IommuInfo, IovaRange
 from pyvfio.iova import IovaAllocator
 from pyvfio.pci.address import normalize
+from pyvfio.vfio_user.client import SCHEME, VfioUserClient, is_vfio_user, socket_path
 
 if TYPE_CHECKING:
     import mmap
@@ -51,7 +57,7 @@ if TYPE_CHECKING:
     #: What map() accepts besides an address: writable, contiguous memory.
     Buffer = bytearray | memoryview | mmap.mmap | ctypes.Array[Any]
 
-BACKENDS = ("auto", "type1", "iommufd")
+BACKENDS = ("auto", "type1", "iommufd", "vfio-user")
 #: Drivers that leave a group viable: vfio's own, and those the kernel marks
 #: driver_managed_dma (pci-stub, and pcieport for bridges and ports).
 VIABLE_DRIVERS = frozenset({"vfio-pci", "pci-stub", "pcieport"})
@@ -322,6 +328,98 @@ class IommufdBackend:
             _close(fd)
 
 
+class VfioUserBackend:
+    """Devices behind vfio-user sockets: DMA mappings are messages to each server.
+
+    Every mapping goes to every connected device, and a device opened later gets the
+    mappings that exist (what a type1 container does for a group that joins). With
+    ``share_memory`` (the default), memory with an fd (a DmaBuffer's memfd) is passed
+    so the server maps it; otherwise, or for memory without an fd, the server reaches
+    it through DMA_READ/WRITE messages the client answers (the spec's choice for a
+    client that does not trust the server with its memory: an mmap cannot be revoked).
+    """
+
+    name = "vfio-user"
+
+    def __init__(self, *, share_memory: bool = True, timeout: float | None = None) -> None:
+        self.share_memory = share_memory
+        self.timeout = timeout
+        self.clients: dict[str, VfioUserClient] = {}
+        #: iova -> (vaddr, size, fd, fd offset), replayed to devices that join later.
+        self.maps: dict[int, tuple[int, int, int, int]] = {}
+
+    def fileno(self) -> int:
+        raise UnsupportedError(
+            "a vfio-user Iommu has no kernel fd (each device has its socket: dev.fileno())"
+        )
+
+    def connect(self, address: str) -> VfioUserClient:
+        """Connect to ``vfio-user:PATH`` and give it every live mapping."""
+        client = (
+            VfioUserClient(address)
+            if self.timeout is None
+            else VfioUserClient(address, timeout=self.timeout)
+        )
+        try:
+            for iova, (vaddr, size, fd, offset) in self.maps.items():
+                client.dma_map(iova, size, vaddr, fd, offset)
+        except BaseException:
+            client.close()
+            raise
+        self.clients[client.address] = client
+        return client
+
+    def attach(self, address: str, group: int) -> int:
+        raise UnsupportedError(
+            f"{address} is a PCI device on this host: a vfio-user Iommu opens only "
+            "vfio-user:PATH devices (open it in Iommu('auto'))",
+            device=address,
+        )
+
+    def detach(self, address: str) -> None:
+        self.clients.pop(address, None)  # the device closes its client
+
+    def info(self) -> IommuInfo:
+        pgsizes = _mem.PAGE_SIZE
+        avail = 65535
+        for client in self.clients.values():
+            pgsizes = (pgsizes & client.server.pgsizes) or pgsizes
+            avail = min(avail, client.server.max_dma_maps)
+        return IommuInfo(pgsizes, (IovaRange(0, (1 << 64) - 1),), max(0, avail - len(self.maps)))
+
+    def map(self, vaddr: int, iova: int, size: int, fd: int = -1, fd_offset: int = 0) -> None:
+        if not self.share_memory:
+            fd, fd_offset = -1, 0
+        done: list[VfioUserClient] = []
+        try:
+            for client in self.clients.values():
+                client.dma_map(iova, size, vaddr, fd, fd_offset)
+                done.append(client)
+        except BaseException:
+            for client in done:
+                with contextlib.suppress(VfioError):
+                    client.dma_unmap(iova, size)
+            raise
+        self.maps[iova] = (vaddr, size, fd, fd_offset)
+
+    def unmap(self, iova: int, size: int) -> None:
+        self.maps.pop(iova, None)
+        failed: VfioError | None = None
+        for client in self.clients.values():
+            try:
+                client.dma_unmap(iova, size)
+            except VfioError as err:
+                failed = failed or err
+        if failed is not None:
+            raise failed
+
+    def close(self) -> None:
+        for client in list(self.clients.values()):
+            client.close()
+        self.clients.clear()
+        self.maps.clear()
+
+
 def _finalize_backend(backend: _Backend) -> None:
     with contextlib.suppress(Exception):
         backend.close()
@@ -330,11 +428,26 @@ def _finalize_backend(backend: _Backend) -> None:
 class Iommu:
     """An IOMMU address space: open devices into it, map and allocate DMA memory."""
 
-    def __init__(self, backend: str = "auto", *, sysfs: Sysfs = LIVE) -> None:
+    def __init__(
+        self,
+        backend: str = "auto",
+        *,
+        sysfs: Sysfs = LIVE,
+        share_memory: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """``backend``: ``auto``, ``type1``, ``iommufd`` or ``vfio-user``.
+
+        ``share_memory`` and ``timeout`` concern vfio-user only: whether DMA memory is
+        passed to the servers as fds (else served through DMA_READ/WRITE messages),
+        and how long a server may take to answer (VfioUserClient's default if None).
+        """
         if backend not in BACKENDS:
             raise ValueError(f"unknown IOMMU backend {backend!r}: use one of {', '.join(BACKENDS)}")
         self.requested = backend
         self._sysfs = sysfs
+        self._share_memory = share_memory
+        self._timeout = timeout
         self._backend: _Backend | None = None
         self._finalizer: weakref.finalize[[_Backend], Iommu] | None = None
         self._allocator: IovaAllocator | None = None
@@ -349,9 +462,13 @@ class Iommu:
             self._start(backend)
 
     def _start(self, name: str) -> _Backend:
-        backend: _Backend = (
-            Type1Backend(self._sysfs) if name == "type1" else IommufdBackend(self._sysfs)
-        )
+        backend: _Backend
+        if name == "type1":
+            backend = Type1Backend(self._sysfs)
+        elif name == "iommufd":
+            backend = IommufdBackend(self._sysfs)
+        else:
+            backend = VfioUserBackend(share_memory=self._share_memory, timeout=self._timeout)
         self._backend = backend
         self._finalizer = weakref.finalize(self, _finalize_backend, backend)
         return backend
@@ -366,7 +483,7 @@ class Iommu:
 
     @property
     def backend(self) -> str:
-        """``type1`` or ``iommufd`` (``auto`` until the first device is opened)."""
+        """``type1``, ``iommufd`` or ``vfio-user`` (``auto`` until the first device)."""
         return self._backend.name if self._backend else self.requested
 
     @property
@@ -401,6 +518,14 @@ class Iommu:
 
         if self._closed:
             raise ClosedError("the Iommu is closed")
+        if is_vfio_user(address):
+            return self._open_vfio_user(address)
+        if isinstance(self._backend, VfioUserBackend):
+            raise UnsupportedError(
+                f"this Iommu serves vfio-user devices ({SCHEME}PATH), not {address}: open "
+                "it in an Iommu of its own (pyvfio.open)",
+                device=address,
+            )
         addr = normalize(address)
         if addr in self._devices:
             raise VfioError(f"{addr} is already open in this Iommu", errno=E.EBUSY, device=addr)
@@ -418,6 +543,31 @@ class Iommu:
                 ) from err
             raise
         device = Device(self, addr, fd, group)
+        self._devices[addr] = device
+        return device
+
+    def _open_vfio_user(self, address: str) -> Device:
+        from pyvfio.device import Device
+
+        addr = SCHEME + socket_path(address)
+        if self._backend is None:
+            self._start("vfio-user")
+        backend = self._backend
+        if not isinstance(backend, VfioUserBackend):
+            raise UnsupportedError(
+                f"{addr} is a vfio-user device but this Iommu is {self.backend}: open it "
+                "with pyvfio.open or in Iommu('vfio-user')",
+                device=addr,
+            )
+        if addr in self._devices:
+            raise VfioError(f"{addr} is already open in this Iommu", errno=E.EBUSY, device=addr)
+        client = backend.connect(addr)
+        try:
+            device = Device(self, addr, client, None)
+        except BaseException:
+            backend.detach(addr)
+            client.close()
+            raise
         self._devices[addr] = device
         return device
 
@@ -472,12 +622,16 @@ class Iommu:
         *,
         max_iova: int | None = None,
         align: int | None = None,
+        fd: int | None = None,
+        fd_offset: int = 0,
     ) -> DmaMapping:
         """Make memory the caller owns visible to the devices; the mapping with its IOVA.
 
         ``buffer_or_address`` is a writable buffer (bytearray, mmap, ...) whose
         address and size are page aligned, or an address with ``size``. ``iova``
         fixes the IOVA; otherwise the allocator picks one below ``max_iova``.
+        ``fd`` says the memory is that file mapped from ``fd_offset`` (a memfd, say):
+        a vfio-user server then maps it itself; the kernel backends ignore it.
         """
         backend = self._require_backend()
         allocator = self._alloc()
@@ -504,7 +658,8 @@ class Iommu:
                 f"DMA mappings must be page aligned: address {vaddr:#x} and "
                 f"size {size:#x} must both be multiples of {page:#x}"
             )
-        self._check_memlock(size)
+        if not isinstance(backend, VfioUserBackend):  # a vfio-user server pins nothing
+            self._check_memlock(size)
         if iova is None:
             iova = allocator.allocate(size, align=align, max_iova=max_iova)
         else:
@@ -512,7 +667,10 @@ class Iommu:
                 raise ValueError(f"iova {iova:#x} + {size:#x} ends above max_iova {max_iova:#x}")
             allocator.reserve(iova, size)
         try:
-            backend.map(vaddr, iova, size)
+            if isinstance(backend, VfioUserBackend):
+                backend.map(vaddr, iova, size, -1 if fd is None else fd, fd_offset)
+            else:
+                backend.map(vaddr, iova, size)
         except BaseException:
             allocator.free(iova)
             raise
@@ -545,8 +703,9 @@ class Iommu:
         """Zeroed memory mapped for DMA below ``max_iova`` (the device's DMA mask)."""
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"DMA buffer size must be a positive int, not {size!r}")
-        self._require_backend()
-        buf = DmaBuffer(self, size, max_iova=max_iova, hugepages=hugepages)
+        backend = self._require_backend()
+        memfd = isinstance(backend, VfioUserBackend) and backend.share_memory
+        buf = DmaBuffer(self, size, max_iova=max_iova, hugepages=hugepages, memfd=memfd)
         self._buffers.add(buf)
         return buf
 
