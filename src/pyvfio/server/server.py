@@ -1,0 +1,777 @@
+"""The vfio-user server loop: one client at a time on a UNIX socket.
+
+`Server` listens on a socket path, negotiates the version with each client, answers
+every command (an error reply carrying an errno for anything malformed, unknown or
+refused: the server goes on), lends the device the client's memory for DMA, and
+when the client goes away unmaps that memory and closes the client's eventfds, the
+device keeping its state (the spec's "Client Disconnection").  A second client that
+connects while one is served is closed at once.
+
+A message whose size field cannot be trusted (below the header or above the limit)
+gets an error reply and ends the session: the stream has lost its framing.  So does
+a client that stops in the middle of a message for longer than ``io_timeout``.
+
+Run it in a thread (`Server.start`, `Server.stop`: tests) or in the foreground
+(`Server.serve_forever`: ``pyvfio serve``).  ``serve_connection`` serves one already
+connected socket (a socketpair in tests).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pyvfio._uapi.vfio import (
+    VfioDeviceFlag,
+    VfioDmaUnmapFlag,
+    VfioRegionInfoCap,
+    VfioRegionInfoFlag,
+    vfio_info_cap_header,
+    vfio_irq_info,
+    vfio_irq_set,
+    vfio_region_info,
+    vfio_region_info_cap_sparse_mmap,
+    vfio_region_sparse_mmap_area,
+)
+from pyvfio.errors import (
+    VfioUserDisconnectedError,
+    VfioUserError,
+    VfioUserProtocolError,
+    VfioUserRemoteError,
+)
+from pyvfio.server.device import PciDevice, _NoClient
+from pyvfio.server.dma import DmaSpace
+from pyvfio.vfio_user.protocol import (
+    DEFAULT_MAX_DATA_XFER_SIZE,
+    DEFAULT_MAX_MSG_FDS,
+    HEADER_SIZE,
+    MAX_MSG_FDS_LIMIT,
+    VFIO_USER_MAJOR,
+    VFIO_USER_MINOR,
+    Command,
+    Header,
+    Message,
+    close_fds,
+    command_name,
+    decode_capabilities,
+    encode_capabilities,
+    parse_kernel_struct,
+    receive_message,
+    send_error,
+    send_message,
+    send_reply,
+    vfio_user_device_info,
+    vfio_user_dma_map,
+    vfio_user_dma_unmap,
+    vfio_user_region_access,
+    vfio_user_version,
+    vfio_user_wr_one,
+)
+
+__all__ = ["Server", "ServerOptions", "serve_connection"]
+
+log = logging.getLogger("pyvfio.server")
+
+#: Commands from the client a server waiting for its own DMA reply queues; more and
+#: the client is flooding, and the session ends.
+_MAX_PENDING: Final = 1024
+#: Room for the version message's JSON on top of the largest data transfer.
+_MESSAGE_SLACK: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """What the server declares in the version reply, and how long it waits.
+
+    ``io_timeout`` bounds the wait for the rest of a message once it has begun, and
+    for the client's reply to a DMA_READ/WRITE; an idle client may wait forever.
+    """
+
+    max_data_xfer_size: int = DEFAULT_MAX_DATA_XFER_SIZE
+    max_msg_fds: int = MAX_MSG_FDS_LIMIT
+    max_dma_maps: int = 65535
+    pgsizes: int = 4096
+    io_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_msg_fds <= MAX_MSG_FDS_LIMIT:
+            raise ValueError(f"max_msg_fds is 1 to {MAX_MSG_FDS_LIMIT}, not {self.max_msg_fds}")
+        if not 4096 <= self.max_data_xfer_size <= 64 << 20:
+            raise ValueError("max_data_xfer_size is 4 KiB to 64 MiB (QEMU's limit)")
+        if not 1 <= self.max_dma_maps <= 65535:
+            raise ValueError("max_dma_maps is 1 to 65535 (QEMU refuses more)")
+
+    @property
+    def max_message_size(self) -> int:
+        return self.max_data_xfer_size + HEADER_SIZE + 16 + _MESSAGE_SLACK
+
+
+class _EndSession(Exception):
+    """The session cannot go on (framing lost, unsupported version, flood)."""
+
+
+def _errno_of(err: BaseException) -> int:
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    if isinstance(err, ValueError):
+        return errno.EINVAL
+    return errno.EIO
+
+
+class _Session:
+    """One client connection: negotiation, dispatch, the client's DMA and eventfds."""
+
+    def __init__(
+        self, device: PciDevice, sock: socket.socket, options: ServerOptions, wake_fd: int
+    ) -> None:
+        self.device = device
+        self.sock = sock
+        self.options = options
+        self.wake_fd = wake_fd
+        self.negotiated = False
+        self.client_max_fds = DEFAULT_MAX_MSG_FDS
+        self.client_max_xfer = DEFAULT_MAX_DATA_XFER_SIZE
+        self.write_multiple = False
+        self.pending: collections.deque[Message] = collections.deque()
+        self.next_id = 0
+        self.dma = DmaSpace(
+            self.request, max_maps=options.max_dma_maps, max_xfer=options.max_data_xfer_size
+        )
+        self.commands_served = 0
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _receive(self) -> Message:
+        self.sock.settimeout(self.options.io_timeout)
+        try:
+            return receive_message(self.sock, self.options.max_message_size)
+        except TimeoutError as err:
+            raise _EndSession(
+                f"the client stalled for {self.options.io_timeout} s in the middle of a message"
+            ) from err
+        except VfioUserProtocolError as err:
+            header = err.header
+            if isinstance(header, Header) and header.is_command and not header.no_reply:
+                with suppress(VfioUserDisconnectedError, OSError):
+                    send_error(self.sock, header, err.errno or errno.EINVAL)
+            raise _EndSession(str(err)) from err
+
+    def _wait_readable(self, watched: list[int]) -> list[int]:
+        """Block until the socket, the wake fd or a watched eventfd is readable."""
+        poller = select.poll()
+        for fd in (self.sock.fileno(), self.wake_fd, *watched):
+            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        return [fd for fd, _ in poller.poll()]
+
+    def next_message(self) -> Message | None:
+        """The next command to serve, None when the server is asked to stop."""
+        while not self.pending:
+            watched = self.device.interrupts.watched_fds()
+            ready = self._wait_readable(watched)
+            if self.wake_fd in ready:
+                return None
+            for fd in ready:
+                if fd in watched:
+                    self.device.interrupts.fd_ready(fd)
+            if self.sock.fileno() in ready:
+                return self._receive()
+        return self.pending.popleft()
+
+    # -- server-to-client commands (DMA by message) -------------------------------------
+
+    def request(self, command: int, payload: bytes) -> bytes:
+        """Send a command to the client and wait for its reply; commands that arrive
+        meanwhile are queued.  VfioUserRemoteError for an error reply."""
+        self.next_id = (self.next_id + 1) & 0xFFFF
+        msg_id = self.next_id
+        send_message(self.sock, msg_id, command, payload)
+        while True:
+            message = self._receive()
+            header = message.header
+            if header.is_reply:
+                close_fds(message.fds)
+                if header.msg_id == msg_id and header.command == command:
+                    if header.is_error:
+                        raise VfioUserRemoteError(
+                            f"the client refused {command_name(command)}: "
+                            f"{os.strerror(header.error) if header.error else 'no errno'}",
+                            errno=header.error,
+                            ioctl=command_name(command),
+                        )
+                    return message.payload
+                log.warning("dropped a reply nobody waits for: %s", header)
+                continue
+            if len(self.pending) >= _MAX_PENDING:
+                close_fds(message.fds)
+                raise _EndSession(f"the client sent {_MAX_PENDING} commands without waiting")
+            self.pending.append(message)
+
+    # -- serving ------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        self.device.dma = self.dma
+        try:
+            while True:
+                message = self.next_message()
+                if message is None:
+                    return
+                self.handle(message)
+                self.run_deferred()
+        except VfioUserDisconnectedError as err:
+            log.info("client gone: %s", err)
+        except _EndSession as err:
+            log.warning("session ended: %s", err)
+        finally:
+            self.close()
+
+    def run_deferred(self) -> None:
+        try:
+            self.device.run_deferred()
+        except VfioUserDisconnectedError:
+            raise
+        except _EndSession:
+            raise
+        except Exception:
+            log.exception("%s: deferred device work failed", self.device.name)
+
+    def close(self) -> None:
+        for message in self.pending:
+            close_fds(message.fds)
+        self.pending.clear()
+        self.device.dma = _NoClient()
+        self.dma.unmap_all()
+        self.device.interrupts.release_all()
+        with suppress(Exception):
+            self.device.client_disconnected()
+
+    def handle(self, message: Message) -> None:
+        header = message.header
+        if header.is_reply:
+            log.warning("dropped a reply to nothing: %s", header)
+            close_fds(message.fds)
+            return
+        kept: list[int] = []
+        try:
+            if not header.is_command:
+                raise VfioUserError(
+                    f"message type {header.flags & 0xF} is neither command nor reply"
+                )
+            handler = (
+                self._handlers.get(Command(header.command)) if header.command in _COMMANDS else None
+            )
+            if handler is None:
+                raise VfioUserError(
+                    f"{command_name(header.command)} is not supported", errno=errno.EOPNOTSUPP
+                )
+            if not self.negotiated and header.command != Command.VFIO_USER_VERSION:
+                raise VfioUserError(f"{command_name(header.command)} before VFIO_USER_VERSION")
+            payload, fds, kept = handler(self, message)
+        except (_EndSession, VfioUserDisconnectedError):
+            close_fds(fd for fd in message.fds if fd not in kept)
+            raise
+        except Exception as err:
+            close_fds(fd for fd in message.fds if fd not in kept)
+            code = _errno_of(err)
+            if isinstance(err, VfioUserError | ValueError):
+                log.info("%s: %s (errno %d)", header, err, code)
+            else:
+                log.exception("%s: %s failed", self.device.name, command_name(header.command))
+            self.commands_served += 1
+            if not header.no_reply:
+                send_error(self.sock, header, code)
+            if header.command == Command.VFIO_USER_VERSION and isinstance(err, _VersionRefused):
+                raise _EndSession(str(err)) from err
+            return
+        close_fds(fd for fd in message.fds if fd not in kept)
+        self.commands_served += 1
+        if not header.no_reply:
+            send_reply(self.sock, header, payload, fds=fds)
+
+    # -- the commands -------------------------------------------------------------------
+
+    def _no_fds(self, message: Message) -> None:
+        if message.fds:
+            raise VfioUserError(
+                f"{command_name(message.command)} takes no file descriptors, "
+                f"{len(message.fds)} came"
+            )
+
+    def version(self, message: Message) -> _Result:
+        self._no_fds(message)
+        if self.negotiated:
+            raise VfioUserError("VFIO_USER_VERSION was already negotiated")
+        request = vfio_user_version.parse(message.payload, command="VFIO_USER_VERSION")
+        if request.major != VFIO_USER_MAJOR:
+            raise _VersionRefused(
+                f"the client speaks vfio-user {request.major}.{request.minor}; "
+                f"this server speaks {VFIO_USER_MAJOR}.{VFIO_USER_MINOR}",
+                errno=errno.ENOTSUP,
+            )
+        caps = decode_capabilities(message.payload[4:])
+        self.client_max_fds = _cap_int(caps, "max_msg_fds", DEFAULT_MAX_MSG_FDS, 0)
+        self.client_max_xfer = _cap_int(caps, "max_data_xfer_size", DEFAULT_MAX_DATA_XFER_SIZE, 1)
+        self.dma.max_xfer = min(self.client_max_xfer, self.options.max_data_xfer_size)
+        self.write_multiple = caps.get("write_multiple") is True
+        ours: dict[str, Any] = {
+            "max_msg_fds": self.options.max_msg_fds,
+            "max_data_xfer_size": self.options.max_data_xfer_size,
+            "pgsizes": self.options.pgsizes,
+            "max_dma_maps": self.options.max_dma_maps,
+        }
+        # No "migration" object: migration is not supported (DEVICE_FEATURE says so too).
+        if self.write_multiple:
+            ours["write_multiple"] = True
+        reply = vfio_user_version(major=VFIO_USER_MAJOR, minor=min(request.minor, VFIO_USER_MINOR))
+        self.negotiated = True
+        log.info("client negotiated vfio-user %d.%d: %s", reply.major, reply.minor, caps)
+        with suppress(Exception):
+            self.device.client_connected()
+        return reply.pack() + encode_capabilities(ours), (), []
+
+    def dma_map(self, message: Message) -> _Result:
+        if len(message.fds) > 1:
+            raise VfioUserError(f"VFIO_USER_DMA_MAP takes 0 or 1 fds, {len(message.fds)} came")
+        request = vfio_user_dma_map.parse(message.payload, command="VFIO_USER_DMA_MAP")
+        fd = message.fds[0] if message.fds else -1
+        self.dma.map(request, fd)
+        return b"", (), [fd] if fd >= 0 else []
+
+    def dma_unmap(self, message: Message) -> _Result:
+        self._no_fds(message)
+        request = vfio_user_dma_unmap.parse(message.payload, command="VFIO_USER_DMA_UNMAP")
+        if request.flags == VfioDmaUnmapFlag.VFIO_DMA_UNMAP_FLAG_ALL:
+            if request.addr or request.size:
+                raise VfioUserError("DMA_UNMAP of everything needs address and size 0")
+            self.dma.unmap_all()
+        elif request.flags:
+            raise VfioUserError(
+                f"DMA_UNMAP flags {request.flags:#x} are not supported (dirty bitmaps: no "
+                "migration here)",
+                errno=errno.ENOTSUP,
+            )
+        else:
+            self.dma.unmap(request.addr, request.size)
+        request.argsz = ctypes.sizeof(vfio_user_dma_unmap)
+        return request.pack(), (), []
+
+    def device_info(self, message: Message) -> _Result:
+        self._no_fds(message)
+        request = vfio_user_device_info.parse(message.payload, command="VFIO_USER_DEVICE_GET_INFO")
+        size = ctypes.sizeof(vfio_user_device_info)
+        if request.argsz < size:
+            raise VfioUserError(f"DEVICE_GET_INFO argsz {request.argsz} is below {size}")
+        flags = VfioDeviceFlag.VFIO_DEVICE_FLAGS_PCI
+        if self.device.supports_reset:
+            flags |= VfioDeviceFlag.VFIO_DEVICE_FLAGS_RESET
+        reply = vfio_user_device_info(
+            argsz=size,
+            flags=flags,
+            num_regions=self.device.num_regions,
+            num_irqs=self.device.num_irqs,
+        )
+        return reply.pack(), (), []
+
+    def region_info(self, message: Message) -> _Result:
+        self._no_fds(message)
+        name = "VFIO_USER_DEVICE_GET_REGION_INFO"
+        request = parse_kernel_struct(vfio_region_info, message.payload, command=name)
+        base = ctypes.sizeof(vfio_region_info)
+        if request.argsz < base:
+            raise VfioUserError(f"GET_REGION_INFO argsz {request.argsz} is below {base}")
+        if request.index >= self.device.num_regions:
+            raise VfioUserError(
+                f"region {request.index} does not exist (the device has {self.device.num_regions})"
+            )
+        region = self.device.regions.get(request.index)
+        reply = vfio_region_info(argsz=base, flags=0, index=request.index, cap_offset=0)
+        if region is None:
+            return bytes(reply), (), []
+        reply.size = region.size
+        reply.flags = region.flags
+        caps = b""
+        areas = region.mmap_areas
+        if areas and [(a.offset, a.size) for a in areas] != [(0, region.size)]:
+            sparse = vfio_region_info_cap_sparse_mmap()
+            sparse.header = vfio_info_cap_header(
+                id=VfioRegionInfoCap.VFIO_REGION_INFO_CAP_SPARSE_MMAP, version=1, next=0
+            )
+            sparse.nr_areas = len(areas)
+            caps = bytes(sparse) + b"".join(
+                bytes(vfio_region_sparse_mmap_area(offset=a.offset, size=a.size)) for a in areas
+            )
+            reply.flags |= VfioRegionInfoFlag.VFIO_REGION_INFO_FLAG_CAPS
+            reply.argsz = base + len(caps)
+            if request.argsz >= reply.argsz:
+                reply.cap_offset = base
+            else:
+                caps = b""  # too little room: argsz tells the client how much to ask for
+        fds = (region.shared_fd(),) if region.mappable else ()
+        return bytes(reply) + caps, fds, []
+
+    def irq_info(self, message: Message) -> _Result:
+        self._no_fds(message)
+        name = "VFIO_USER_DEVICE_GET_IRQ_INFO"
+        request = parse_kernel_struct(vfio_irq_info, message.payload, command=name)
+        size = ctypes.sizeof(vfio_irq_info)
+        if request.argsz < size:
+            raise VfioUserError(f"GET_IRQ_INFO argsz {request.argsz} is below {size}")
+        if request.index >= self.device.num_irqs:
+            raise VfioUserError(
+                f"IRQ index {request.index} does not exist (the device has {self.device.num_irqs})"
+            )
+        interrupts = self.device.interrupts
+        reply = vfio_irq_info(
+            argsz=size,
+            flags=interrupts.info_flags(request.index),
+            index=request.index,
+            count=interrupts.count(request.index),
+        )
+        return bytes(reply), (), []
+
+    def set_irqs(self, message: Message) -> _Result:
+        name = "VFIO_USER_DEVICE_SET_IRQS"
+        request = parse_kernel_struct(vfio_irq_set, message.payload, command=name)
+        if request.index >= self.device.num_irqs:
+            raise VfioUserError(f"IRQ index {request.index} does not exist")
+        data = message.payload[ctypes.sizeof(vfio_irq_set) :]
+        kept = self.device.interrupts.set_irqs(
+            request.flags, request.index, request.start, request.count, data, message.fds
+        )
+        return b"", (), kept
+
+    def _region_for(self, index: int, offset: int, count: int, write: bool) -> Any:
+        region = self.device.regions.get(index)
+        if region is None or index >= self.device.num_regions:
+            raise VfioUserError(f"region {index} does not exist")
+        if count > self.options.max_data_xfer_size:
+            raise VfioUserError(
+                f"{count}-byte access exceeds max_data_xfer_size {self.options.max_data_xfer_size}",
+                errno=errno.E2BIG,
+            )
+        if offset + count > region.size:
+            raise VfioUserError(
+                f"{count} bytes at {offset:#x} leave {region.name} ({region.size:#x} bytes)"
+            )
+        if not (region.writable if write else region.readable):
+            raise VfioUserError(
+                f"{region.name} is not {'writable' if write else 'readable'}", errno=errno.EACCES
+            )
+        return region
+
+    def region_read(self, message: Message) -> _Result:
+        self._no_fds(message)
+        access = vfio_user_region_access.parse(message.payload, command="VFIO_USER_REGION_READ")
+        region = self._region_for(access.region, access.offset, access.count, write=False)
+        data = region.read(access.offset, access.count)
+        return access.pack() + data, (), []
+
+    def region_write(self, message: Message) -> _Result:
+        self._no_fds(message)
+        access = vfio_user_region_access.parse(message.payload, command="VFIO_USER_REGION_WRITE")
+        data = message.payload[16:]
+        if len(data) != access.count:
+            raise VfioUserError(f"REGION_WRITE says {access.count} bytes and carries {len(data)}")
+        region = self._region_for(access.region, access.offset, access.count, write=True)
+        region.write(access.offset, data)
+        return access.pack(), (), []
+
+    def region_write_multi(self, message: Message) -> _Result:
+        self._no_fds(message)
+        payload = message.payload
+        if len(payload) < 8:
+            raise VfioUserError("REGION_WRITE_MULTI without its write count")
+        (count,) = struct.unpack_from("=Q", payload)
+        one = ctypes.sizeof(vfio_user_wr_one)
+        if len(payload) != 8 + count * one:
+            raise VfioUserError(
+                f"REGION_WRITE_MULTI of {count} writes is {len(payload)} bytes, not "
+                f"{8 + count * one}"
+            )
+        writes = [
+            vfio_user_wr_one.parse(payload[8 + i * one : 8 + (i + 1) * one]) for i in range(count)
+        ]
+        for w in writes:
+            if w.count > 8:
+                raise VfioUserError(f"REGION_WRITE_MULTI write of {w.count} bytes (at most 8)")
+            region = self._region_for(w.region, w.offset, w.count, write=True)
+            region.write(w.offset, bytes(w.data)[: w.count])
+        return struct.pack("=Q", count), (), []
+
+    def reset(self, message: Message) -> _Result:
+        self._no_fds(message)
+        if not self.device.supports_reset:
+            raise VfioUserError(f"{self.device.name} cannot be reset", errno=errno.ENOTTY)
+        self.device.reset()
+        return b"", (), []
+
+    def feature(self, message: Message) -> _Result:
+        # VFIO_DEVICE_FEATURE_MIGRATION and the dirty-logging features: none supported,
+        # answered as the kernel answers a feature it lacks.
+        self._no_fds(message)
+        raise VfioUserError("no device features (no migration, no DMA logging)", errno=errno.ENOTTY)
+
+    def wrong_direction(self, message: Message) -> _Result:
+        raise VfioUserError(f"{command_name(message.command)} goes from server to client")
+
+    _handlers: Final = {
+        Command.VFIO_USER_VERSION: version,
+        Command.VFIO_USER_DMA_MAP: dma_map,
+        Command.VFIO_USER_DMA_UNMAP: dma_unmap,
+        Command.VFIO_USER_DEVICE_GET_INFO: device_info,
+        Command.VFIO_USER_DEVICE_GET_REGION_INFO: region_info,
+        Command.VFIO_USER_DEVICE_GET_IRQ_INFO: irq_info,
+        Command.VFIO_USER_DEVICE_SET_IRQS: set_irqs,
+        Command.VFIO_USER_REGION_READ: region_read,
+        Command.VFIO_USER_REGION_WRITE: region_write,
+        Command.VFIO_USER_REGION_WRITE_MULTI: region_write_multi,
+        Command.VFIO_USER_DEVICE_RESET: reset,
+        Command.VFIO_USER_DEVICE_FEATURE: feature,
+        Command.VFIO_USER_DMA_READ: wrong_direction,
+        Command.VFIO_USER_DMA_WRITE: wrong_direction,
+    }
+
+
+_Result = tuple[bytes, tuple[int, ...], list[int]]
+_COMMANDS: Final = frozenset(int(c) for c in Command)
+
+
+class _VersionRefused(VfioUserError):
+    """A version this server cannot speak: error reply, then the session ends."""
+
+
+def _cap_int(caps: dict[str, Any], name: str, default: int, minimum: int) -> int:
+    value = caps.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise VfioUserError(f'capability "{name}" is {value!r}, not an integer >= {minimum}')
+    return value
+
+
+def serve_connection(
+    device: PciDevice,
+    sock: socket.socket,
+    options: ServerOptions | None = None,
+    *,
+    wake_fd: int | None = None,
+) -> int:
+    """Serve one connected client until it goes (or ``wake_fd`` becomes readable);
+    the number of commands answered.  The socket is the caller's to close."""
+    own_pipe = wake_fd is None
+    read_end, write_end = os.pipe() if own_pipe else (wake_fd, -1)
+    assert read_end is not None
+    session = _Session(device, sock, options or ServerOptions(), read_end)
+    try:
+        session.serve()
+    finally:
+        if own_pipe:
+            os.close(read_end)
+            os.close(write_end)
+    return session.commands_served
+
+
+class Server:
+    """A vfio-user server for ``device`` on the UNIX socket ``path``.
+
+    ``with Server(dev, path) as server: server.start()`` serves in a thread;
+    ``server.serve_forever()`` in the caller's.  The socket file is created on
+    `listen` (refusing a path a live server holds) and removed on `close`.
+    """
+
+    def __init__(
+        self, device: PciDevice, path: str | os.PathLike[str], options: ServerOptions | None = None
+    ) -> None:
+        self.device = device
+        self.path = Path(path)
+        self.options = options or ServerOptions()
+        self.sessions = 0
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._client: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- the socket ---------------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Bind and listen on ``path``.  VfioUserError with the fix when it cannot."""
+        if self._listener is not None:
+            return
+        path = self.path
+        if not path.parent.is_dir():
+            raise VfioUserError(
+                f"cannot listen on {path}: directory {path.parent} does not exist; create it "
+                "or choose another --socket path",
+                errno=errno.ENOENT,
+            )
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise VfioUserError(
+                    f"cannot listen on {path}: it exists and is not a socket; remove it or "
+                    "choose another path",
+                    errno=errno.EEXIST,
+                )
+            if _is_live(path):
+                raise VfioUserError(
+                    f"cannot listen on {path}: a server is already listening there; stop it "
+                    "or choose another path",
+                    errno=errno.EADDRINUSE,
+                )
+            path.unlink()  # a stale socket left by a server that died
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(str(path))
+            listener.listen(1)
+        except OSError as err:
+            listener.close()
+            raise VfioUserError(
+                f"cannot listen on {path}: {err.strerror}", errno=err.errno or errno.EIO
+            ) from err
+        self._listener = listener
+
+    def fileno(self) -> int:
+        if self._listener is None:
+            raise VfioUserError("the server is not listening (call listen())", errno=errno.EBADF)
+        return self._listener.fileno()
+
+    # -- serving ------------------------------------------------------------------------
+
+    def serve_forever(self, *, once: bool = False) -> None:
+        """Accept clients one at a time until `stop` (or, with ``once``, until the first
+        client leaves)."""
+        self.listen()
+        assert self._listener is not None
+        while not self._stopping:
+            poller = select.poll()
+            poller.register(self._listener.fileno(), select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll()}
+            if self._wake_r in ready or self._stopping:
+                break
+            try:
+                client, _ = self._listener.accept()
+            except OSError as err:
+                log.warning("accept failed: %s", err)
+                continue
+            self._serve_client(client)
+            if once:
+                break
+
+    def _serve_client(self, client: socket.socket) -> None:
+        with self._lock:
+            if self._stopping:
+                client.close()
+                return
+            self._client = client
+        self.sessions += 1
+        log.info("client connected (session %d)", self.sessions)
+        stop_rejecting = threading.Event()
+        rejector = threading.Thread(target=self._reject_others, args=(stop_rejecting,), daemon=True)
+        rejector.start()
+        try:
+            session = _Session(self.device, client, self.options, self._wake_r)
+            session.serve()
+        finally:
+            stop_rejecting.set()
+            with self._lock:
+                self._client = None
+            with suppress(OSError):
+                client.close()
+            rejector.join()
+            log.info("client disconnected (session %d)", self.sessions)
+
+    def _reject_others(self, done: threading.Event) -> None:
+        """While one client is served, close anyone else who connects."""
+        listener = self._listener
+        if listener is None:
+            return
+        while not done.is_set():
+            ready, _, _ = select.select([listener], [], [], 0.2)
+            if not ready or done.is_set():
+                continue
+            try:
+                other, _ = listener.accept()
+            except OSError:
+                continue
+            log.warning("refused a second client: one client at a time")
+            other.close()
+
+    def start(self) -> threading.Thread:
+        """Listen, then serve in a daemon thread (stop with `stop`)."""
+        self.listen()
+        thread = threading.Thread(target=self.serve_forever, name="pyvfio-server", daemon=True)
+        thread.start()
+        self._thread = thread
+        return thread
+
+    def stop(self) -> None:
+        """Ask the loop to end: the current client is disconnected, no new one accepted."""
+        with self._lock:
+            self._stopping = True
+            if self._client is not None:
+                with suppress(OSError):
+                    self._client.shutdown(socket.SHUT_RDWR)
+        with suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop, remove the socket file, release the wake pipe; idempotent."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with suppress(FileNotFoundError):
+                self.path.unlink()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> Server:
+        self.listen()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+@contextmanager
+def running(
+    device: PciDevice, path: str | os.PathLike[str], options: ServerOptions | None = None
+) -> Iterator[Server]:
+    """A server for ``device`` on ``path``, serving in a thread for the ``with`` block."""
+    server = Server(device, path, options)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
