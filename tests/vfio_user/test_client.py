@@ -1,0 +1,328 @@
+"""The vfio-user client against scripted peers: what a well-behaved server never does.
+
+The edu tests (test_edu_vfio_user.py) run the client against pyvfio's own server; here
+a peer thread follows a script over a real UNIX socket, so that the client meets
+error replies, silence, a server that hangs up, requests interleaved with replies,
+and versions it cannot speak, on demand.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import pyvfio
+from pyvfio._uapi import vfio as v
+from pyvfio.errors import (
+    ClosedError,
+    VfioUserDisconnectedError,
+    VfioUserProtocolError,
+    VfioUserRemoteError,
+    VfioUserTimeoutError,
+)
+from pyvfio.info import RegionInfo
+from pyvfio.vfio_user import protocol as p
+from pyvfio.vfio_user.client import VfioUserClient, socket_path
+from pyvfio.vfio_user.protocol import Command
+
+Script = Callable[[socket.socket], None]
+
+
+class Peer:
+    """A scripted server: listens on ``path``; the script runs on the accepted socket."""
+
+    def __init__(self, path: Path, script: Script) -> None:
+        self.path = str(path)
+        self.error: BaseException | None = None
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        self._listener.listen(1)
+        self._thread = threading.Thread(target=self._run, args=(script,), daemon=True)
+        self._thread.start()
+
+    def _run(self, script: Script) -> None:
+        conn, _ = self._listener.accept()
+        with conn:
+            try:
+                script(conn)
+            except BaseException as err:  # reported by finish()
+                self.error = err
+
+    def finish(self) -> None:
+        self._thread.join(10)
+        self._listener.close()
+        assert not self._thread.is_alive(), "the scripted peer did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    return tmp_path / "dev.sock"
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    started: list[Peer] = []
+    yield started
+    for peer in started:
+        peer.finish()
+
+
+def receive(conn: socket.socket) -> p.Message:
+    return p.receive_message(conn, 1 << 21)
+
+
+def answer_version(conn: socket.socket, caps: dict[str, object] | None = None) -> None:
+    msg = receive(conn)
+    assert msg.command == Command.VFIO_USER_VERSION
+    ours = p.decode_capabilities(msg.payload[4:])
+    assert ours["max_msg_fds"] >= 1 and ours["max_data_xfer_size"] >= 4096
+    body = p.vfio_user_version(major=0, minor=0).pack()
+    p.send_reply(conn, msg.header, body + p.encode_capabilities(caps or {}))
+
+
+def answer_device_info(conn: socket.socket, flags: int = 2) -> None:
+    msg = receive(conn)
+    assert msg.command == Command.VFIO_USER_DEVICE_GET_INFO
+    info = p.vfio_user_device_info(argsz=16, flags=flags, num_regions=9, num_irqs=5)
+    p.send_reply(conn, msg.header, info.pack())
+
+
+def start(peers: list[Peer], path: Path, script: Script) -> Peer:
+    peer = Peer(path, script)
+    peers.append(peer)
+    return peer
+
+
+def test_no_server_says_how_to_start_one(sock_path: Path) -> None:
+    with pytest.raises(VfioUserDisconnectedError, match="pyvfio serve edu --socket") as info:
+        pyvfio.open(f"vfio-user:{sock_path}")
+    assert info.value.errno == errno.ENOENT
+
+
+def test_address_names_an_absolute_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert socket_path("vfio-user:dev.sock") == str(tmp_path / "dev.sock")
+    with pytest.raises(ValueError, match="names no socket"):
+        socket_path("vfio-user:")
+
+
+def test_version_negotiation_takes_the_servers_limits(sock_path: Path, peers: list[Peer]) -> None:
+    caps = {"max_msg_fds": 4, "max_data_xfer_size": 8, "max_dma_maps": 3, "pgsizes": 4096}
+
+    def script(conn: socket.socket) -> None:
+        answer_version(conn, caps)
+        # A 20-byte read is split at the server's 8-byte limit: 8 + 8 + 4.
+        for expect_offset, expect_count in ((0x10, 8), (0x18, 8), (0x20, 4)):
+            msg = receive(conn)
+            offset, region, count = struct.unpack_from("=QII", msg.payload)
+            assert (offset, region, count) == (expect_offset, 2, expect_count)
+            data = bytes(range(offset, offset + count))
+            p.send_reply(conn, msg.header, msg.payload[:16] + data)
+
+    start(peers, sock_path, script)
+    with VfioUserClient(str(sock_path)) as client:
+        assert client.server.max_msg_fds == 4
+        assert client.server.max_data_xfer_size == 8
+        assert client.server.max_dma_maps == 3
+        region = RegionInfo(2, v.VfioRegionInfoFlag.VFIO_REGION_INFO_FLAG_READ, 0x100, 0)
+        assert client.region_read(region, 0x10, 20) == bytes(range(0x10, 0x24))
+
+
+def test_a_version_the_client_does_not_speak(sock_path: Path, peers: list[Peer]) -> None:
+    def script(conn: socket.socket) -> None:
+        msg = receive(conn)
+        p.send_reply(conn, msg.header, p.vfio_user_version(major=1, minor=0).pack())
+
+    start(peers, sock_path, script)
+    with pytest.raises(VfioUserProtocolError, match="another protocol version"):
+        VfioUserClient(str(sock_path))
+
+
+def test_bad_capabilities_are_refused(sock_path: Path, peers: list[Peer]) -> None:
+    start(peers, sock_path, lambda conn: answer_version(conn, {"max_data_xfer_size": "big"}))
+    with pytest.raises(VfioUserProtocolError, match="max_data_xfer_size"):
+        VfioUserClient(str(sock_path))
+
+
+def test_error_reply_names_the_command_and_errno(sock_path: Path, peers: list[Peer]) -> None:
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        answer_device_info(conn)
+        msg = receive(conn)
+        assert msg.command == Command.VFIO_USER_DEVICE_RESET
+        p.send_error(conn, msg.header, errno.ENOTTY)
+        receive_until_closed(conn)
+
+    start(peers, sock_path, script)
+    with pyvfio.open(f"vfio-user:{sock_path}") as dev:
+        assert dev.group is None and dev.iommu.backend == "vfio-user"
+        with pytest.raises(pyvfio.UnsupportedError, match="no function reset"):
+            dev.reset()  # the server did not offer VFIO_DEVICE_FLAGS_RESET
+        transport = dev._transport
+        with pytest.raises(VfioUserRemoteError, match="VFIO_USER_DEVICE_RESET") as info:
+            transport.reset()
+        assert info.value.errno == errno.ENOTTY
+        assert info.value.ioctl == "VFIO_USER_DEVICE_RESET"
+        assert "Inappropriate ioctl" in str(info.value)
+
+
+def receive_until_closed(conn: socket.socket) -> None:
+    while True:
+        try:
+            receive(conn)
+        except VfioUserDisconnectedError:
+            return
+
+
+def test_silence_times_out_and_the_connection_stays_usable(
+    sock_path: Path, peers: list[Peer]
+) -> None:
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        silent = receive(conn)  # never answered in time
+        time.sleep(0.5)
+        p.send_reply(conn, silent.header, b"\0" * 16)  # late: dropped by the client
+        answer_device_info(conn, flags=3)
+        receive_until_closed(conn)
+
+    start(peers, sock_path, script)
+    client = VfioUserClient(str(sock_path), timeout=0.2)
+    try:
+        with pytest.raises(VfioUserTimeoutError, match=r"did not answer within 0\.2 s") as info:
+            client.device_info()
+        assert isinstance(info.value, TimeoutError) and info.value.errno == errno.ETIMEDOUT
+        client.timeout = 5
+        assert client.device_info().reset_works  # the late reply was not taken for this one
+    finally:
+        client.close()
+
+
+def test_server_hanging_up_is_a_clear_error_for_every_later_call(
+    sock_path: Path, peers: list[Peer]
+) -> None:
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        answer_device_info(conn)
+        receive(conn)  # the read: hang up instead of answering
+
+    start(peers, sock_path, script)
+    dev = pyvfio.open(f"vfio-user:{sock_path}")
+    with pytest.raises(VfioUserDisconnectedError, match="closed the connection") as info:
+        dev.irq_info("msi")
+    assert "VFIO_USER_DEVICE_GET_IRQ_INFO" in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+    with pytest.raises(VfioUserDisconnectedError, match="device is gone"):
+        dev.irq_info("intx")
+    dev.close()
+    dev.close()
+    with pytest.raises(ClosedError, match="closed"):
+        dev.irq_info("msi")
+
+
+def test_server_dma_requests_are_served_between_a_command_and_its_reply(
+    sock_path: Path, peers: list[Peer]
+) -> None:
+    """The server reads and writes our memory (no fd shared) before it answers."""
+    seen: dict[str, object] = {}
+
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        answer_device_info(conn)
+        dma_map = receive(conn)
+        assert dma_map.command == Command.VFIO_USER_DMA_MAP and not dma_map.fds
+        mapping = p.vfio_user_dma_map.parse(dma_map.payload)
+        seen["map"] = (mapping.addr, mapping.size, mapping.flags)
+        p.send_reply(conn, dma_map.header)
+        write = receive(conn)  # a region write that makes the "device" copy memory
+        assert write.command == Command.VFIO_USER_REGION_WRITE
+        base = mapping.addr
+        p.send_message(conn, 7, Command.VFIO_USER_DMA_READ, struct.pack("=QQ", base + 8, 5))
+        got = receive(conn)
+        assert got.header.is_reply and got.header.msg_id == 7
+        seen["read"] = got.payload[16:]
+        p.send_message(
+            conn, 8, Command.VFIO_USER_DMA_WRITE, struct.pack("=QQ", base + 100, 5) + b"WORLD"
+        )
+        assert receive(conn).header.is_reply
+        # Outside the mapping: the client answers with EFAULT, the Error bit set.
+        p.send_message(conn, 9, Command.VFIO_USER_DMA_READ, struct.pack("=QQ", base + 4090, 16))
+        bad = receive(conn)
+        seen["bad"] = (bad.header.is_error, bad.header.error)
+        p.send_reply(conn, write.header, write.payload[:16])
+        unmap = receive(conn)
+        assert unmap.command == Command.VFIO_USER_DMA_UNMAP
+        p.send_reply(conn, unmap.header, unmap.payload)
+        receive_until_closed(conn)
+
+    start(peers, sock_path, script)
+    with pyvfio.Iommu(backend="vfio-user", share_memory=False) as iommu:
+        dev = iommu.open(f"vfio-user:{sock_path}")
+        buf = dev.dma_alloc(4096)
+        buf.write(b"HELLO", offset=8)
+        region = RegionInfo(0, v.VfioRegionInfoFlag.VFIO_REGION_INFO_FLAG_WRITE, 0x1000, 0)
+        assert dev._transport.region_write(region, 0x98, b"\1\0\0\0") == 4
+        assert buf.read(100, 5) == b"WORLD"
+        buf.free()
+        dev.close()
+    assert seen["map"] == (buf.iova, 4096, 3)
+    assert seen["read"] == b"HELLO"
+    assert seen["bad"] == (True, errno.EFAULT)
+
+
+def test_dma_map_passes_the_memfd(sock_path: Path, peers: list[Peer]) -> None:
+    seen: dict[str, bytes] = {}
+
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        answer_device_info(conn)
+        msg = receive(conn)
+        assert len(msg.fds) == 1
+        mapping = p.vfio_user_dma_map.parse(msg.payload)
+        seen["bytes"] = os.pread(msg.fds[0], 4, mapping.offset + 16)
+        os.close(msg.fds[0])
+        p.send_reply(conn, msg.header)
+        msg = receive(conn)
+        assert msg.command == Command.VFIO_USER_DMA_UNMAP
+        p.send_reply(conn, msg.header, msg.payload)
+        receive_until_closed(conn)
+
+    start(peers, sock_path, script)
+    with pyvfio.Iommu(backend="vfio-user") as iommu:
+        dev = iommu.open(f"vfio-user:{sock_path}")
+        # Caller memory that is a memfd's: Iommu.map(..., fd=) passes the fd along.
+        fd = os.memfd_create("test", os.MFD_CLOEXEC)
+        os.ftruncate(fd, 4096)
+        os.pwrite(fd, b"PING", 16)
+        memory = mmap.mmap(fd, 4096)
+        mapping = iommu.map(memory, fd=fd)
+        iommu.unmap(mapping)
+        memory.close()
+        os.close(fd)
+        dev.close()
+    assert seen["bytes"] == b"PING"
+
+
+def test_use_after_close(sock_path: Path, peers: list[Peer]) -> None:
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        receive_until_closed(conn)
+
+    start(peers, sock_path, script)
+    client = VfioUserClient(str(sock_path))
+    assert client.fileno() >= 0
+    client.close()
+    client.close()
+    assert client.closed and client.fileno() == -1
+    with pytest.raises(ClosedError, match="is closed"):
+        client.device_info()
