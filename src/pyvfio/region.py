@@ -87,14 +87,15 @@ class Region:
         """
         if self._view is not None:
             return self._view
-        fd = self._device._require_transport().mmap_fd(self.info)
+        transport = self._device._require_transport()
         areas = self.info.mmap_areas()
         if not areas:
             raise UnsupportedError(
                 f"{self.name} of {self._device.bdf} cannot be mmap'd "
-                "(the kernel does not allow it); use read32/write32",
+                "(the kernel or server does not allow it); use read32/write32",
                 device=self._device.bdf,
             )
+        fd = transport.mmap_fd(self.info)
         size = _mem.round_up(self.size, _mem.PAGE_SIZE)
         prot = (mmap.PROT_READ if self.info.readable else 0) | (
             mmap.PROT_WRITE if self.info.writable else 0

@@ -142,6 +142,8 @@ class VfioUserClient:
         self._servicer: threading.Thread | None = None
         self._wake = -1
         self._stopping = False
+        #: DMA_READ/WRITE requests of the server this client answered (tests, benches).
+        self.dma_requests_served = 0
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = sock
         self._fd = sock.fileno()
@@ -640,6 +642,7 @@ class VfioUserClient:
             )
         with self._dma_lock:
             window = self._window_for(iova, count, name)
+            self.dma_requests_served += 1
             address = window.vaddr + (iova - window.iova)
             if command == Command.VFIO_USER_DMA_READ:
                 return _DMA_ACCESS.pack(iova, count) + ctypes.string_at(address, count)
