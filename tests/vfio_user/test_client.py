@@ -29,7 +29,8 @@ from pyvfio.errors import (
     VfioUserRemoteError,
     VfioUserTimeoutError,
 )
-from pyvfio.info import RegionInfo
+from pyvfio.info import RegionInfo, SparseArea
+from pyvfio.server import MmapArea, PciDevice, running
 from pyvfio.vfio_user import protocol as p
 from pyvfio.vfio_user.client import VfioUserClient, socket_path
 from pyvfio.vfio_user.protocol import Command
@@ -326,3 +327,56 @@ def test_use_after_close(sock_path: Path, peers: list[Peer]) -> None:
     assert client.closed and client.fileno() == -1
     with pytest.raises(ClosedError, match="is closed"):
         client.device_info()
+
+
+class Scratch(PciDevice):
+    """BAR0: a register page served by messages, then three pages the client maps;
+    BAR2: 8 KiB mapped whole."""
+
+    def __init__(self) -> None:
+        super().__init__(vendor_id=0x1234, device_id=0x0001, name="scratch")
+        self.register = 0
+        self.register_accesses = 0
+        self.bar0 = self.add_bar(
+            0,
+            0x4000,
+            read=self._read,
+            write=self._write,
+            mmap_areas=[MmapArea(0x1000, 0x3000)],
+        )
+        self.bar2 = self.add_bar(2, 0x2000, mmap_areas=[MmapArea(0, 0x2000)])
+
+    def _read(self, offset: int, size: int) -> bytes:
+        self.register_accesses += 1
+        return self.register.to_bytes(8, "little")[:size]
+
+    def _write(self, offset: int, data: bytes) -> None:
+        self.register_accesses += 1
+        self.register = int.from_bytes(data, "little")
+
+
+def test_mmap_areas_the_server_shares_are_the_fast_path(tmp_path: Path) -> None:
+    device = Scratch()
+    with (
+        running(device, tmp_path / "scratch.sock") as server,
+        pyvfio.open(f"vfio-user:{server.path}") as dev,
+    ):
+        bar0 = dev.bar(0)
+        assert bar0.info.sparse_areas == (SparseArea(0x1000, 0x3000),)
+        view = bar0.map()
+        assert bar0.mapped and len(view) == 0x4000
+        # The mapped pages are the server's memory: no message goes.
+        bar0.write32(0x1008, 0xCAFEF00D)
+        assert device.bar0.memory[0x1008:0x100C] == (0xCAFEF00D).to_bytes(4, "little")
+        device.bar0.memory[0x2000:0x2008] = (0x1122334455667788).to_bytes(8, "little")
+        assert bar0.read64(0x2000) == 0x1122334455667788
+        assert device.register_accesses == 0
+        # The register page is not mapped: its accesses are messages to the callbacks.
+        bar0.write32(0x0, 0x5A5A)
+        assert bar0.read32(0x0) == 0x5A5A and device.register == 0x5A5A
+        assert device.register_accesses == 2
+        # A BAR mapped whole takes the single-load path of Region.read32.
+        bar2 = dev.bar(2)
+        bar2.write32(0x1FFC, 7)
+        assert bar2._whole and bar2.read32(0x1FFC) == 7
+        assert device.bar2.memory[0x1FFC] == 7
