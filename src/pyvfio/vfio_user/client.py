@@ -157,6 +157,8 @@ class VfioUserClient:
             sock.settimeout(timeout)
             self._connect()
             self.server = self._negotiate()
+            # Region transfers within both limits: the server's, and what we receive.
+            self._chunk = min(self.server.max_data_xfer_size, MAX_DATA_XFER_SIZE)
         except BaseException:
             self._fd = -1
             self._finalizer()
@@ -459,7 +461,7 @@ class VfioUserClient:
         return fd
 
     def region_read(self, info: RegionInfo, offset: int, length: int) -> bytes:
-        chunk = self.server.max_data_xfer_size
+        chunk = self._chunk
         if length <= chunk:
             return self._read_chunk(info.index, offset, length)
         parts = [
@@ -487,7 +489,7 @@ class VfioUserClient:
         return data
 
     def region_write(self, info: RegionInfo, offset: int, data: bytes) -> int:
-        chunk = self.server.max_data_xfer_size
+        chunk = self._chunk
         done = 0
         while done < len(data):
             piece = data[done : done + chunk]
