@@ -207,3 +207,10 @@ def test_a_vfio_user_iommu_opens_only_vfio_user_devices(server: Server) -> None:
         with pytest.raises(pyvfio.UnsupportedError, match="serves vfio-user devices"):
             iommu.open("0000:00:10.0")
         assert iommu.open(f"vfio-user:{server.path}").info.reset_works
+
+
+def test_the_driver_opens_a_vfio_user_address_itself(server: Server) -> None:
+    with Edu.open(f"vfio-user:{server.path}") as edu:
+        assert edu.factorial(12) == 479001600
+        assert edu.device.iommu.backend == "vfio-user"
+    assert edu.device.closed and edu.device.iommu.closed
