@@ -380,3 +380,35 @@ def test_mmap_areas_the_server_shares_are_the_fast_path(tmp_path: Path) -> None:
         bar2.write32(0x1FFC, 7)
         assert bar2._whole and bar2.read32(0x1FFC) == 7
         assert device.bar2.memory[0x1FFC] == 7
+
+
+def test_a_refused_unmap_still_fences_the_memory(sock_path: Path, peers: list[Peer]) -> None:
+    """The server refuses DMA_UNMAP, then asks for the bytes: the client, whose
+    buffer is freed by then, answers EFAULT rather than read freed memory."""
+    seen: dict[str, object] = {}
+
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        answer_device_info(conn)
+        dma_map = receive(conn)
+        base = p.vfio_user_dma_map.parse(dma_map.payload).addr
+        p.send_reply(conn, dma_map.header)
+        unmap = receive(conn)
+        p.send_error(conn, unmap.header, errno.EBUSY)
+        reset = receive(conn)  # the next command: ask for the unmapped bytes first
+        p.send_message(conn, 3, Command.VFIO_USER_DMA_READ, struct.pack("=QQ", base, 8))
+        late = receive(conn)
+        seen["late"] = (late.header.is_error, late.header.error)
+        p.send_reply(conn, reset.header)
+        receive_until_closed(conn)
+
+    start(peers, sock_path, script)
+    with pyvfio.Iommu(backend="vfio-user", share_memory=False) as iommu:
+        dev = iommu.open(f"vfio-user:{sock_path}")
+        buf = dev.dma_alloc(4096)
+        with pytest.raises(VfioUserRemoteError, match="VFIO_USER_DMA_UNMAP") as info:
+            buf.free()
+        assert info.value.errno == errno.EBUSY and buf.freed and not iommu.mappings
+        dev._transport.reset()
+        dev.close()
+    assert seen["late"] == (True, errno.EFAULT)

@@ -590,13 +590,17 @@ class VfioUserClient:
         """``VFIO_USER_DMA_UNMAP``; a no-op once the server is gone (it dropped them)."""
         if iova not in self._windows:
             raise ValueError(f"{self.address} has no DMA mapping at iova {iova:#x}")
-        if self._broken is None and self._fd >= 0:
-            request = p.vfio_user_dma_unmap(
-                argsz=ctypes.sizeof(p.vfio_user_dma_unmap), flags=0, addr=iova, size=size
-            )
-            with contextlib.suppress(VfioUserDisconnectedError):
-                p.close_fds(self._request(Command.VFIO_USER_DMA_UNMAP, request.pack()).fds)
-        self._remove_window(iova)
+        try:
+            if self._broken is None and self._fd >= 0:
+                request = p.vfio_user_dma_unmap(
+                    argsz=ctypes.sizeof(p.vfio_user_dma_unmap), flags=0, addr=iova, size=size
+                )
+                with contextlib.suppress(VfioUserDisconnectedError):
+                    p.close_fds(self._request(Command.VFIO_USER_DMA_UNMAP, request.pack()).fds)
+        finally:
+            # Even when the server refused: the caller frees the memory next, and a
+            # later DMA request for it must meet EFAULT, not freed memory.
+            self._remove_window(iova)
 
     @property
     def dma_windows(self) -> int:
