@@ -37,7 +37,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,42 +94,35 @@ DEVICES: dict[str, Callable[[], PciDevice]] = {"edu": EduDevice, "bench": BenchD
 
 
 def serve(name: str, path: str) -> None:
-    """The server process: one device on ``path`` until killed."""
+    """The server process: one device on ``path`` until killed; "ready" once listening."""
     with Server(DEVICES[name](), path) as server:
+        print("ready", flush=True)
         server.serve_forever()
 
 
 @contextlib.contextmanager
 def server_process(name: str, folder: Path) -> Iterator[str]:
-    """A server for device ``name`` in a process of its own; its vfio-user address."""
+    """A server for device ``name`` in a process of its own; its vfio-user address.
+
+    Readiness comes on the server's stdout: a probe connection would be a session of
+    its own, and the server serves one client at a time.
+    """
     path = folder / f"{name}.sock"
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # left by the last one, which was terminated
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", name, "--socket", str(path)],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not listening(path):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {name} server did not start (exit {proc.poll()})")
-            time.sleep(0.05)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {name} server did not start (exit {proc.wait(10)})")
         yield f"vfio-user:{path}"
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def listening(path: Path) -> bool:
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 # -- the references ------------------------------------------------------------------
