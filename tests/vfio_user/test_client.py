@@ -412,3 +412,23 @@ def test_a_refused_unmap_still_fences_the_memory(sock_path: Path, peers: list[Pe
         dev._transport.reset()
         dev.close()
     assert seen["late"] == (True, errno.EFAULT)
+
+
+def test_a_server_that_stops_reading_times_the_send_out(sock_path: Path, peers: list[Peer]) -> None:
+    done = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        done.wait(10)  # read nothing more while the client writes
+
+    start(peers, sock_path, script)
+    client = VfioUserClient(str(sock_path), timeout=0.3)
+    try:
+        region = RegionInfo(0, v.VfioRegionInfoFlag.VFIO_REGION_INFO_FLAG_WRITE, 1 << 20, 0)
+        with pytest.raises(VfioUserTimeoutError, match="VFIO_USER_REGION_WRITE"):
+            client.region_write(region, 0, bytes(1 << 20))  # more than the socket buffers
+        with pytest.raises(VfioUserDisconnectedError, match="stopped reading"):
+            client.device_info()
+    finally:
+        done.set()
+        client.close()

@@ -282,7 +282,13 @@ class VfioUserClient:
                 raise self._disconnected(name, err) from err
             except OSError as err:
                 self._pending.discard(msg_id)
-                if isinstance(err, TimeoutError):
+                if isinstance(err, TimeoutError):  # the server stopped reading
+                    # Part of the message may have gone: the framing is lost.
+                    self._broken = VfioUserDisconnectedError(
+                        f"the vfio-user server at {self.path} stopped reading our messages",
+                        errno=E.ETIMEDOUT,
+                        device=self.address,
+                    )
                     raise self._timeout(name) from err
                 raise
         try:
