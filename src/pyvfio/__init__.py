@@ -9,6 +9,9 @@
         dev.enable_bus_master()
         with dev.dma_alloc(4096, max_iova=(1 << 28) - 1) as buf:
             ...
+
+    with pyvfio.open("vfio-user:/run/edu.sock") as dev:   # a device served over vfio-user
+        ...
 """
 
 from pyvfio.device import Config, Device, open
