@@ -159,9 +159,19 @@ class ClosedError(VfioError):
 class VfioUserError(VfioError):
     """The vfio-user socket path failed (``pyvfio.vfio_user``, ``pyvfio.server``).
 
-    ``errno`` is the errno to put in an error reply (or the one received), ``ioctl``
-    the vfio-user command's name when one is known.
+    ``errno`` is the errno to put in an error reply (or the one received; EINVAL
+    unless said otherwise), ``ioctl`` the vfio-user command's name when one is known.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int = _errno.EINVAL,
+        ioctl: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(message, errno=errno, ioctl=ioctl, device=device)
 
 
 class VfioUserProtocolError(VfioUserError):
@@ -187,6 +197,16 @@ class VfioUserProtocolError(VfioUserError):
 
 class VfioUserDisconnectedError(VfioUserError, ConnectionError):
     """The peer closed the vfio-user socket (between messages or in the middle of one)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int = _errno.ECONNRESET,
+        ioctl: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(message, errno=errno, ioctl=ioctl, device=device)
 
 
 class VfioUserRemoteError(VfioUserError):

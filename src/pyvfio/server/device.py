@@ -342,12 +342,14 @@ class Interrupts:
 
         VfioUserError(EINVAL) for anything vfio-pci would refuse.
         """
-        data_type = flags & VfioIrqSetFlag.VFIO_IRQ_SET_DATA_TYPE_MASK
-        action = flags & VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TYPE_MASK
-        if flags & ~(
+        data_type = int(flags & VfioIrqSetFlag.VFIO_IRQ_SET_DATA_TYPE_MASK)
+        action = int(flags & VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TYPE_MASK)
+        # int(): the complement of an IntFlag stays inside its members, hiding unknown bits.
+        known = int(
             VfioIrqSetFlag.VFIO_IRQ_SET_DATA_TYPE_MASK
             | VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TYPE_MASK
-        ):
+        )
+        if flags & ~known:
             raise _fail(f"SET_IRQS flags {flags:#x} has unknown bits")
         if data_type.bit_count() != 1 or action.bit_count() != 1:
             raise _fail(f"SET_IRQS flags {flags:#x} need exactly one DATA_ and one ACTION_ bit")

@@ -79,7 +79,7 @@ class DmaSpace(DmaAccess):
         return tuple(self._ranges)
 
     def map(self, request: vfio_user_dma_map, fd: int) -> DmaRange:
-        """Add a range; ``fd`` (or -1) becomes this space's on success.
+        """Add a range; ``fd`` (or -1) is this space's (and closed) on success.
 
         VfioUserError: EINVAL (size 0, wrapping, unknown flags), EEXIST (overlap, as
         the spec asks), ENOSPC (too many maps), or the errno of a failing mmap.
@@ -87,9 +87,11 @@ class DmaSpace(DmaAccess):
         addr, size = request.addr, request.size
         if size == 0 or addr + size > 1 << 64:
             raise VfioUserError(f"DMA_MAP of {size:#x} bytes at {addr:#x} is empty or wraps")
-        if request.flags & ~(
+        # int(): the complement of an IntFlag stays inside its members, hiding unknown bits.
+        known = int(
             DmaMapFlag.VFIO_USER_F_DMA_REGION_READ | DmaMapFlag.VFIO_USER_F_DMA_REGION_WRITE
-        ):
+        )
+        if request.flags & ~known:
             raise VfioUserError(f"DMA_MAP flags {request.flags:#x} has unknown bits")
         if len(self._ranges) >= self.max_maps:
             raise VfioUserError(
@@ -116,7 +118,8 @@ class DmaSpace(DmaAccess):
                     f"{request.offset:#x}: {err}",
                     errno=code,
                 ) from err
-            entry.fd = fd
+            # Python's mmap holds its own dup of the fd until the mapping closes.
+            os.close(fd)
         self._ranges.insert(position, entry)
         return entry
 

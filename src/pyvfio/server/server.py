@@ -88,6 +88,20 @@ log = logging.getLogger("pyvfio.server")
 #: Commands from the client a server waiting for its own DMA reply queues; more and
 #: the client is flooding, and the session ends.
 _MAX_PENDING: Final = 1024
+#: Commands served even while the server waits for its own DMA reply. QEMU's vCPU
+#: waits for a region access (and its main loop for DMA map replies) holding the lock
+#: its main loop needs to answer the server's DMA_READ/WRITE: queueing them deadlocks
+#: until QEMU's x-msg-timeout (5 s) fails the access. The spec forbids stalling
+#: command processing on a reply for this reason (docs/vfio-user-qemu.md).
+_SERVED_WHILE_WAITING: Final = frozenset(
+    {
+        Command.VFIO_USER_REGION_READ,
+        Command.VFIO_USER_REGION_WRITE,
+        Command.VFIO_USER_REGION_WRITE_MULTI,
+        Command.VFIO_USER_DMA_MAP,
+        Command.VFIO_USER_DMA_UNMAP,
+    }
+)
 #: Room for the version message's JSON on top of the largest data transfer.
 _MESSAGE_SLACK: Final = 4096
 
@@ -151,6 +165,7 @@ class _Session:
             self.request, max_maps=options.max_dma_maps, max_xfer=options.max_data_xfer_size
         )
         self.commands_served = 0
+        self._waiting = 0  # how many requests to the client await their reply
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -193,31 +208,42 @@ class _Session:
     # -- server-to-client commands (DMA by message) -------------------------------------
 
     def request(self, command: int, payload: bytes) -> bytes:
-        """Send a command to the client and wait for its reply; commands that arrive
-        meanwhile are queued.  VfioUserRemoteError for an error reply."""
+        """Send a command to the client and wait for its reply; region accesses and DMA
+        maps that arrive meanwhile are served, other commands queued.
+        VfioUserRemoteError for an error reply."""
         self.next_id = (self.next_id + 1) & 0xFFFF
         msg_id = self.next_id
         send_message(self.sock, msg_id, command, payload)
-        while True:
-            message = self._receive()
-            header = message.header
-            if header.is_reply:
-                close_fds(message.fds)
-                if header.msg_id == msg_id and header.command == command:
-                    if header.is_error:
-                        raise VfioUserRemoteError(
-                            f"the client refused {command_name(command)}: "
-                            f"{os.strerror(header.error) if header.error else 'no errno'}",
-                            errno=header.error,
-                            ioctl=command_name(command),
-                        )
-                    return message.payload
-                log.warning("dropped a reply nobody waits for: %s", header)
-                continue
-            if len(self.pending) >= _MAX_PENDING:
-                close_fds(message.fds)
-                raise _EndSession(f"the client sent {_MAX_PENDING} commands without waiting")
-            self.pending.append(message)
+        self._waiting += 1
+        try:
+            while True:
+                message = self._receive()
+                header = message.header
+                if header.is_reply:
+                    close_fds(message.fds)
+                    if header.msg_id == msg_id and header.command == command:
+                        if header.is_error:
+                            raise VfioUserRemoteError(
+                                f"the client refused {command_name(command)}: "
+                                f"{os.strerror(header.error) if header.error else 'no errno'}",
+                                errno=header.error,
+                                ioctl=command_name(command),
+                            )
+                        return message.payload
+                    log.warning("dropped a reply nobody waits for: %s", header)
+                    continue
+                # Region accesses and DMA maps are served now (see _SERVED_WHILE_WAITING);
+                # a request made while serving one (depth 2) queues everything, so that
+                # no reply can be taken by the wrong waiter.
+                if self._waiting == 1 and header.command in _SERVED_WHILE_WAITING:
+                    self.handle(message)
+                    continue
+                if len(self.pending) >= _MAX_PENDING:
+                    close_fds(message.fds)
+                    raise _EndSession(f"the client sent {_MAX_PENDING} commands without waiting")
+                self.pending.append(message)
+        finally:
+            self._waiting -= 1
 
     # -- serving ------------------------------------------------------------------------
 
@@ -248,6 +274,8 @@ class _Session:
             log.exception("%s: deferred device work failed", self.device.name)
 
     def close(self) -> None:
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # the client sees the session end
         for message in self.pending:
             close_fds(message.fds)
         self.pending.clear()
