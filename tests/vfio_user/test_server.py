@@ -813,6 +813,7 @@ def test_server_on_a_path_serves_clients_one_after_another(tmp_path: Path) -> No
         second.sock.close()
         assert first.read32(edu_driver.REG_LIVENESS) == 0x1234 ^ 0xFFFFFFFF
         first.sock.close()
+        assert server.wait_idle(30)  # the server saw the first client go
         third = connect(path)  # after the first left, the next is served
         third.negotiate()
         assert third.read32(edu_driver.REG_LIVENESS) == 0x1234 ^ 0xFFFFFFFF  # state kept

@@ -631,6 +631,8 @@ class Server:
         self._client: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
 
     # -- the socket ---------------------------------------------------------------------
 
@@ -704,6 +706,7 @@ class Server:
                 client.close()
                 return
             self._client = client
+            self._idle.clear()
         self.sessions += 1
         log.info("client connected (session %d)", self.sessions)
         stop_rejecting = threading.Event()
@@ -714,11 +717,12 @@ class Server:
             session.serve()
         finally:
             stop_rejecting.set()
-            with self._lock:
-                self._client = None
             with suppress(OSError):
                 client.close()
             rejector.join()
+            with self._lock:
+                self._client = None
+                self._idle.set()
             log.info("client disconnected (session %d)", self.sessions)
 
     def _reject_others(self, done: threading.Event) -> None:
@@ -736,6 +740,10 @@ class Server:
                 continue
             log.warning("refused a second client: one client at a time")
             other.close()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no client is being served (the last one's cleanup is done)."""
+        return self._idle.wait(timeout)
 
     def start(self) -> threading.Thread:
         """Listen, then serve in a daemon thread (stop with `stop`)."""
