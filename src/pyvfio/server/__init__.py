@@ -14,6 +14,8 @@ The protocol is QEMU's docs/interop/vfio-user.rst; the wire format lives in
 `pyvfio.vfio_user.protocol`, shared with the client.
 """
 
+from collections.abc import Callable
+
 from pyvfio.server.config import BarKind, BarSpec, ConfigSpaceBuilder, EmulatedConfig
 from pyvfio.server.device import DmaAccess, Interrupts, MmapArea, PciDevice, Region
 from pyvfio.server.dma import DmaRange, DmaSpace
@@ -40,4 +42,4 @@ __all__ = [
 ]
 
 #: Devices ``pyvfio serve`` knows by name.
-DEVICES: dict[str, type[PciDevice]] = {"edu": EduDevice}
+DEVICES: dict[str, Callable[[], PciDevice]] = {"edu": EduDevice}

@@ -745,10 +745,13 @@ class Server:
         """Wait until no client is being served (the last one's cleanup is done)."""
         return self._idle.wait(timeout)
 
-    def start(self) -> threading.Thread:
-        """Listen, then serve in a daemon thread (stop with `stop`)."""
+    def start(self, *, once: bool = False) -> threading.Thread:
+        """Listen, then serve in a daemon thread (stop with `stop`; ``once``: see
+        `serve_forever`)."""
         self.listen()
-        thread = threading.Thread(target=self.serve_forever, name="pyvfio-server", daemon=True)
+        thread = threading.Thread(
+            target=self.serve_forever, kwargs={"once": once}, name="pyvfio-server", daemon=True
+        )
         thread.start()
         self._thread = thread
         return thread

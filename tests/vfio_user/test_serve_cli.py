@@ -1,0 +1,97 @@
+"""``pyvfio serve``: the real command in a subprocess, spoken to over its socket."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rawclient import RawClient
+
+from pyvfio.drivers import edu as edu_driver
+
+
+def start(path: Path, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyvfio", "serve", "edu", "--socket", str(path), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()  # printed once it listens
+    assert line.startswith(f"serving edu on {path}"), line + proc.stderr.read()
+    return proc
+
+
+def connect(path: Path) -> RawClient:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    return RawClient(sock)
+
+
+def test_serve_once_answers_a_client_then_exits(tmp_path: Path) -> None:
+    path = tmp_path / "edu.sock"
+    proc = start(path, "--once")
+    try:
+        client = connect(path)
+        client.negotiate()
+        assert client.read32(edu_driver.REG_ID) == 0x010000ED
+        client.write32(edu_driver.REG_LIVENESS, 1)
+        assert client.read32(edu_driver.REG_LIVENESS) == 0xFFFFFFFE
+        client.sock.close()
+        assert proc.wait(timeout=30) == 0
+        assert not path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_on_a_signal_and_removes_its_socket(tmp_path: Path, how: int) -> None:
+    path = tmp_path / "edu.sock"
+    proc = start(path)
+    try:
+        client = connect(path)  # a connected client does not keep it alive
+        client.negotiate()
+        proc.send_signal(how)
+        assert proc.wait(timeout=30) == 0
+        assert client.closed_by_server()
+        assert not path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyvfio", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_serve_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
+    unknown = run("nvme", "--socket", str(tmp_path / "x.sock"))
+    assert unknown.returncode == 2
+    assert "no device 'nvme' to serve; known: edu" in unknown.stderr
+    missing = run("edu", "--socket", str(tmp_path / "nowhere" / "x.sock"))
+    assert missing.returncode == 1
+    assert "does not exist; create it or choose another --socket path" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    path = tmp_path / "edu.sock"
+    proc = start(path)
+    try:
+        busy = run("edu", "--socket", str(path))
+        assert busy.returncode == 1 and "a server is already listening there" in busy.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    assert not path.exists()
