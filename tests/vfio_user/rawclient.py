@@ -143,6 +143,10 @@ class RawClient:
         assert (version.major, version.minor) == (0, 0)
         return decode_capabilities(reply.payload[4:])
 
+    def enable_bus_master(self) -> None:
+        """Set Memory Space and Bus Master Enable, as a driver does before DMA."""
+        self.write(7, 4, (0x0006).to_bytes(2, "little"))
+
     def region_info(self, index: int, argsz: int = 32) -> tuple[vfio_region_info, Message]:
         request = vfio_region_info(argsz=argsz, index=index)
         reply = self.ok(Command.VFIO_USER_DEVICE_GET_REGION_INFO, bytes(request))

@@ -61,6 +61,7 @@ def edu() -> Iterator[tuple[RawClient, EduDevice]]:
     device = EduDevice()
     with served(device) as s:
         s.client.negotiate()
+        s.client.enable_bus_master()
         yield s.client, device
         s.client.sock.close()
         assert s.finished()
@@ -425,6 +426,7 @@ def test_dma_by_message_in_pieces_of_the_clients_max_transfer() -> None:
     device = EduDevice()
     with served(device) as s:
         s.client.negotiate({"max_data_xfer_size": 1024})
+        s.client.enable_bus_master()
         guest = bytearray(os.urandom(4096))
         s.client.memory[0x300000] = guest
         s.client.dma_map(0x300000, 4096)
@@ -466,9 +468,25 @@ def test_dma_outside_the_mappings_does_not_happen(edu: tuple[RawClient, EduDevic
 
 def test_dma_without_a_client_is_efault() -> None:
     device = EduDevice()
+    device.config.write(4, b"\x04\x00")  # bus master on
     with pytest.raises(VfioUserError, match="no vfio-user client") as info:
         device.dma_read(0x1000, 4)
     assert info.value.errno == errno.EFAULT
+
+
+def test_no_dma_without_bus_master(edu: tuple[RawClient, EduDevice]) -> None:
+    client, device = edu
+    client.memory[0x700000] = bytearray(b"z" * 4096)
+    client.dma_map(0x700000, 4096)
+    client.write(CONFIG, 4, b"\x02\x00")  # memory space on, bus master off
+    run_edu_dma(client, to_ram=False, ram=0x700000, length=16)
+    assert client.dma_requests == [] and bytes(device.buffer[:16]) == bytes(16)
+    with pytest.raises(VfioUserError, match="Bus Master Enable off") as info:
+        device.dma_read(0x700000, 4)
+    assert info.value.errno == errno.EPERM
+    client.enable_bus_master()
+    run_edu_dma(client, to_ram=False, ram=0x700000, length=16)
+    assert bytes(device.buffer[:16]) == b"z" * 16
 
 
 def test_dma_refused_by_the_client_is_survived(edu: tuple[RawClient, EduDevice]) -> None:

@@ -647,13 +647,25 @@ class PciDevice:
 
         Through the client's shared memory when it gave an fd for that range, else by
         ``VFIO_USER_DMA_READ`` messages.  VfioUserError(EFAULT) for an address the
-        client did not map, VfioUserRemoteError when the client refuses.
+        client did not map, VfioUserRemoteError when the client refuses,
+        VfioUserError(EPERM) while the client has Bus Master Enable off (a PCI function
+        may not master the bus then; QEMU would refuse it too).
         """
+        self._check_bus_master("read", addr)
         return self.dma.read(addr, count)
 
     def dma_write(self, addr: int, data: bytes) -> None:
         """Write ``data`` to client memory at DMA address ``addr`` (see `dma_read`)."""
+        self._check_bus_master("write", addr)
         self.dma.write(addr, data)
+
+    def _check_bus_master(self, what: str, addr: int) -> None:
+        if not self.config.bus_master:
+            raise VfioUserError(
+                f"{self.name}: DMA {what} at {addr:#x} with Bus Master Enable off in the "
+                "command register; the driver must set it (Device.enable_bus_master())",
+                errno=errno.EPERM,
+            )
 
     def defer(self, work: Callable[[], None]) -> None:
         """Run ``work`` after the reply to the current message is sent (like a timer
