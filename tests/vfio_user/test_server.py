@@ -489,6 +489,33 @@ def test_no_dma_without_bus_master(edu: tuple[RawClient, EduDevice]) -> None:
     assert bytes(device.buffer[:16]) == b"z" * 16
 
 
+def test_a_client_that_does_not_answer_fails_the_dma_not_the_session() -> None:
+    device = EduDevice()
+    with served(device, ServerOptions(io_timeout=0.3)) as s:
+        client = s.client
+        client.negotiate()
+        client.enable_bus_master()
+        client.dma_map(0x800000, 4096)  # no fd: the server has to ask
+        irq = eventfd()
+        try:
+            client.set_irqs(TRIGGER_EVENTFD, MSI, 0, 1, fds=[irq])
+            client.write64(edu_driver.REG_DMA_SRC, 0x800000)
+            client.write64(edu_driver.REG_DMA_DST, DMA_BUFFER_ADDR)
+            client.write64(edu_driver.REG_DMA_COUNT, 16)
+            client.write32(edu_driver.REG_DMA_CMD, edu_driver.DMA_START | edu_driver.DMA_IRQ)
+            # The client waits on the interrupt without reading the socket: the server's
+            # DMA_READ goes unanswered, the transfer fails and still completes.
+            assert fired(irq) == 1
+            client.memory[0x800000] = bytearray(4096)
+            # The stale DMA_READ is answered now; the server drops that late reply.
+            assert client.read32(edu_driver.REG_DMA_CMD) & edu_driver.DMA_START == 0
+            assert [h.command for h in client.dma_requests] == [Command.VFIO_USER_DMA_READ]
+            assert client.read32(edu_driver.REG_ID) == 0x010000ED
+        finally:
+            os.close(irq)
+    device.close()
+
+
 def test_dma_refused_by_the_client_is_survived(edu: tuple[RawClient, EduDevice]) -> None:
     client, _ = edu
     client.dma_map(0x600000, 4096)  # mapped, but the test client holds no memory there

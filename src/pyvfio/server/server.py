@@ -184,6 +184,11 @@ class _Session:
                     send_error(self.sock, header, err.errno or errno.EINVAL)
             raise _EndSession(str(err)) from err
 
+    def _readable_within(self, timeout: float) -> bool:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(timeout * 1000))
+
     def _wait_readable(self, watched: list[int]) -> list[int]:
         """Block until the socket, the wake fd or a watched eventfd is readable."""
         poller = select.poll()
@@ -217,6 +222,14 @@ class _Session:
         self._waiting += 1
         try:
             while True:
+                if not self._readable_within(self.options.io_timeout):
+                    # The device's DMA fails; a late reply is dropped as answering nothing.
+                    raise VfioUserError(
+                        f"the client did not answer {command_name(command)} within "
+                        f"{self.options.io_timeout} s",
+                        errno=errno.ETIMEDOUT,
+                        ioctl=command_name(command),
+                    )
                 message = self._receive()
                 header = message.header
                 if header.is_reply:
