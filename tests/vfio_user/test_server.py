@@ -556,6 +556,8 @@ def test_dma_map_fd_counts_and_leaks(edu: tuple[RawClient, EduDevice]) -> None:
             Command.VFIO_USER_DEVICE_GET_INFO, struct.pack("=4I", 16, 0, 0, 0), fds=[r]
         )
         assert reply.header.error == errno.EINVAL  # fds where none belong
+        reply = client.set_irqs(TRIGGER_EVENTFD, MSI, 0, 1, fds=[r, w])
+        assert reply.header.error == errno.EINVAL  # two eventfds for one vector
         assert open_fds() == before  # the server closed every copy it got
         assert not client.dma_map(0x10000, 4096, fd=memfd).header.is_error
         assert open_fds() == before + 1  # the server keeps the one of its mapping
@@ -790,6 +792,7 @@ def test_random_well_framed_messages_never_stop_the_server(
 ) -> None:
     device = EduDevice()
     fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(n_fds)]
+    before = open_fds()
     try:
         with served(device) as s:
             s.client.negotiate()
@@ -809,6 +812,8 @@ def test_random_well_framed_messages_never_stop_the_server(
                     s.client.serve_dma(message)
             s.client.sock.close()
             assert s.finished() and isinstance(s.result[0], int), s.result
+        device.close()
+        assert open_fds() == before  # nothing the message brought was kept
     finally:
         for fd in fds:
             os.close(fd)
