@@ -643,6 +643,14 @@ def test_stalled_client_is_dropped() -> None:
         assert s.client.closed_by_server()  # the rest never came
 
 
+def test_client_that_stops_reading_is_dropped() -> None:
+    with served(EduDevice(), ServerOptions(io_timeout=0.3)) as s:
+        s.client.negotiate()
+        for _ in range(4):  # 4 MiB of replies nobody reads
+            s.client.send(Command.VFIO_USER_REGION_READ, struct.pack("=QII", 0, 0, 1 << 20))
+        assert s.finished() and isinstance(s.result[0], int), s.result
+
+
 def test_no_reply_commands_are_served_in_order(edu: tuple[RawClient, EduDevice]) -> None:
     client, _ = edu
     access = struct.pack("=QII", edu_driver.REG_LIVENESS, 0, 4) + (5).to_bytes(4, "little")

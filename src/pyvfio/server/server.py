@@ -273,6 +273,10 @@ class _Session:
             log.info("client gone: %s", err)
         except _EndSession as err:
             log.warning("session ended: %s", err)
+        except OSError as err:  # a send that timed out or failed: the stream is unusable
+            log.warning("session ended: %s", err)
+        except Exception:  # a server bug must not take the next client's session down too
+            log.exception("session ended by an unexpected error")
         finally:
             self.close()
 
