@@ -15,6 +15,7 @@ answers, so a build that failed or was interrupted is never taken for a chroot.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -146,8 +147,16 @@ def ensure_chroot(
         raise SidQemuError(
             "debootstrap is missing: apt-get install debootstrap (or bash scripts/setup.sh)"
         )
-    mirror = mirror or debian_mirror()
     root.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time: a second caller waits, then takes the first one's chroot.
+    with (root.parent / f".{root.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (chroot := find_chroot(root)) is not None:
+            return chroot
+        return _build(root, debootstrap, mirror or debian_mirror(), say)
+
+
+def _build(root: Path, debootstrap: str, mirror: str, say: Say) -> SidQemu:
     partial = root.parent / f".{root.name}.partial"
     log = root.parent / f"{root.name}.debootstrap.log"
     shutil.rmtree(partial, ignore_errors=True)  # an interrupted build's leftovers
@@ -167,7 +176,8 @@ def ensure_chroot(
             built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             seconds=round(time.monotonic() - start, 1),
         )
-        (partial / STAMP).write_text(json.dumps(chroot.to_json() | {"root": None}, indent=2))
+        stamp = {key: value for key, value in chroot.to_json().items() if key != "root"}
+        (partial / STAMP).write_text(json.dumps(stamp, indent=2))  # the tree may move
         if root.exists():  # --force: the old tree goes only once the new one works
             old = root.parent / f".{root.name}.old"
             shutil.rmtree(old, ignore_errors=True)
