@@ -166,10 +166,10 @@ class DmaSpace(DmaAccess):
     def read(self, addr: int, count: int) -> bytes:
         if count < 0:
             raise ValueError(f"DMA read of {count} bytes")
-        out = bytearray()
+        out: list[bytes] = []  # joined once: each piece is copied out of its mapping once
         for entry, offset, length in self._walk(addr, count, write=False):
             if entry.mapping is not None:
-                out += entry.mapping[offset : offset + length]
+                out.append(entry.mapping[offset : offset + length])
                 continue
             done = 0
             while done < length:
@@ -183,15 +183,15 @@ class DmaSpace(DmaAccess):
                         f"DMA_READ reply for {piece} bytes at {where:#x} held {len(data)}",
                         errno=errno.EIO,
                     )
-                out += data
+                out.append(data)
                 done += piece
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def write(self, addr: int, data: bytes) -> None:
-        data = bytes(data)
+        view = memoryview(data).cast("B")  # pieces are views, not copies
         cursor = 0
-        for entry, offset, length in self._walk(addr, len(data), write=True):
-            chunk = data[cursor : cursor + length]
+        for entry, offset, length in self._walk(addr, len(view), write=True):
+            chunk = view[cursor : cursor + length]
             cursor += length
             if entry.mapping is not None:
                 entry.mapping[offset : offset + length] = chunk

@@ -484,15 +484,17 @@ def send_message(
     VfioUserDisconnectedError when the peer has gone; the fds stay the caller's.
     """
     header = Header(msg_id & 0xFFFF, command, HEADER_SIZE + len(payload), flags, error)
-    data = header.pack() + bytes(payload)
+    head = header.pack()
+    body = memoryview(payload).cast("B")
     try:
-        if fds:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            sent = sock.sendmsg([data], ancillary)
-        else:
-            sent = sock.send(data)
-        if sent < len(data):
-            sock.sendall(data[sent:])
+        # Header and payload as two buffers of one sendmsg: no copy of a large payload.
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        sent = sock.sendmsg([head, body], ancillary)
+        if sent < HEADER_SIZE:
+            sock.sendall(head[sent:])
+            sock.sendall(body)
+        elif sent < HEADER_SIZE + len(body):
+            sock.sendall(body[sent - HEADER_SIZE :])
     except (BrokenPipeError, ConnectionResetError) as err:
         raise VfioUserDisconnectedError(
             f"the vfio-user peer closed the socket while {command_name(command)} was sent",
@@ -534,17 +536,22 @@ def _fds_from(ancillary: list[tuple[int, int, bytes]], into: list[int]) -> None:
 
 
 def _receive_exactly(sock: socket.socket, length: int, fds: list[int]) -> bytes:
-    """``length`` bytes (fewer only when the peer closed), gathering any fds."""
-    chunks: list[bytes] = []
+    """``length`` bytes (fewer only when the peer closed), gathering any fds.
+
+    Received into one buffer (``recvmsg_into``): ``recvmsg`` would allocate the whole
+    remaining size for every chunk the socket hands over, and a join after.
+    """
+    buffer = bytearray(length)
+    view = memoryview(buffer)
     got = 0
     space = socket.CMSG_SPACE(MAX_MSG_FDS_LIMIT * 4)
     while got < length:
         try:
-            data, ancillary, msg_flags, _ = sock.recvmsg(
-                length - got, space, socket.MSG_CMSG_CLOEXEC
+            count, ancillary, msg_flags, _ = sock.recvmsg_into(
+                [view[got:]], space, socket.MSG_CMSG_CLOEXEC
             )
         except ConnectionResetError:
-            data, ancillary, msg_flags = b"", [], 0
+            count, ancillary, msg_flags = 0, [], 0
         _fds_from(ancillary, fds)
         if msg_flags & socket.MSG_CTRUNC:
             close_fds(fds)
@@ -553,11 +560,13 @@ def _receive_exactly(sock: socket.socket, length: int, fds: list[int]) -> bytes:
                 f"a vfio-user message carried more than {MAX_MSG_FDS_LIMIT} file descriptors",
                 errno=errno.EINVAL,
             )
-        if not data:
+        if not count:
             break
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
+        got += count
+    view.release()
+    if got < length:
+        del buffer[got:]
+    return bytes(buffer)
 
 
 def receive_message(sock: socket.socket, max_size: int) -> Message:
