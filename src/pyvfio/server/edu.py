@@ -19,7 +19,7 @@ import logging
 from typing import Final
 
 from pyvfio.errors import VfioUserError
-from pyvfio.server.device import PciDevice
+from pyvfio.server.device import MSI, PciDevice
 
 __all__ = ["EduDevice"]
 
@@ -79,7 +79,7 @@ class EduDevice(PciDevice):
     def _msi_active(self) -> bool:
         # vfio-pci's view: MSI is on when the client wired its eventfd (QEMU's own msi
         # enable bit lives in the client's emulated config space, not here).
-        return self.interrupts.mode == 1
+        return self.interrupts.mode == MSI
 
     def edu_raise(self, value: int) -> None:
         self.irq_status |= value
