@@ -850,6 +850,59 @@ def test_random_bytes_get_replies_or_a_clean_close(data: bytes, negotiate: bool)
     device.close()
 
 
+def _valid_messages() -> list[tuple[int, bytes]]:
+    return [
+        (Command.VFIO_USER_DEVICE_GET_INFO, struct.pack("=4I", 16, 0, 0, 0)),
+        (Command.VFIO_USER_DEVICE_GET_REGION_INFO, struct.pack("=4IQQ", 32, 0, 0, 0, 0, 0)),
+        (Command.VFIO_USER_DEVICE_GET_IRQ_INFO, struct.pack("=4I", 16, 0, 1, 0)),
+        (Command.VFIO_USER_REGION_READ, struct.pack("=QII", 0x20, 0, 4)),
+        (Command.VFIO_USER_REGION_WRITE, struct.pack("=QII", 0x04, 0, 4) + b"\x01\x02\x03\x04"),
+        (Command.VFIO_USER_REGION_WRITE, struct.pack("=QII", 0x98, 0, 4) + b"\x05\0\0\0"),
+        (Command.VFIO_USER_REGION_READ, struct.pack("=QII", 0, CONFIG, 64)),
+        (Command.VFIO_USER_REGION_WRITE, struct.pack("=QII", 4, CONFIG, 2) + b"\x06\x00"),
+        (Command.VFIO_USER_DEVICE_SET_IRQS, struct.pack("=5I", 20, 0x21, 1, 0, 1)),
+        (Command.VFIO_USER_DEVICE_SET_IRQS, struct.pack("=5I", 21, 0x22, 0, 0, 1) + b"\x01"),
+        (Command.VFIO_USER_DMA_MAP, struct.pack("=IIQQQ", 32, 3, 0, 0x10000, 0x1000)),
+        (Command.VFIO_USER_DMA_UNMAP, struct.pack("=IIQQ", 24, 0, 0x10000, 0x1000)),
+        (Command.VFIO_USER_REGION_WRITE_MULTI, struct.pack("=QQII8s", 1, 4, 0, 4, b"\x07" * 8)),
+        (Command.VFIO_USER_DEVICE_RESET, b""),
+    ]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_valid_messages_never_stop_the_server(data: st.DataObject) -> None:
+    messages = _valid_messages()
+    device = EduDevice()
+    with served(device) as s:
+        s.client.negotiate({"write_multiple": True})
+        s.client.memory[0x10000] = bytearray(0x1000)
+        for _ in range(data.draw(st.integers(1, 4))):
+            command, payload = data.draw(st.sampled_from(messages))
+            mutated = bytearray(payload)
+            for _ in range(data.draw(st.integers(0, 4))):
+                if mutated:
+                    at = data.draw(st.integers(0, len(mutated) - 1))
+                    mutated[at] = data.draw(st.integers(0, 255))
+            cut = data.draw(st.integers(0, len(mutated)))
+            if data.draw(st.booleans()):
+                mutated = mutated[:cut]  # a short payload
+            s.client.send(command, bytes(mutated), flags=data.draw(st.sampled_from([0, 0x10])))
+        probe = s.client.send(Command.VFIO_USER_DEVICE_GET_INFO, struct.pack("=4I", 16, 0, 0, 0))
+        while True:
+            message = s.client.receive()
+            for fd in message.fds:
+                os.close(fd)
+            if message.header.is_command:
+                s.client.serve_dma(message)
+            elif message.header.msg_id == probe:
+                assert not message.header.is_error
+                break
+        s.client.sock.close()
+        assert s.finished() and isinstance(s.result[0], int), s.result
+    device.close()
+
+
 # ---- the listening server -------------------------------------------------------------
 
 
