@@ -32,6 +32,7 @@ import errno
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -273,6 +274,9 @@ class Interrupts:
         self.intx_level = False
         self.intx_masked = False
         self.signals = 0  # how many interrupts were delivered, for tests and logs
+        # Device code may raise interrupts from a thread of its own while the server
+        # thread applies SET_IRQS: the INTx state and the eventfd table change together.
+        self._lock = threading.RLock()
 
     def count(self, index: int) -> int:
         return self._indexes[index].count
@@ -309,19 +313,21 @@ class Interrupts:
 
     def notify(self, index: int, vector: int = 0) -> bool:
         """Signal an edge interrupt (MSI, MSI-X); False when that vector is not wired."""
-        entry = self._indexes[index]
-        if not 0 <= vector < entry.count:
-            raise ValueError(f"vector {vector} is outside the {entry.count} of index {index}")
-        fd = entry.triggers[vector]
-        if fd < 0:
-            return False
-        self._signal(fd)
-        return True
+        with self._lock:
+            entry = self._indexes[index]
+            if not 0 <= vector < entry.count:
+                raise ValueError(f"vector {vector} is outside the {entry.count} of index {index}")
+            fd = entry.triggers[vector]
+            if fd < 0:
+                return False
+            self._signal(fd)
+            return True
 
     def set_intx(self, level: bool) -> None:
         """Assert or deassert INTx; an unmasked assertion signals the eventfd and masks."""
-        self.intx_level = level
-        self._deliver_intx()
+        with self._lock:
+            self.intx_level = level
+            self._deliver_intx()
 
     def _deliver_intx(self) -> None:
         fd = self._indexes[INTX].triggers[0] if self._indexes[INTX].count else -1
@@ -330,8 +336,9 @@ class Interrupts:
             self._signal(fd)
 
     def unmask_intx(self) -> None:
-        self.intx_masked = False
-        self._deliver_intx()
+        with self._lock:
+            self.intx_masked = False
+            self._deliver_intx()
 
     # -- the client side: VFIO_USER_DEVICE_SET_IRQS --------------------------------------
 
@@ -342,47 +349,48 @@ class Interrupts:
 
         VfioUserError(EINVAL) for anything vfio-pci would refuse.
         """
-        data_type = int(flags & VfioIrqSetFlag.VFIO_IRQ_SET_DATA_TYPE_MASK)
-        action = int(flags & VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TYPE_MASK)
-        # int(): the complement of an IntFlag stays inside its members, hiding unknown bits.
-        known = int(
-            VfioIrqSetFlag.VFIO_IRQ_SET_DATA_TYPE_MASK
-            | VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TYPE_MASK
-        )
-        if flags & ~known:
-            raise _fail(f"SET_IRQS flags {flags:#x} has unknown bits")
-        if data_type.bit_count() != 1 or action.bit_count() != 1:
-            raise _fail(f"SET_IRQS flags {flags:#x} need exactly one DATA_ and one ACTION_ bit")
-        if index not in self._indexes:
-            raise _fail(f"SET_IRQS index {index} does not exist")
-        entry = self._indexes[index]
-        none = data_type == VfioIrqSetFlag.VFIO_IRQ_SET_DATA_NONE
-        eventfd = data_type == VfioIrqSetFlag.VFIO_IRQ_SET_DATA_EVENTFD
-        trigger = action == VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TRIGGER
-        if fds and not eventfd:
-            raise _fail("SET_IRQS sent file descriptors without DATA_EVENTFD")
-        if none and trigger and count == 0:
-            if start != 0:
-                raise _fail("SET_IRQS disabling an index needs start 0")
-            self._disable(index)
-            return []
-        if count == 0 or start + count > entry.count:
-            raise _fail(
-                f"SET_IRQS vectors {start}..{start + count - 1} outside the {entry.count} "
-                f"of index {index}"
+        with self._lock:
+            data_type = int(flags & VfioIrqSetFlag.VFIO_IRQ_SET_DATA_TYPE_MASK)
+            action = int(flags & VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TYPE_MASK)
+            # int(): the complement of an IntFlag stays inside its members, hiding unknown bits.
+            known = int(
+                VfioIrqSetFlag.VFIO_IRQ_SET_DATA_TYPE_MASK
+                | VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TYPE_MASK
             )
-        if eventfd:
-            if fds and len(fds) != count:
-                raise _fail(f"SET_IRQS for {count} vectors came with {len(fds)} eventfds")
-            return self._wire(index, action, start, count, fds)
-        chosen = list(range(start, start + count))
-        if not none:  # DATA_BOOL: one byte per vector
-            if len(data) < count:
-                raise _fail(f"SET_IRQS DATA_BOOL wants {count} bytes, got {len(data)}")
-            chosen = [v for v, flag in zip(chosen, data[:count], strict=True) if flag]
-        for vector in chosen:
-            self._act(index, action, vector)
-        return []
+            if flags & ~known:
+                raise _fail(f"SET_IRQS flags {flags:#x} has unknown bits")
+            if data_type.bit_count() != 1 or action.bit_count() != 1:
+                raise _fail(f"SET_IRQS flags {flags:#x} need exactly one DATA_ and one ACTION_ bit")
+            if index not in self._indexes:
+                raise _fail(f"SET_IRQS index {index} does not exist")
+            entry = self._indexes[index]
+            none = data_type == VfioIrqSetFlag.VFIO_IRQ_SET_DATA_NONE
+            eventfd = data_type == VfioIrqSetFlag.VFIO_IRQ_SET_DATA_EVENTFD
+            trigger = action == VfioIrqSetFlag.VFIO_IRQ_SET_ACTION_TRIGGER
+            if fds and not eventfd:
+                raise _fail("SET_IRQS sent file descriptors without DATA_EVENTFD")
+            if none and trigger and count == 0:
+                if start != 0:
+                    raise _fail("SET_IRQS disabling an index needs start 0")
+                self._disable(index)
+                return []
+            if count == 0 or start + count > entry.count:
+                raise _fail(
+                    f"SET_IRQS vectors {start}..{start + count - 1} outside the {entry.count} "
+                    f"of index {index}"
+                )
+            if eventfd:
+                if fds and len(fds) != count:
+                    raise _fail(f"SET_IRQS for {count} vectors came with {len(fds)} eventfds")
+                return self._wire(index, action, start, count, fds)
+            chosen = list(range(start, start + count))
+            if not none:  # DATA_BOOL: one byte per vector
+                if len(data) < count:
+                    raise _fail(f"SET_IRQS DATA_BOOL wants {count} bytes, got {len(data)}")
+                chosen = [v for v, flag in zip(chosen, data[:count], strict=True) if flag]
+            for vector in chosen:
+                self._act(index, action, vector)
+            return []
 
     def _disable(self, index: int) -> None:
         self._indexes[index].release()
@@ -449,8 +457,9 @@ class Interrupts:
 
     def release_all(self) -> None:
         """Close every eventfd (the client went away); the device's state stays."""
-        for index in self._indexes:
-            self._disable(index)
+        with self._lock:
+            for index in self._indexes:
+                self._disable(index)
 
 
 class DmaAccess:
