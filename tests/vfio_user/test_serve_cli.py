@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 from rawclient import RawClient
 
+import pyvfio
 from pyvfio.drivers import edu as edu_driver
+from pyvfio.drivers.edu import Edu
 
 
 def start(path: Path, *extra: str) -> subprocess.Popen[str]:
@@ -95,3 +98,30 @@ def test_serve_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
     assert not path.exists()
+
+
+def test_pyvfios_edu_driver_drives_the_served_edu_in_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "edu.sock"
+    proc = start(path, "--once")
+    try:
+        with pyvfio.open(f"vfio-user:{path}") as dev:
+            edu = Edu(dev)
+            assert edu.ident == 0x010000ED and edu.is_alive()
+            assert edu.factorial(10) == 3628800
+            irq = dev.enable_irqs("msi")[0]
+            assert edu.factorial(5, irq=irq) == 120
+            payload = random.Random(3).randbytes(edu_driver.DMA_LIMIT)
+            with (
+                dev.dma_alloc(4096, max_iova=edu_driver.DMA_MASK) as out,
+                dev.dma_alloc(4096, max_iova=edu_driver.DMA_MASK) as back,
+            ):
+                out.write(payload)
+                edu.to_device(out, irq=irq)
+                edu.from_device(back, irq=irq)
+                assert back.read(0, edu_driver.DMA_LIMIT) == payload
+        assert proc.wait(timeout=30) == 0  # --once: the client left, the server exits
+        assert not path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
