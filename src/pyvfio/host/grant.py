@@ -610,10 +610,10 @@ def grant(
     """Let ``user`` open ``address`` through VFIO; record what it changes so that
     :func:`revoke` puts it back. Nothing is changed when a check fails."""
     addr = normalize(address)
+    pw = _lookup_user(user)
     sysfs.device_dir(addr)
     if memlock <= 0:
         raise ValueError(f"--memlock must be a positive size, not {memlock}")
-    pw = _lookup_user(user)
     if pw.pw_uid == 0:
         raise UnknownUserError(f"{pw.pw_name} is root, who opens every node already")
     number = _check_device(addr, sysfs)
