@@ -321,7 +321,7 @@ def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
             "/dev/vfio",
             Status.WARN,
             f"{text}; only root may open group(s) {', '.join(sorted(closed))}",
-            "give your user the group node: chown $USER /dev/vfio/N (or a udev rule)",
+            "as root, give your user a device: pyvfio grant BDF --user $USER",
         )
     who = "root only" if closed else "as set by their modes"
     return CheckResult("/dev/vfio", Status.PASS, f"{text}; opened by {who}")
