@@ -90,6 +90,11 @@ def test_granted_user_does_dma_other_user_is_refused_revoke_puts_the_node_back(
     assert code == 0, result
     assert result["round_trip"] is True and result["backend"] == "type1"
 
+    # Below what grant asked for, the second 4 KiB buffer is over the limit.
+    code, short = as_user(GRANTED, edu_addr, 4096)
+    assert code == 3 and short["error"] == "MemlockLimitError", short
+    assert "RLIMIT_MEMLOCK of 4096 bytes" in short["message"]
+
     code, refused = as_user(OTHER, edu_addr, data["memlock"]["need"])
     assert code == 3 and refused["error"] == "PermissionDeniedError", refused
     assert f"pyvfio grant {edu_addr} --user {OTHER}" in refused["message"]

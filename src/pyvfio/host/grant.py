@@ -662,19 +662,21 @@ def grant(
         record = GrantRecord(addr, pw.pw_name, pw.pw_uid, tuple(str(p) for p in wanted))
         store.grants.append(record)
         store.save()  # the originals are on disk before the first change
-        done: list[NodeState] = []
+        started = 0
         try:
             for node in todo:
+                started += 1
                 _open_for(node, pw.pw_uid)
-                done.append(node)
         except OSError as err:
-            for node in reversed(done):
+            failed = todo[started - 1]
+            # The failing node too: a chown may have gone through before its chmod failed.
+            for node in reversed(todo[:started]):
                 with contextlib.suppress(OSError):
                     _undo(store, node, record)
             store.grants.remove(record)
             store.save()
             raise HostError(
-                f"cannot open {node.path} to {pw.pw_name}: {err.strerror}; nothing was changed"
+                f"cannot open {failed.path} to {pw.pw_name}: {err.strerror}; nothing was changed"
             ) from err
     accesses += [_node_access(Path(node.path), "granted") for node in todo]
     accesses.sort(key=lambda a: a.path)
