@@ -148,7 +148,8 @@ def test_a_failed_change_rolls_back_every_node_and_forgets_the_grant(
         real(node, uid)
 
     monkeypatch.setattr(g, "_open_for", refuse_iommu)
-    with pytest.raises(HostError, match=r"cannot open \S+/dev/iommu to nobody: .*nothing was changed"):
+    refused = r"cannot open \S+/dev/iommu to nobody: .*nothing was changed"
+    with pytest.raises(HostError, match=refused):
         g.grant(EDU, "nobody", sysfs=kernel)
     assert snapshot(group_node) == before
     assert not g.revoke(EDU, "nobody", sysfs=kernel).revoked
