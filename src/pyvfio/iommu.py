@@ -419,7 +419,7 @@ class Iommu:
         # A user granted only the type1 nodes (or none: then type1 names pyvfio grant)
         # must not be sent to an iommufd they cannot open.
         use_iommufd = cdev is not None and all(
-            os.access(p, os.R_OK | os.W_OK) for p in ("/dev/iommu", cdev)
+            os.access(p, os.R_OK | os.W_OK, effective_ids=True) for p in ("/dev/iommu", cdev)
         )
         return self._start("iommufd" if use_iommufd else "type1")
 
