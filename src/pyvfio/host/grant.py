@@ -611,11 +611,11 @@ def grant(
     :func:`revoke` puts it back. Nothing is changed when a check fails."""
     addr = normalize(address)
     pw = _lookup_user(user)
-    sysfs.device_dir(addr)
-    if memlock <= 0:
-        raise ValueError(f"--memlock must be a positive size, not {memlock}")
     if pw.pw_uid == 0:
         raise UnknownUserError(f"{pw.pw_name} is root, who opens every node already")
+    if memlock <= 0:
+        raise ValueError(f"--memlock must be a positive size, not {memlock}")
+    sysfs.device_dir(addr)
     number = _check_device(addr, sysfs)
     members = _other_members(addr, number, sysfs)
     if members and not group:
