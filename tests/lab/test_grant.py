@@ -1,10 +1,9 @@
 """pyvfio grant/revoke on the real kernel: an unprivileged user drives edu, others cannot.
 
 The guest's / is the host's, so no user is created: ``nobody`` gets the grant and
-``daemon`` plays the other user. The unprivileged part runs in ``as_user.py``, one
-process per user for the module, which drops to that user before it touches VFIO and
-then tries each round trip with the soft RLIMIT_MEMLOCK asked for (grant's figure, as
-limits.conf would give at login, or less).
+``daemon`` plays the other user. The unprivileged part runs in a forked child that
+sets RLIMIT_MEMLOCK (grant's figure, as limits.conf would give at login, or less) and
+drops to that user before it touches VFIO.
 """
 
 from __future__ import annotations
@@ -12,9 +11,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+import random
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +20,16 @@ import pytest
 from labhelp import main_lab
 from typer.testing import CliRunner
 
+from pyvfio.drivers import edu as edu_mod
+from pyvfio.drivers.edu import Edu
+from pyvfio.errors import PyvfioError
 from pyvfio.host import grant as g
 from pyvfio.host.journal import STATE_DIR_ENV
 from pyvfio.host.sysfs import LIVE
 
 pytestmark = main_lab
 runner = CliRunner()
-AS_USER = Path(__file__).with_name("as_user.py")
 GRANTED, OTHER = "nobody", "daemon"
-#: The hard RLIMIT_MEMLOCK each user process gets (limits.conf's hard line).
-HARD_MEMLOCK = 1 << 20
 
 
 @pytest.fixture(autouse=True)
@@ -48,53 +46,63 @@ def cli(*args: str) -> tuple[int, Any, str]:
     return done.exit_code, data, done.stderr
 
 
-class UserProcess:
-    """``as_user.py`` running as one user, answering requests until closed."""
-
-    def __init__(self, name: str) -> None:
-        pw = pwd.getpwnam(name)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(AS_USER), str(pw.pw_uid), str(pw.pw_gid), str(HARD_MEMLOCK)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        ids = self._answer()
-        # Really unprivileged: every id is the user's, no capability is left.
-        assert set(ids["uid"]) == {pw.pw_uid} and ids["cap_eff"] == 0, ids
-
-    def _answer(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line, f"as_user.py died with {self.proc.wait()}"
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def round_trip(self, address: str, memlock: int) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"address": address, "memlock": memlock}) + "\n")
-        self.proc.stdin.flush()
-        return self._answer()
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+def cap_eff() -> int:
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("CapEff:"))
+    return int(line.split()[1], 16)
 
 
-@pytest.fixture(scope="module")
-def users() -> Iterator[Callable[[str], UserProcess]]:
-    """One as_user.py per user for the whole module, started on first use."""
-    started: dict[str, UserProcess] = {}
+def round_trip(address: str) -> dict[str, Any]:
+    """Open edu and send 4095 bytes to it and back by DMA; the pyvfio error if any."""
+    payload = random.Random(7).randbytes(edu_mod.DMA_LIMIT)
+    try:
+        with Edu.open(address) as edu:
+            dev = edu.device
+            with (
+                dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as out,
+                dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as back,
+            ):
+                out.write(payload)
+                edu.to_device(out)
+                edu.from_device(back)
+                same = back.read(0, edu_mod.DMA_LIMIT) == payload
+            backend = dev.iommu.backend
+    except PyvfioError as err:
+        return {"ok": False, "error": type(err).__name__, "message": str(err)}
+    return {"ok": True, "backend": backend, "round_trip": same}
 
-    def get(name: str) -> UserProcess:
-        if name not in started:
-            started[name] = UserProcess(name)
-        return started[name]
 
-    yield get
-    for process in started.values():
-        process.close()
+def as_user(name: str, address: str, memlock: int) -> dict[str, Any]:
+    """:func:`round_trip` in a child forked from this (root) process that sets
+    RLIMIT_MEMLOCK to ``memlock`` (as limits.conf would at login), then drops every uid,
+    gid and supplementary group to the user's. A fork, not a new interpreter: pyvfio is
+    imported already, and a Python start-up in the TCG guest takes many seconds."""
+    pw = pwd.getpwnam(name)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: leaves through os._exit, never back into pytest
+        status = 1
+        try:
+            os.close(read)
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+            os.setgroups([])
+            os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+            os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+            ids = {"uid": os.getresuid(), "gid": os.getresgid(), "cap_eff": cap_eff()}
+            os.write(write, json.dumps({**ids, **round_trip(address)}).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and text, status
+    result: dict[str, Any] = json.loads(text)
+    # Really unprivileged: every id is the user's, no capability is left.
+    assert set(result["uid"]) == {pw.pw_uid} and set(result["gid"]) == {pw.pw_gid}, result
+    assert result["cap_eff"] == 0, result
+    return result
 
 
 def node_state(path: str) -> tuple[int, int, int, bytes | None]:
@@ -103,12 +111,12 @@ def node_state(path: str) -> tuple[int, int, int, bytes | None]:
 
 
 def test_granted_user_does_dma_other_user_is_refused_revoke_puts_the_node_back(
-    edu_addr: str, users: Callable[[str], UserProcess]
+    edu_addr: str,
 ) -> None:
     group_node = f"/dev/vfio/{LIVE.iommu_group(edu_addr)}"
     before = node_state(group_node)
     assert before[0] == 0 and before[2] & 0o077 == 0  # root's alone: the test means something
-    before_grant = users(GRANTED).round_trip(edu_addr, 1 << 20)
+    before_grant = as_user(GRANTED, edu_addr, 1 << 20)
     assert before_grant["error"] == "PermissionDeniedError", before_grant
 
     code, data, err = cli("grant", edu_addr, "--user", GRANTED, "--memlock", "64K", "--json")
@@ -123,16 +131,16 @@ def test_granted_user_does_dma_other_user_is_refused_revoke_puts_the_node_back(
     ]
     assert node_state(group_node)[:2] == before[:2]  # the owner stays root
 
-    result = users(GRANTED).round_trip(edu_addr, data["memlock"]["need"])
+    result = as_user(GRANTED, edu_addr, data["memlock"]["need"])
     assert result["ok"], result
     assert result["round_trip"] is True and result["backend"] == "type1"
 
     # Below what grant asked for, the second 4 KiB buffer is over the limit.
-    short = users(GRANTED).round_trip(edu_addr, 4096)
+    short = as_user(GRANTED, edu_addr, 4096)
     assert short["error"] == "MemlockLimitError", short
     assert "RLIMIT_MEMLOCK of 4096 bytes" in short["message"]
 
-    refused = users(OTHER).round_trip(edu_addr, data["memlock"]["need"])
+    refused = as_user(OTHER, edu_addr, data["memlock"]["need"])
     assert refused["error"] == "PermissionDeniedError", refused
     assert f"pyvfio grant {edu_addr} --user {OTHER}" in refused["message"]
     assert group_node in refused["message"]
@@ -144,7 +152,7 @@ def test_granted_user_does_dma_other_user_is_refused_revoke_puts_the_node_back(
     assert code == 0 and data["revoked"] is True and data["restored"] == [group_node], err
     assert node_state(group_node) == before
 
-    after = users(GRANTED).round_trip(edu_addr, 1 << 20)
+    after = as_user(GRANTED, edu_addr, 1 << 20)
     assert after["error"] == "PermissionDeniedError", after
 
     code, data, _ = cli("revoke", edu_addr, "--user", GRANTED, "--json")
@@ -153,16 +161,16 @@ def test_granted_user_does_dma_other_user_is_refused_revoke_puts_the_node_back(
 
 
 def test_two_users_hold_grants_side_by_side_and_each_revoke_takes_only_its_own(
-    edu_addr: str, users: Callable[[str], UserProcess]
+    edu_addr: str,
 ) -> None:
     group_node = f"/dev/vfio/{LIVE.iommu_group(edu_addr)}"
     before = node_state(group_node)
     for user in (GRANTED, OTHER):
         assert cli("grant", edu_addr, "--user", user)[0] == 0
     cli("revoke", edu_addr, "--user", OTHER)
-    still = users(GRANTED).round_trip(edu_addr, 1 << 20)
+    still = as_user(GRANTED, edu_addr, 1 << 20)
     assert still["ok"] and still["round_trip"] is True, still
-    gone = users(OTHER).round_trip(edu_addr, 1 << 20)
+    gone = as_user(OTHER, edu_addr, 1 << 20)
     assert gone["error"] == "PermissionDeniedError", gone
     cli("revoke", edu_addr, "--user", GRANTED)
     assert node_state(group_node) == before

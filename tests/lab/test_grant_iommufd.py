@@ -4,20 +4,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_grant import GRANTED, UserProcess, cli, node_state
+from test_grant import GRANTED, as_user, cli, node_state
 
 pytestmark = pytest.mark.lab(devices=("edu", "edu@rootport"), kernel="iommufd")
-
-
-@pytest.fixture(scope="module")
-def nobody() -> Iterator[UserProcess]:
-    process = UserProcess(GRANTED)
-    yield process
-    process.close()
 
 
 @pytest.fixture(autouse=True)
@@ -26,13 +18,13 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_grant_opens_the_cdev_and_iommu_for_one_user_and_revoke_restores_them(
-    edu_addr: str, nobody: UserProcess
+    edu_addr: str,
 ) -> None:
     (name,) = os.listdir(f"/sys/bus/pci/devices/{edu_addr}/vfio-dev")
     cdev = f"/dev/vfio/devices/{name}"
     before = {p: node_state(p) for p in (cdev, "/dev/iommu")}
     assert before[cdev][2] & 0o077 == 0, before  # the kernel's 0600: only root
-    refused = nobody.round_trip(edu_addr, 1 << 20)
+    refused = as_user(GRANTED, edu_addr, 1 << 20)
     assert refused["error"] == "PermissionDeniedError", refused
 
     code, data, err = cli("grant", edu_addr, "--user", GRANTED, "--json")
@@ -42,12 +34,12 @@ def test_grant_opens_the_cdev_and_iommu_for_one_user_and_revoke_restores_them(
     iommu_open = before["/dev/iommu"][2] & 0o006 == 0o006
     assert actions["/dev/iommu"] == ("open to all" if iommu_open else "granted")
 
-    result = nobody.round_trip(edu_addr, data["memlock"]["need"])
+    result = as_user(GRANTED, edu_addr, data["memlock"]["need"])
     assert result["ok"] and result["round_trip"] is True, result
     assert result["backend"] == "iommufd"
 
     code, data, err = cli("revoke", edu_addr, "--user", GRANTED, "--json")
     assert code == 0 and data["revoked"] is True, err
     assert {p: node_state(p) for p in before} == before
-    after = nobody.round_trip(edu_addr, 1 << 20)
+    after = as_user(GRANTED, edu_addr, 1 << 20)
     assert after["error"] == "PermissionDeniedError", after
