@@ -8,7 +8,8 @@ The tree::
     ├── VfioError                    the VFIO path failed; carries .errno, .ioctl, .device
     │   ├── DeviceNotBoundError      the device is not on vfio-pci
     │   ├── GroupNotViableError      a group member sits on a host driver; .peers
-    │   ├── PermissionDeniedError    /dev/vfio/N or /dev/iommu cannot be opened
+    │   ├── PermissionDeniedError    /dev/vfio/N or /dev/iommu cannot be opened (pyvfio grant)
+    │   ├── UnsafeNoIommuError       a no-IOMMU group, opened without backend="unsafe-noiommu"
     │   ├── MemlockLimitError        RLIMIT_MEMLOCK too small to pin the DMA memory
     │   ├── NoInterruptRemappingError  type1 refuses to attach without IRQ remapping
     │   ├── IovaExhaustedError       no free IOVA range fits the request
@@ -23,6 +24,8 @@ The tree::
     │   ├── UnknownDriverError       no such driver (host.bind; also ValueError)
     │   ├── NotRootError             changing the host needs root (host.bind; also ValueError)
     │   ├── DeviceInUseError         the host uses the device: root fs, disk, NIC, console
+    │   ├── UnknownUserError         grant/revoke: no such user (host.grant; also ValueError)
+    │   ├── SharedGroupError         grant: the group node opens other devices; --group (ValueError)
     │   ├── SnapshotError            a --root snapshot that cannot be read (also ValueError)
     │   └── PersistError             persist cannot write or undo its files (vm.persist)
     ├── QemuError / QmpError         QEMU would not start, or its monitor would not answer (vm)
@@ -120,6 +123,13 @@ class GroupNotViableError(VfioError):
 
 class PermissionDeniedError(VfioError):
     """A VFIO node exists but this process may not open it."""
+
+
+class UnsafeNoIommuError(VfioError):
+    """The device is in VFIO's unsafe no-IOMMU mode: nothing confines its DMA.
+
+    Opened only with the explicit opt-in ``backend="unsafe-noiommu"`` (:mod:`pyvfio.noiommu`).
+    """
 
 
 class MemlockLimitError(VfioError):

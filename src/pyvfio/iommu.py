@@ -40,12 +40,14 @@ from pyvfio.errors import (
     GroupNotViableError,
     MemlockLimitError,
     Peer,
+    PermissionDeniedError,
     UnsupportedError,
     VfioError,
 )
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.info import IommuInfo, IovaRange
 from pyvfio.iova import IovaAllocator
+from pyvfio.noiommu import UNSAFE_NOIOMMU, NoIommuBackend, check_backend
 from pyvfio.pci.address import normalize
 from pyvfio.vfio_user.client import SCHEME, VfioUserClient, is_vfio_user, socket_path
 
@@ -57,7 +59,8 @@ if TYPE_CHECKING:
     #: What map() accepts besides an address: writable, contiguous memory.
     Buffer = bytearray | memoryview | mmap.mmap | ctypes.Array[Any]
 
-BACKENDS = ("auto", "type1", "iommufd", "vfio-user")
+#: ``unsafe-noiommu`` is the explicit opt-in for VFIO's no-IOMMU mode (pyvfio.noiommu).
+BACKENDS = ("auto", "type1", "iommufd", "vfio-user", UNSAFE_NOIOMMU)
 #: Drivers that leave a group viable: vfio's own, and those the kernel marks
 #: driver_managed_dma (pci-stub, and pcieport for bridges and ports).
 VIABLE_DRIVERS = frozenset({"vfio-pci", "pci-stub", "pcieport"})
@@ -133,6 +136,25 @@ def _has_cap_ipc_lock() -> bool:
     except OSError:
         pass
     return os.geteuid() == 0
+
+
+def _not_granted(address: str, err: PermissionDeniedError) -> PermissionDeniedError:
+    """The node's error, naming the device and the user to grant it to."""
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    node = err.device or "its VFIO node"
+    text = err.message.split(": run as root", 1)[0]
+    return PermissionDeniedError(
+        f"{text}: user {user} may not open {address}; as root, give it to them: "
+        f"pyvfio grant {address} --user {user}",
+        errno=err.errno or E.EACCES,
+        ioctl=err.ioctl,
+        device=node,
+    )
 
 
 class _Backend(Protocol):
@@ -467,6 +489,8 @@ class Iommu:
             backend = Type1Backend(self._sysfs)
         elif name == "iommufd":
             backend = IommufdBackend(self._sysfs)
+        elif name == UNSAFE_NOIOMMU:
+            backend = NoIommuBackend(self._sysfs)
         else:
             backend = VfioUserBackend(share_memory=self._share_memory, timeout=self._timeout)
         self._backend = backend
@@ -507,7 +531,11 @@ class Iommu:
         if self._backend is not None:
             return self._backend
         cdev = IommufdBackend.cdev_of(address, self._sysfs)
-        use_iommufd = os.path.exists("/dev/iommu") and cdev is not None and os.path.exists(cdev)
+        # A user granted only the type1 nodes (or none: then type1 names pyvfio grant)
+        # must not be sent to an iommufd they cannot open.
+        use_iommufd = cdev is not None and all(
+            os.access(p, os.R_OK | os.W_OK, effective_ids=True) for p in ("/dev/iommu", cdev)
+        )
         return self._start("iommufd" if use_iommufd else "type1")
 
     # -- devices ----------------------------------------------------------------------
@@ -530,9 +558,12 @@ class Iommu:
         if addr in self._devices:
             raise VfioError(f"{addr} is already open in this Iommu", errno=E.EBUSY, device=addr)
         group = _check_bound(addr, self._sysfs)
+        check_backend(addr, group, self.requested, self._sysfs)
         backend = self._choose(addr)
         try:
             fd = backend.attach(addr, group)
+        except PermissionDeniedError as err:
+            raise _not_granted(addr, err) from err
         except VfioError as err:
             if err.errno == E.EBUSY and err.ioctl in ("VFIO_GROUP_GET_DEVICE_FD", None):
                 raise VfioError(

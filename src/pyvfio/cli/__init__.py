@@ -4,7 +4,7 @@ Exit status: 0 success, 1 a check or operation failed, 2 bad input. Each module
 registers its commands on the apps in :mod:`pyvfio.cli.common`.
 """
 
-from pyvfio.cli import demo, host, kernel, lab, nvme, serve, vm  # noqa: F401 - they register their commands
+from pyvfio.cli import demo, grant, host, kernel, lab, nvme, serve, vm  # noqa: F401 - they register
 from pyvfio.cli.common import app
 
 

@@ -25,6 +25,7 @@ CLASS_FILTERS = {
     "audio": (0x04,),
 }
 
+UNSAFE_VERDICT = "UNSAFE no-IOMMU group: nothing confines its DMA (backend='unsafe-noiommu')"
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 RootOpt = Annotated[
     str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
@@ -46,6 +47,7 @@ def ls(
     from pyvfio.host.inventory import iommu_groups, listing_json
     from pyvfio.host.journal import journal_dir_for, read_journal
     from pyvfio.host.snapshot import open_root
+    from pyvfio.noiommu import noiommu_groups
 
     if klass is not None and klass not in CLASS_FILTERS:
         raise ValueError(f"unknown class {klass!r}: use one of {', '.join(CLASS_FILTERS)}")
@@ -66,10 +68,16 @@ def ls(
             return parts[: len(want)] == want and vendor_id in (None, vid)
 
         groups = [g for g in groups if any(match(d.class_code, d.vendor_id) for d in g.devices)]
+    unsafe = frozenset(noiommu_groups(sysfs))
     if as_json:
-        print_json(listing_json(groups, journal))
+        data = listing_json(groups, journal)
+        for entry in data["groups"]:
+            if entry["group"] in unsafe:  # only there, so the schema stays as it was
+                entry["noiommu"] = True
+                entry["verdict"] = UNSAFE_VERDICT
+        print_json(data)
         return
-    Console().print(groups_tree(groups))
+    Console().print(groups_tree(groups, unsafe, UNSAFE_VERDICT))
     for entry in journal.values():
         typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
 

@@ -22,12 +22,16 @@ def device_line(dev: PciDeviceInfo) -> Text:
     return line
 
 
-def groups_tree(groups: list[IommuGroup]) -> Tree:
+def groups_tree(
+    groups: list[IommuGroup], noiommu: frozenset[int] = frozenset(), unsafe: str = ""
+) -> Tree:
     tree = Tree(Text(f"IOMMU groups: {len(groups)}", style="bold"))
     if not groups:
         tree.add(Text("none: the IOMMU is off (pyvfio doctor says why)", style="red"))
     for group in groups:
         verdict = Text(group.verdict, style="green" if group.viable else "red")
+        if group.number in noiommu:
+            verdict = Text(unsafe, style="bold red")
         branch = tree.add(Text.assemble((f"group {group.number}", "bold cyan"), "  ", verdict))
         for dev in group.devices:
             branch.add(device_line(dev))

@@ -19,6 +19,13 @@ from typing import Any
 from pyvfio.host import bind, inventory, usage
 from pyvfio.host.snapshot import META, device_nodes, kernel_log
 from pyvfio.host.sysfs import LIVE, Sysfs
+from pyvfio.noiommu import (
+    MODE_PARAM,
+    UNSAFE_NOIOMMU,
+    is_noiommu_group,
+    noiommu_groups,
+    noiommu_mode,
+)
 from pyvfio.pci.address import normalize
 
 
@@ -314,7 +321,7 @@ def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
             "/dev/vfio",
             Status.WARN,
             f"{text}; only root may open group(s) {', '.join(sorted(closed))}",
-            "give your user the group node: chown $USER /dev/vfio/N (or a udev rule)",
+            "as root, give your user a device: pyvfio grant BDF --user $USER",
         )
     who = "root only" if closed else "as set by their modes"
     return CheckResult("/dev/vfio", Status.PASS, f"{text}; opened by {who}")
@@ -336,6 +343,27 @@ def check_backends(sysfs: Sysfs) -> CheckResult:
             "use a kernel with CONFIG_VFIO_IOMMU_TYPE1 or CONFIG_IOMMUFD + CONFIG_VFIO_DEVICE_CDEV",
         )
     return CheckResult("VFIO backends", Status.PASS, "; ".join(offered))
+
+
+def check_noiommu(sysfs: Sysfs) -> CheckResult:
+    """VFIO's unsafe no-IOMMU mode: devices without an IOMMU, their DMA unconfined."""
+    mode = noiommu_mode(sysfs)
+    if mode is None:
+        where = "this kernel" if sysfs.is_live else "the snapshot"
+        return CheckResult("no-IOMMU mode", Status.PASS, f"not in {where} (CONFIG_VFIO_NOIOMMU)")
+    if not mode:
+        return CheckResult("no-IOMMU mode", Status.PASS, "off")
+    groups = noiommu_groups(sysfs)
+    held = "; ".join(f"group {g}: {', '.join(sysfs.group_devices(g))}" for g in groups)
+    return CheckResult(
+        "no-IOMMU mode",
+        Status.WARN,
+        "VFIO's UNSAFE no-IOMMU mode is on: vfio-pci takes devices no IOMMU confines, "
+        f"whose DMA reaches all memory ({held or 'no such device bound yet'})",
+        f"turn it off: echo N > /{MODE_PARAM} (and drop vfio.enable_unsafe_noiommu_mode=1 "
+        f"from the command line or modprobe.d); pyvfio opens such devices only with "
+        f"backend={UNSAFE_NOIOMMU!r}",
+    )
 
 
 def memlock_limit(sysfs: Sysfs) -> int | None:
@@ -422,6 +450,16 @@ def device_checks(address: str, sysfs: Sysfs) -> list[CheckResult]:
                 _enable_hint(sysfs) if not iommu_active(sysfs) else "",
             )
         )
+    elif is_noiommu_group(group.number, sysfs):
+        out.append(
+            CheckResult(
+                f"{addr} group",
+                Status.WARN,
+                f"group {group.number} is a VFIO no-IOMMU group: nothing confines its DMA",
+                f"pyvfio opens it only with backend={UNSAFE_NOIOMMU!r}; give the machine an "
+                "IOMMU instead (pyvfio doctor's IOMMU checks)",
+            )
+        )
     elif group.viable:
         out.append(CheckResult(f"{addr} group", Status.PASS, f"group {group.number} is viable"))
     else:
@@ -473,6 +511,7 @@ HOST_CHECKS: tuple[Callable[[Sysfs], CheckResult], ...] = (
     check_backends,
     check_hugepages,
     check_boot_framebuffer,
+    check_noiommu,
 )
 
 
