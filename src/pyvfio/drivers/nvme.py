@@ -723,6 +723,7 @@ class Controller:
     def _io_queue(self, queue: QueuePair | None) -> QueuePair:
         if queue is not None:
             return queue
+        self._require_admin()  # a closed controller says so, not "no I/O queue"
         if not self.queues:
             raise NvmeError(f"{self.device.bdf} has no I/O queue: create_queue_pair() first")
         return self.queues[0]
