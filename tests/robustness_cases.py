@@ -82,6 +82,8 @@ class CliCase:
 
     @property
     def target(self) -> str:
+        if self.argument == "command":
+            return "pyvfio"
         words = [a for a in self.args[:2] if not a.startswith("-") and "{" not in a]
         if words and words[0] in ("nvme", "vm", "lab"):
             return "pyvfio " + " ".join(words[:2])
@@ -430,7 +432,7 @@ LAB: list[Case] = [
          lambda c: c.iommu.map(PAGE, PAGE), VfioError, "VFIO_IOMMU_MAP_DMA"),
     Case("Iommu.map", "size", "huge: 2**40 past the buffer",
          lambda c: c.iommu.map(c.buf.address, 1 << 40), VfioError, ""),
-    Case("Iommu.unmap", "iova", "never mapped", lambda c: c.iommu.unmap(c.buf.iova + PAGE),
+    Case("Iommu.unmap", "iova", "inside a mapping", lambda c: c.iommu.unmap(c.buf.iova + PAGE),
          ValueError, "no DMA mapping starts at"),
     Case("DmaBuffer.write", "data", "one byte too many",
          lambda c: c.buf.write(bytes(BUF + 1)), ValueError, "do not fit in the 0x2000-byte"),
@@ -495,7 +497,7 @@ LAB: list[Case] = [
          lambda c: _closed_irq(c).fileno(), ClosedError, "is closed", closes=True),
     Case("Iommu.close", "(twice, device open)", "double close",
          lambda c: _closed_lab_iommu(c).close(), None, closes=True),
-    Case("Iommu.map", "(after close)", "use after close",
+    Case("Iommu.map", "(after close)", "use after close, a device was open",
          lambda c: _closed_lab_iommu(c).map(c.buf.address, PAGE), ClosedError, "is closed",
          closes=True),
     Case("Region.read32", "(Iommu closed)", "use after the Iommu's close",

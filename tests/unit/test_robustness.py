@@ -84,3 +84,21 @@ def test_the_installed_command_prints_no_traceback_either(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert done.stderr.startswith("error: Invalid value for '--group'")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_the_table_in_docs_is_up_to_date() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/robustness_table.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_case_is_counted_once() -> None:
+    from robustness_cases import ALL
+
+    ids = [case.id for case in ALL]
+    assert len(ids) == len(set(ids)), "two cases share an id: the table would hide one"
+    assert all(case.tier in ("unit", "cli", "lab", "nvme") for case in ALL)
