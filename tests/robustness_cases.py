@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pyvfio
+from pyvfio._uapi.vfio import VfioRegionInfoFlag
 from pyvfio.errors import (
     ClosedError,
     DeviceNotFoundError,
@@ -31,10 +33,12 @@ from pyvfio.errors import (
     VfioError,
 )
 from pyvfio.host.journal import Journal
+from pyvfio.info import RegionInfo
 from pyvfio.interrupt import check_kind
 from pyvfio.iova import IovaAllocator
 from pyvfio.pci.address import normalize
 from pyvfio.pci.config import parse_config
+from pyvfio.region import Region
 from pyvfio.vm.qemu import parse_size
 
 GiB = 1 << 30
@@ -128,6 +132,15 @@ def _closed_iommu() -> pyvfio.Iommu:
     iommu.close()
     iommu.close()  # twice is fine
     return iommu
+
+
+def _rom(flags: str = "READ") -> Region:
+    """A Region as vfio-pci describes a 64 KiB expansion ROM: readable, not writable.
+
+    Only its checks run (they come before any system call), so the device is a name."""
+    flag = VfioRegionInfoFlag[f"VFIO_REGION_INFO_FLAG_{flags}"]
+    info = RegionInfo(index=6, flags=flag, size=0x10000, offset=6 << 40)
+    return Region(SimpleNamespace(bdf="0000:01:00.0"), info, "ROM")
 
 
 def _journal_in(folder: str, text: str) -> Journal:
@@ -236,6 +249,12 @@ UNIT: list[Case] = [
          "free it by its start"),
     Case("IovaAllocator.free", "iova", "str", lambda _: _alloc().free("x"), ValueError,
          "IOVA must be an int"),
+    Case("Region.write32", "(region)", "a read-only ROM", lambda _: _rom().write32(0, 1),
+         UnsupportedError, "ROM of 0000:01:00.0 is read-only"),
+    Case("Region.write", "(region)", "a read-only ROM", lambda _: _rom().write(0, b"ab"),
+         UnsupportedError, "is read-only"),
+    Case("Region.read32", "(region)", "a write-only region", lambda _: _rom("WRITE").read32(0),
+         UnsupportedError, "is not readable"),
     Case("Iommu", "backend", "'bogus'", lambda _: pyvfio.Iommu("bogus"), ValueError,
          "unknown IOMMU backend"),
     Case("Iommu", "backend", "int", lambda _: pyvfio.Iommu(1), ValueError,
@@ -365,6 +384,8 @@ LAB: list[Case] = [
          "is outside its"),
     Case("Config.read", "offset", "past the end", lambda c: c.config.read(4097), ValueError,
          "is outside its"),
+    Case("Config.write16", "offset", "the vendor ID (read-only)",
+         lambda c: c.config.write16(0, 0xDEAD), None),
     Case("Config.write16", "offset", "unaligned", lambda c: c.config.write16(1, 0), ValueError,
          "is not 2-byte aligned"),
     Case("Device.region", "index", "99", lambda c: c.dev.region(99), ValueError,
