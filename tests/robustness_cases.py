@@ -5,11 +5,11 @@ back: an exception of the documented type whose message holds a fragment (``None
 call must return quietly, e.g. a second ``close()``), or for the command line an exit
 status and a fragment of the one line on stderr. Where it runs is its tier:
 
-* ``unit``: needs no device (tests/unit/test_robustness.py);
+* ``unit``: needs no device (tests/unit/test_bad_input.py);
 * ``lab``: an edu device opened through VFIO in the lab guest, the call made on the
   context :class:`tests/lab/test_robustness.py <EduContext>` hands it;
 * ``nvme``: the NVMe controller in the lab guest, brought up by the userspace driver;
-* ``cli``: the ``pyvfio`` command, run in-process (tests/unit/test_robustness.py).
+* ``cli``: the ``pyvfio`` command, run in-process (tests/unit/test_bad_input.py).
 
 After every case the test checks that the device and the host are as they were.
 ``scripts/robustness_table.py`` renders these lists into the table.
