@@ -128,10 +128,8 @@ class Device:
     # -- regions ------------------------------------------------------------------------
 
     def region_info(self, index: int) -> RegionInfo:
-        if type(index) is not int or not 0 <= index < self.info.num_regions:
-            raise ValueError(
-                f"{self.bdf} has regions 0-{self.info.num_regions - 1}, not {index!r}"
-            )
+        if not isinstance(index, int) or not 0 <= index < self.info.num_regions:
+            raise ValueError(f"{self.bdf} has regions 0-{self.info.num_regions - 1}, not {index!r}")
         return _ioctl.device_get_region_info(self._require_fd(), index, self.bdf)
 
     def region(self, index: int) -> Region:

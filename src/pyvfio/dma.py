@@ -95,7 +95,7 @@ class DmaBuffer:
     def _check(self, offset: int, length: int) -> None:
         """ValueError unless ``length`` bytes at ``offset`` lie inside the buffer (a slice
         would silently shorten, and ``u32`` would reach memory that is not the buffer's)."""
-        if type(offset) is not int or type(length) is not int:
+        if not isinstance(offset, int) or not isinstance(length, int):
             raise TypeError(
                 f"offset and length must be ints, not {type(offset).__name__} and "
                 f"{type(length).__name__}"
@@ -108,7 +108,7 @@ class DmaBuffer:
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         view = self.view
         if length is None:
-            length = self.size - offset if type(offset) is int else 0
+            length = self.size - offset if isinstance(offset, int) else 0
         self._check(offset, length)
         return bytes(view[offset : offset + length])
 

@@ -95,7 +95,7 @@ def _as_pair(r: tuple[int, int] | IovaRangeLike) -> tuple[int, int]:
 
 def _check_int(value: object, what: str) -> None:
     """TypeError naming the argument, instead of a comparison failing deep inside."""
-    if type(value) is not int:
+    if not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__} {value!r}")
 
 

@@ -711,7 +711,7 @@ class Controller:
         an LBA outside it with LBA Out of Range, which NvmeStatusError reports. A count
         larger than the whole namespace is refused first, before a single block moves.
         """
-        if type(lba) is not int or type(blocks) is not int or blocks < 1 or lba < 0:
+        if not isinstance(lba, int) or not isinstance(blocks, int) or blocks < 1 or lba < 0:
             raise ValueError(f"LBA {lba!r} and {blocks!r} blocks: the LBA is >= 0, blocks >= 1")
         ns = self.namespace(nsid)
         if blocks > ns.size:
