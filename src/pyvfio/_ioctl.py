@@ -128,6 +128,12 @@ def open_node(path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
             errno=err.errno or E.EACCES,
             device=path,
         ) from err
+    except OSError as err:
+        # EBUSY: a VFIO group opens once (vfio_group_fops_open), so another process or
+        # Iommu holds it; Iommu.open names that. Never a bare OSError past this layer.
+        raise VfioError(
+            f"cannot open {path}: {err.strerror}", errno=err.errno or 0, device=path
+        ) from err
 
 
 # -- capability chains ----------------------------------------------------------------

@@ -144,17 +144,18 @@ class Device:
     # -- regions ------------------------------------------------------------------------
 
     def region_info(self, index: int) -> RegionInfo:
-        if not 0 <= index < self.info.num_regions:
-            raise ValueError(f"{self.bdf} has regions 0-{self.info.num_regions - 1}, not {index}")
+        if not isinstance(index, int) or not 0 <= index < self.info.num_regions:
+            raise ValueError(f"{self.bdf} has regions 0-{self.info.num_regions - 1}, not {index!r}")
         return self._require_transport().region_info(index)
 
     def region(self, index: int) -> Region:
         """Region ``index`` (0-5 BARs, 6 ROM, 7 config, 8 VGA, then device specific)."""
         self._require_fd()
         if index not in self._regions:
+            info = self.region_info(index)  # checks the index first
             names = {6: "ROM", 7: "config", 8: "VGA"}
             name = f"BAR{index}" if index < 6 else names.get(index, f"region {index}")
-            self._regions[index] = Region(self, self.region_info(index), name)
+            self._regions[index] = Region(self, info, name)
         return self._regions[index]
 
     def bar(self, index: int) -> Region:

@@ -112,19 +112,36 @@ class DmaBuffer:
     def freed(self) -> bool:
         return self._view is None
 
+    def _check(self, offset: int, length: int) -> None:
+        """ValueError unless ``length`` bytes at ``offset`` lie inside the buffer (a slice
+        would silently shorten, and ``u32`` would reach memory that is not the buffer's)."""
+        if not isinstance(offset, int) or not isinstance(length, int):
+            raise TypeError(
+                f"offset and length must be ints, not {type(offset).__name__} and "
+                f"{type(length).__name__}"
+            )
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(
+                f"{length} bytes at {offset:#x} do not fit in the {self.size:#x}-byte buffer"
+            )
+
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
-        end = self.size if length is None else offset + length
-        return bytes(self.view[offset:end])
+        view = self.view
+        if length is None:
+            length = self.size - offset if isinstance(offset, int) else 0
+        self._check(offset, length)
+        return bytes(view[offset : offset + length])
 
     def write(self, data: bytes, offset: int = 0) -> None:
-        if offset < 0 or offset + len(data) > self.size:
-            raise ValueError(
-                f"{len(data)} bytes at {offset:#x} do not fit in the {self.size:#x}-byte buffer"
-            )
-        self.view[offset : offset + len(data)] = data
+        view = self.view
+        self._check(offset, len(data))
+        view[offset : offset + len(data)] = data
 
     def u32(self, offset: int) -> ctypes.c_uint32:
         """A live 32-bit word of the buffer (for polling what a device writes)."""
+        if self._view is None:  # the address is no longer ours
+            raise ClosedError("the DMA buffer was freed")
+        self._check(offset, 4)
         return ctypes.c_uint32.from_address(self.address + offset)
 
     def free(self) -> None:

@@ -134,7 +134,7 @@ class Interrupt:
 
 def check_kind(kind: str) -> int:
     """The vfio-pci index of an interrupt kind, or ValueError listing the kinds."""
-    if kind not in IRQ_KINDS:
+    if not isinstance(kind, str) or kind not in IRQ_KINDS:
         raise ValueError(f"unknown interrupt kind {kind!r}: use one of {', '.join(IRQ_KINDS)}")
     return IRQ_KINDS[kind]
 

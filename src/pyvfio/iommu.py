@@ -716,6 +716,8 @@ class Iommu:
         """Remove a mapping made with :meth:`map` (by the mapping or its IOVA)."""
         iova = mapping_or_iova.iova if isinstance(mapping_or_iova, DmaMapping) else mapping_or_iova
         mapping = self._mappings.get(iova)
+        if not isinstance(iova, int):
+            raise TypeError(f"unmap() takes a DmaMapping or its IOVA, not {iova!r}")
         if mapping is None:
             raise ValueError(f"no DMA mapping starts at iova {iova:#x}")
         backend = self._require_backend()

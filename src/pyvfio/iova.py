@@ -82,10 +82,21 @@ def _span_text(start: int, size: int) -> str:
 
 
 def _as_pair(r: tuple[int, int] | IovaRangeLike) -> tuple[int, int]:
-    if isinstance(r, tuple):
+    if isinstance(r, tuple) and len(r) == 2:
         start, last = r
-        return start, last
-    return r.start, r.last
+    elif hasattr(r, "start") and hasattr(r, "last"):
+        start, last = r.start, r.last
+    else:
+        raise TypeError(f"an IOVA range is a (start, last) pair of ints, not {r!r}")
+    _check_int(start, "an IOVA range's start")
+    _check_int(last, "an IOVA range's last")
+    return start, last
+
+
+def _check_int(value: object, what: str) -> None:
+    """TypeError naming the argument, instead of a comparison failing deep inside."""
+    if not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__} {value!r}")
 
 
 def _union(pairs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -400,6 +411,11 @@ class IovaAllocator:
         block fits.
         """
         page_mask = self._page_mask
+        _check_int(size, "size")
+        if align is not None:
+            _check_int(align, "align")
+        if max_iova is not None:
+            _check_int(max_iova, "max_iova")
         if size <= 0:
             raise ValueError(f"allocation size must be positive, not {size}")
         size = (size + page_mask) & ~page_mask
@@ -472,6 +488,8 @@ class IovaAllocator:
         saying that the range is not inside the usable IOVA ranges.
         """
         page_mask = self._page_mask
+        _check_int(iova, "iova")
+        _check_int(size, "size")
         if size <= 0:
             raise ValueError(f"reservation size must be positive, not {size}")
         if iova < 0 or iova & page_mask:

@@ -155,7 +155,9 @@ class Region:
     def _check(self, offset: int, width: int, write: bool) -> None:
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")
-        if offset < 0 or offset + width > self._size:
+        if not isinstance(width, int):
+            raise TypeError(f"length must be an int, not {type(width).__name__}")
+        if offset < 0 or width < 0 or offset + width > self._size:
             raise ValueError(
                 f"{self.name} of {self._device.bdf}: access of {width} bytes at "
                 f"{offset:#x} is outside its {self.size:#x} bytes"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvfio.errors import InvalidAddressError
@@ -56,4 +58,40 @@ def test_any_text_parses_or_raises_invalid_address(text: str) -> None:
         out = normalize(text)
     except InvalidAddressError:
         return
+    assert normalize(out) == out
+
+
+_CANONICAL = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
+
+
+@st.composite
+def _mutated_addresses(draw: st.DrawFn) -> str:
+    """A valid address with a few characters inserted, replaced or removed: near misses
+    that random text almost never produces (path separators, unicode digits, NUL)."""
+    text = list(draw(st.sampled_from(["0000:00:1f.2", "00:10.0", "10000:e1:00.7", "1:2.3"])))
+    alphabet = st.sampled_from(list("0123456789abcdefABCDEFxg:./ \n\t\x00-+٣１"))
+    for _ in range(draw(st.integers(1, 4))):
+        where = draw(st.integers(0, len(text)))
+        how = draw(st.sampled_from(["insert", "replace", "delete"]))
+        if how == "insert":
+            text.insert(where, draw(alphabet))
+        elif text and where < len(text):
+            if how == "replace":
+                text[where] = draw(alphabet)
+            else:
+                del text[where]
+    return "".join(text)
+
+
+@settings(max_examples=500)
+@given(_mutated_addresses())
+def test_a_near_miss_parses_to_a_canonical_address_or_says_why(text: str) -> None:
+    """Whatever is accepted is canonical (so it is safe inside a sysfs path: no '/', no
+    '..', no NUL) and a fixed point; everything else is InvalidAddressError."""
+    try:
+        out = normalize(text)
+    except InvalidAddressError as err:
+        assert "\n" not in str(err).replace(repr(text), "")
+        return
+    assert _CANONICAL.fullmatch(out), out
     assert normalize(out) == out

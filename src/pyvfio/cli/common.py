@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from pyvfio.errors import (
     DeviceNotFoundError,
@@ -19,7 +20,41 @@ from pyvfio.errors import (
     PyvfioError,
 )
 
+
+def _is(err: BaseException, name: str) -> bool:
+    """Whether ``err`` is click's ``name`` exception (typer may ship its own copy of click)."""
+    return any(cls.__name__ == name for cls in type(err).__mro__)
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a missing argument, an option that does not parse) as one line on
+    stderr, like every other error of pyvfio, instead of click's boxed usage panel."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.get("standalone_mode", True)
+        kwargs["standalone_mode"] = False
+        if not standalone:
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **kwargs)
+        except Exception as err:
+            if _is(err, "NoArgsIsHelpError"):  # the help is printed already
+                sys.exit(2)
+            if _is(err, "ClickException"):
+                ctx = getattr(err, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                exit_code: int = getattr(err, "exit_code", 2)
+                fail(f"{getattr(err, 'format_message', err.__str__)()}{hint}", exit_code)
+                sys.exit(exit_code)
+            if _is(err, "Abort"):
+                err_console.print("aborted", highlight=False)
+                sys.exit(1)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="PCI passthrough and userspace PCI drivers on Linux VFIO.",
     no_args_is_help=True,
     add_completion=False,

@@ -54,7 +54,11 @@ def ls(
     try:
         vendor_id = int(vendor, 16) if vendor is not None else None
     except ValueError:
-        raise ValueError(f"vendor {vendor!r} is not a hex ID like 8086") from None
+        vendor_id = -1
+    if vendor_id is not None and not 0 <= vendor_id <= 0xFFFF:
+        raise ValueError(f"vendor {vendor!r} is not a hex ID like 8086 (at most 4 hex digits)")
+    if group is not None and group < 0:
+        raise ValueError(f"--group {group}: IOMMU groups count from 0 (pyvfio ls lists them)")
     sysfs = open_root(root)
     groups = iommu_groups(sysfs)
     journal = read_journal(journal_dir_for(sysfs.root))
@@ -164,9 +168,12 @@ def _parse_size(text: str) -> int:
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = t[-1:] if t[-1:] in units else ""
     try:
-        return int(float(t[: len(t) - len(unit)]) * units[unit])
-    except ValueError:
+        size = int(float(t[: len(t) - len(unit)]) * units[unit])
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         raise ValueError(f"{text!r} is not a size like 512M or 16G") from None
+    if not 0 <= size < 1 << 64:
+        raise ValueError(f"{text!r}: the memory to pin is between 0 and 16E, like 512M or 16G")
+    return size
 
 
 @app.command("doctor")

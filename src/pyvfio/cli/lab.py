@@ -34,6 +34,9 @@ def lab_run(
     from pyvfio.lab.runner import run
     from pyvfio.lab.topology import Topology
 
+    if not timeout > 0:
+        raise ValueError(f"--timeout {timeout}: give the seconds the guest may run, above 0")
+
     topology = Topology(
         devices=tuple(device or ("edu",)),
         viommu=not no_viommu,

@@ -27,7 +27,7 @@ import time
 from pyvfio.device import Device
 from pyvfio.device import open as open_device
 from pyvfio.dma import DmaBuffer
-from pyvfio.errors import UnsupportedError
+from pyvfio.errors import ClosedError, UnsupportedError
 from pyvfio.interrupt import Interrupt
 from pyvfio.iommu import Iommu
 
@@ -184,6 +184,8 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of ``buf`` (from ``offset``; default: as many as fit)
         into the device's buffer."""
+        if buf.freed:  # its IOVA is unmapped: the device would fault, or hit a new owner
+            raise ClosedError("the DMA buffer was freed")
         length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
@@ -201,6 +203,8 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of the device's buffer into ``buf`` (at ``offset``;
         default: as many as fit)."""
+        if buf.freed:  # its IOVA is unmapped: the device would fault, or hit a new owner
+            raise ClosedError("the DMA buffer was freed")
         length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")

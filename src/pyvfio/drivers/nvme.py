@@ -704,9 +704,26 @@ class Controller:
                 f"(active: {', '.join(map(str, self.namespaces)) or 'none'})"
             ) from None
 
+    def _check_blocks(self, lba: int, blocks: int, nsid: int) -> NamespaceInfo:
+        """The namespace, once ``lba`` and ``blocks`` are possible at all.
+
+        Where the range leaves the namespace is not checked here: the controller answers
+        an LBA outside it with LBA Out of Range, which NvmeStatusError reports. A count
+        larger than the whole namespace is refused first, before a single block moves.
+        """
+        if not isinstance(lba, int) or not isinstance(blocks, int) or blocks < 1 or lba < 0:
+            raise ValueError(f"LBA {lba!r} and {blocks!r} blocks: the LBA is >= 0, blocks >= 1")
+        ns = self.namespace(nsid)
+        if blocks > ns.size:
+            raise ValueError(
+                f"{blocks} blocks: namespace {nsid} of {self.device.bdf} has {ns.size} in all"
+            )
+        return ns
+
     def _io_queue(self, queue: QueuePair | None) -> QueuePair:
         if queue is not None:
             return queue
+        self._require_admin()  # a closed controller says so, not "no I/O queue"
         if not self.queues:
             raise NvmeError(f"{self.device.bdf} has no I/O queue: create_queue_pair() first")
         return self.queues[0]
@@ -726,11 +743,7 @@ class Controller:
         timeout: float,
         data: bytes | memoryview | None = None,
     ) -> bytes:
-        # The namespace's size is not checked here: the controller answers an LBA
-        # outside it with LBA Out of Range, which NvmeStatusError reports.
-        if blocks < 1 or lba < 0:
-            raise ValueError(f"LBA {lba} and {blocks} blocks: the LBA is >= 0, blocks >= 1")
-        bs = self.namespace(nsid).block_size
+        bs = self._check_blocks(lba, blocks, nsid).block_size
         qp = self._io_queue(queue)
         bounce = self._bounce_buffer()
         chunk_blocks = min(self.max_transfer, 0x10000 * bs) // bs
@@ -801,7 +814,7 @@ class Controller:
                 f"{self.device.bdf} does not support Write Zeroes (ONCS bit 3)",
                 device=self.device.bdf,
             )
-        self.namespace(nsid)
+        self._check_blocks(lba, blocks, nsid)
         qp = self._io_queue(queue)
         done = 0
         while done < blocks:

@@ -11,6 +11,7 @@ IOMMU, interrupt-remapping and VFIO lines, and device nodes to their modes and o
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -239,80 +240,101 @@ def device_nodes(sysfs: Sysfs = LIVE) -> dict[str, dict[str, int]]:
 
 
 def record(out: str | os.PathLike[str], sysfs: Sysfs = LIVE) -> int:
-    """Write the snapshot tarball to ``out``; return how many devices it holds."""
+    """Write the snapshot tarball to ``out``; return how many devices it holds.
+
+    SnapshotError when ``out`` cannot be written; a tarball cut short by an error is
+    removed, so a half-written snapshot is never left behind.
+    """
+    if not os.fspath(out):
+        raise SnapshotError("name the tarball to write, e.g. host.tar.gz")
+    try:
+        tar = tarfile.open(out, "w:gz")  # noqa: SIM115 - closed below, removed if cut short
+    except OSError as err:
+        raise SnapshotError(
+            f"cannot write {os.fspath(out)}: {err.strerror}; name a file in a folder you can write"
+        ) from err
+    try:
+        with tar:
+            return _record(tar, sysfs)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(out)
+        raise
+
+
+def _record(tar: tarfile.TarFile, sysfs: Sysfs) -> int:
     addresses = sysfs.listdir(PCI_DEVICES)
-    with tarfile.open(out, "w:gz") as tar:
-        rec = _Recorder(tar, sysfs)
-        for addr in addresses:
-            _record_device(rec, sysfs, addr)
-        for group in rec.listed(IOMMU_GROUPS):
-            for addr in rec.listed(f"{IOMMU_GROUPS}/{group}/devices"):
-                rec.link(f"{IOMMU_GROUPS}/{group}/devices/{addr}")
-        rec.dir(IOMMU_GROUPS)
-        for drv in rec.listed("sys/bus/pci/drivers"):
-            rec.dir(f"sys/bus/pci/drivers/{drv}")
-        for unit in rec.listed("sys/class/iommu"):
-            rel = f"sys/class/iommu/{unit}"
-            rec.link(rel)
-            real = sysfs.realpath(rel)
-            if real:
-                for f in ("intel-iommu/cap", "intel-iommu/ecap", "intel-iommu/version"):
-                    rec.file(f"{real}/{f}")
-                for f in ("amd-iommu/cap", "amd-iommu/features"):
-                    rec.file(f"{real}/{f}")
-                rec.dir(real)
-        rec.dir("sys/class/iommu")
-        for table in ("DMAR", "IVRS"):
-            if sysfs.exists(f"sys/firmware/acpi/tables/{table}"):
-                rec.data(f"sys/firmware/acpi/tables/{table}", b"")
-        for mod in rec.listed("sys/module"):
-            if mod.startswith(("vfio", "kvm", "pci_stub", "iommufd")):
-                rec.dir(f"sys/module/{mod}")
-                for param in rec.listed(f"sys/module/{mod}/parameters"):
-                    rec.file(f"sys/module/{mod}/parameters/{param}")
-        _record_class(rec, sysfs, "block", ("dev", "dm/name"))
-        _record_class(rec, sysfs, "net", ("flags", "operstate"))
-        _record_class(rec, sysfs, "graphics", ("name",))
-        for size in rec.listed("sys/kernel/mm/hugepages"):
-            rec.file(f"sys/kernel/mm/hugepages/{size}/nr_hugepages")
-        for rel in (
-            "proc/cmdline",
-            "proc/mounts",
-            "proc/swaps",
-            "proc/iomem",
-            "proc/meminfo",
-            "proc/net/route",
-            "proc/net/if_inet6",
-            "proc/sys/kernel/osrelease",
-            "proc/self/limits",
-        ):
-            rec.file(rel)
-        cpuinfo = sysfs.read_attr("proc/cpuinfo") or ""
-        first = cpuinfo.split("\n\n", 1)[0]  # one CPU is enough: flags, vendor
-        rec.data("proc/cpuinfo", (first + "\n").encode())
-        release = sysfs.read_attr("proc/sys/kernel/osrelease") or ""
-        for name in ("modules.dep", "modules.builtin"):
-            lines = sysfs.read_lines(f"lib/modules/{release}/{name}")
-            keep = [ln for ln in lines if re.search(r"/(vfio|pci-stub|pci_stub|kvm)[^/]*\.ko", ln)]
-            rec.data(f"lib/modules/{release}/{name}", ("\n".join(keep) + "\n").encode())
-        config = sysfs.read_lines(f"boot/config-{release}")
-        iommu = [ln for ln in config if "IOMMU" in ln or ln.startswith("CONFIG_VFIO")]
-        if iommu:
-            rec.data(f"boot/config-{release}", ("\n".join(iommu) + "\n").encode())
-        log = [ln for ln in _kernel_log(sysfs).splitlines() if _LOG_KEEP.search(ln)]
-        rec.data(KERNEL_LOG, ("\n".join(log) + "\n").encode())
-        rec.data(NODES, json.dumps(device_nodes(sysfs), indent=1).encode())
-        journal = state_dir() / "journal.json"
-        if sysfs.is_live and journal.exists():
-            rec.data("run/pyvfio/journal.json", journal.read_bytes())
-        meta = {
-            "format": 1,
-            "devices": len(addresses),
-            "kernel": release,
-            "euid": os.geteuid(),
-            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        rec.data(META, json.dumps(meta, indent=1).encode())
+    rec = _Recorder(tar, sysfs)
+    for addr in addresses:
+        _record_device(rec, sysfs, addr)
+    for group in rec.listed(IOMMU_GROUPS):
+        for addr in rec.listed(f"{IOMMU_GROUPS}/{group}/devices"):
+            rec.link(f"{IOMMU_GROUPS}/{group}/devices/{addr}")
+    rec.dir(IOMMU_GROUPS)
+    for drv in rec.listed("sys/bus/pci/drivers"):
+        rec.dir(f"sys/bus/pci/drivers/{drv}")
+    for unit in rec.listed("sys/class/iommu"):
+        rel = f"sys/class/iommu/{unit}"
+        rec.link(rel)
+        real = sysfs.realpath(rel)
+        if real:
+            for f in ("intel-iommu/cap", "intel-iommu/ecap", "intel-iommu/version"):
+                rec.file(f"{real}/{f}")
+            for f in ("amd-iommu/cap", "amd-iommu/features"):
+                rec.file(f"{real}/{f}")
+            rec.dir(real)
+    rec.dir("sys/class/iommu")
+    for table in ("DMAR", "IVRS"):
+        if sysfs.exists(f"sys/firmware/acpi/tables/{table}"):
+            rec.data(f"sys/firmware/acpi/tables/{table}", b"")
+    for mod in rec.listed("sys/module"):
+        if mod.startswith(("vfio", "kvm", "pci_stub", "iommufd")):
+            rec.dir(f"sys/module/{mod}")
+            for param in rec.listed(f"sys/module/{mod}/parameters"):
+                rec.file(f"sys/module/{mod}/parameters/{param}")
+    _record_class(rec, sysfs, "block", ("dev", "dm/name"))
+    _record_class(rec, sysfs, "net", ("flags", "operstate"))
+    _record_class(rec, sysfs, "graphics", ("name",))
+    for size in rec.listed("sys/kernel/mm/hugepages"):
+        rec.file(f"sys/kernel/mm/hugepages/{size}/nr_hugepages")
+    for rel in (
+        "proc/cmdline",
+        "proc/mounts",
+        "proc/swaps",
+        "proc/iomem",
+        "proc/meminfo",
+        "proc/net/route",
+        "proc/net/if_inet6",
+        "proc/sys/kernel/osrelease",
+        "proc/self/limits",
+    ):
+        rec.file(rel)
+    cpuinfo = sysfs.read_attr("proc/cpuinfo") or ""
+    first = cpuinfo.split("\n\n", 1)[0]  # one CPU is enough: flags, vendor
+    rec.data("proc/cpuinfo", (first + "\n").encode())
+    release = sysfs.read_attr("proc/sys/kernel/osrelease") or ""
+    for name in ("modules.dep", "modules.builtin"):
+        lines = sysfs.read_lines(f"lib/modules/{release}/{name}")
+        keep = [ln for ln in lines if re.search(r"/(vfio|pci-stub|pci_stub|kvm)[^/]*\.ko", ln)]
+        rec.data(f"lib/modules/{release}/{name}", ("\n".join(keep) + "\n").encode())
+    config = sysfs.read_lines(f"boot/config-{release}")
+    iommu = [ln for ln in config if "IOMMU" in ln or ln.startswith("CONFIG_VFIO")]
+    if iommu:
+        rec.data(f"boot/config-{release}", ("\n".join(iommu) + "\n").encode())
+    log = [ln for ln in _kernel_log(sysfs).splitlines() if _LOG_KEEP.search(ln)]
+    rec.data(KERNEL_LOG, ("\n".join(log) + "\n").encode())
+    rec.data(NODES, json.dumps(device_nodes(sysfs), indent=1).encode())
+    journal = state_dir() / "journal.json"
+    if sysfs.is_live and journal.exists():
+        rec.data("run/pyvfio/journal.json", journal.read_bytes())
+    meta = {
+        "format": 1,
+        "devices": len(addresses),
+        "kernel": release,
+        "euid": os.geteuid(),
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    rec.data(META, json.dumps(meta, indent=1).encode())
     return len(addresses)
 
 

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pyvfio.errors import LabError
+from pyvfio.errors import LabSpecError
 
 #: Environment variable forcing the accelerator: ``kvm`` or ``tcg``.
 ACCEL_ENV = "PYVFIO_LAB_ACCEL"
@@ -83,6 +83,6 @@ def choose_accel(requested: str | None = None) -> str:
     requested = requested or os.environ.get(ACCEL_ENV) or None
     if requested is not None:
         if requested not in ("kvm", "tcg"):
-            raise LabError(f"unknown accelerator {requested!r}: use kvm or tcg")
+            raise LabSpecError(f"unknown accelerator {requested!r}: use kvm or tcg")
         return requested
     return "kvm" if kvm_usable()[0] else "tcg"

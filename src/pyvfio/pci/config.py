@@ -1372,6 +1372,8 @@ def parse_config(data: bytes | bytearray | memoryview) -> ConfigSpace:
     Raises ValueError only when the data cannot hold the 64-byte header. Anything
     malformed past that is reported in ``ConfigSpace.problems`` instead.
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"configuration space is bytes, not {type(data).__name__}")
     raw = bytes(data)
     if len(raw) < HEADER_SIZE:
         raise ValueError(

@@ -54,7 +54,7 @@ def parse_size(text: str) -> int:
     unit = t[-1:] if t[-1:] in units and not t[-1:].isdigit() else ""
     try:
         size = int(float(t[: len(t) - len(unit)]) * units[unit])
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         raise ValueError(f"{text!r} is not a size like 512M or 4G") from None
     if size < 16 * MIB or size % MIB:
         raise ValueError(f"{text!r}: guest memory is a whole number of MiB, at least 16M")
