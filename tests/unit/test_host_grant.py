@@ -245,7 +245,7 @@ runner = CliRunner()
         (["grant", "0000:7f:00.0", "--user", "nobody"], 2, "no PCI device 0000:7f:00.0"),
         (["grant", EDU, "--user", "no-such-user"], 2, "no user 'no-such-user'"),
         (["grant", EDU, "--user", "nobody", "--memlock", "lots"], 2, "not a size like 512M"),
-        (["grant", EDU, "--user", "nobody", "--memlock", "-5"], 2, "positive size, not -5"),
+        (["grant", EDU, "--user", "nobody", "--memlock", "-5"], 2, "between 0 and 16E"),
         (["grant", EDU, "--user", "root"], 2, "root is root, who opens every node"),
         (["revoke", EDU, "--user", "no-such-user"], 2, "no user 'no-such-user'"),
         (["revoke", "zz:zz.z", "--user", "nobody"], 2, "zz:zz.z"),

@@ -73,7 +73,7 @@ _ERROR = int(p.MessageFlag.VFIO_USER_ERROR)
 
 
 def is_vfio_user(address: str) -> bool:
-    return address.startswith(SCHEME)
+    return isinstance(address, str) and address.startswith(SCHEME)
 
 
 def socket_path(address: str) -> str:
