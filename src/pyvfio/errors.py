@@ -14,6 +14,7 @@ The tree::
     │   ├── IovaExhaustedError       no free IOVA range fits the request
     │   ├── UnsupportedError         the device or kernel cannot do what was asked
     │   └── ClosedError              the object was used after close()
+    │       └── DeviceRemovedError   the device was closed after the host asked for it back
     ├── HostError                    sysfs/driver changes on the host failed
     │   ├── UnknownDriverError       no such driver (host.bind; also ValueError)
     │   ├── NotRootError             changing the host needs root (host.bind; also ValueError)
@@ -149,6 +150,15 @@ class UnsupportedError(VfioError):
 
 class ClosedError(VfioError):
     """The object was used after ``close()``."""
+
+
+class DeviceRemovedError(ClosedError):
+    """The device was used after it was closed for its removal from the host.
+
+    vfio-pci holds a ``remove`` (sysfs, hot-unplug, unbind) until userspace closes
+    the device, and signals its request interrupt meanwhile
+    (:meth:`pyvfio.Device.watch_removal`); a device closed after that request is gone.
+    """
 
 
 class HostError(PyvfioError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,3 +44,17 @@ def dmar_faults(address: str, log: str) -> list[str]:
         for line in log.splitlines()
         if "DMAR" in line and "fault" in line.lower() and re.search(re.escape(short), line)
     ]
+
+
+def wait_dmar_faults(address: str, since: str, iova: int | None = None) -> list[str]:
+    """The DMAR faults logged for ``address`` after the log ``since`` (at ``iova``'s page
+    if given), waiting up to 5 s for the first; [] when none came."""
+    deadline = time.monotonic() + 5
+    while True:
+        faults = dmar_faults(address, kernel_log()[len(since) :])
+        if iova is not None:
+            page = re.compile(rf"fault addr {iova & ~0xFFF:#x}\b")
+            faults = [line for line in faults if page.search(line)]
+        if faults or time.monotonic() > deadline:
+            return faults
+        time.sleep(0.1)

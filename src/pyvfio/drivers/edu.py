@@ -27,7 +27,7 @@ import time
 from pyvfio.device import Device
 from pyvfio.device import open as open_device
 from pyvfio.dma import DmaBuffer
-from pyvfio.errors import UnsupportedError
+from pyvfio.errors import ClosedError, UnsupportedError
 from pyvfio.interrupt import Interrupt
 from pyvfio.iommu import Iommu
 
@@ -45,6 +45,11 @@ DMA_MASK = (1 << 28) - 1
 BUFFER_ADDR, BUFFER_SIZE = 0x40000, 4096
 #: The bytes a transfer may cover: QEMU aborts the VM if one reaches offset 4095.
 DMA_LIMIT = BUFFER_SIZE - 1
+
+
+def _check_live(buf: DmaBuffer) -> None:
+    if buf.freed:  # its IOVA is unmapped, and may already belong to another buffer
+        raise ClosedError(f"the DMA buffer at iova {buf.iova:#x} was freed: allocate a new one")
 
 
 class Edu:
@@ -184,6 +189,7 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of ``buf`` (from ``offset``; default: as many as fit)
         into the device's buffer."""
+        _check_live(buf)
         length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
@@ -201,6 +207,7 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of the device's buffer into ``buf`` (at ``offset``;
         default: as many as fit)."""
+        _check_live(buf)
         length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
