@@ -19,7 +19,14 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
-from labhelp import kernel_log, on_vfio, open_fds, wait_dmar_faults
+from labhelp import (
+    kernel_log,
+    no_fault_seen,
+    on_vfio,
+    open_fds,
+    pace_dmar_faults,
+    wait_dmar_faults,
+)
 
 import pyvfio
 from pyvfio.device import PCI_COMMAND, PCI_COMMAND_MASTER
@@ -185,13 +192,14 @@ def test_isolation_unmapped_iova_is_not_read(edu: Edu) -> None:
         edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
         page[: len(secret)] = secret
         dev.iommu.unmap(mapping)
+        pace_dmar_faults()
         before = kernel_log()
         edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
         edu.from_device(sink, len(secret))
         got = sink.read(0, len(secret))
         assert got != secret and secret[:14] not in got
         faults = wait_dmar_faults(dev.bdf, before, mapping.iova)
-        assert faults, "the guest kernel logged no DMAR fault for the blocked read"
+        assert faults, no_fault_seen(dev.bdf, before, mapping.iova)
     page.close()
 
 
@@ -215,23 +223,25 @@ def test_isolation_just_past_a_mapping_is_not_reached(edu: Edu) -> None:
             # Device writes 16 bytes from 8 before the end: 8 land, 8 meet the IOMMU.
             source.write(bytes(range(16)))
             edu.to_device(source, 16)
+            pace_dmar_faults()
             before = kernel_log()
             edu.dma_raw(to_ram=True, ram_iova=end - 8, length=16)
             assert area[4096:] == page_b, "the DMA wrote past the mapping's end"
             assert area[:4088] == page_a[:4088]
             assert area[4088:4096] == bytes(range(8))
-            assert wait_dmar_faults(dev.bdf, before, end), "no DMAR fault for the write"
+            assert wait_dmar_faults(dev.bdf, before, end), no_fault_seen(dev.bdf, before, end)
 
             # Device reads from the end: page B holds a secret it must not get.
             secret = b"pyvfio-page-b-secret" * 8
             area[4096 : 4096 + len(secret)] = secret
             edu.to_device(source, len(secret))  # the device buffer: known bytes first
+            pace_dmar_faults()
             before = kernel_log()
             edu.dma_raw(to_ram=False, ram_iova=end, length=len(secret))
             edu.from_device(source, len(secret))
             got = source.read(0, len(secret))
             assert secret[:20] not in got, "the device read past the mapping's end"
-            assert wait_dmar_faults(dev.bdf, before, end), "no DMAR fault for the read"
+            assert wait_dmar_faults(dev.bdf, before, end), no_fault_seen(dev.bdf, before, end)
             iommu.unmap(mapping)
         finally:
             view.release()
@@ -257,21 +267,27 @@ def test_isolation_after_free_the_old_iova_is_dead(edu: Edu) -> None:
         # Device reads the old IOVA: the secret does not come back.
         sink.write(b"\x00" * len(secret))
         edu.to_device(sink, len(secret))  # zeroes in the device buffer
+        pace_dmar_faults()
         before = kernel_log()
         edu.dma_raw(to_ram=False, ram_iova=old_iova, length=len(secret))
         edu.from_device(sink, len(secret))
         assert sink.read(0, len(secret)) == b"\x00" * len(secret)
-        assert wait_dmar_faults(dev.bdf, before, old_iova), "no DMAR fault for the read"
+        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
+            dev.bdf, before, old_iova
+        )
 
         # Device writes the old IOVA: the write is blocked, our live memory unchanged.
         pattern = b"\x5a" * 64
         sink.write(pattern)
         edu.to_device(sink, len(pattern))
         sink.write(b"\x00" * 4096)
+        pace_dmar_faults()
         before = kernel_log()
         edu.dma_raw(to_ram=True, ram_iova=old_iova, length=len(pattern))
         assert sink.read() == b"\x00" * 4096
-        assert wait_dmar_faults(dev.bdf, before, old_iova), "no DMAR fault for the write"
+        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
+            dev.bdf, before, old_iova
+        )
 
 
 KILLED_USER = textwrap.dedent(

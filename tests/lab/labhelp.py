@@ -46,6 +46,23 @@ def dmar_faults(address: str, log: str) -> list[str]:
     ]
 
 
+#: When this process last made the device fault (see pace_dmar_faults).
+_faults_made: list[float] = []
+
+
+def pace_dmar_faults() -> None:
+    """Call before a DMA that must fault: waits so that the kernel logs it.
+
+    intel-iommu's dmar_fault() rate-limits its log (10 lines per 5 s, two lines a
+    fault) and drops the lines past that; at most 4 faults per 5.2 s always show.
+    """
+    now = time.monotonic()
+    recent = [t for t in _faults_made if now - t < 5.2]
+    if len(recent) >= 4:
+        time.sleep(5.2 - (now - recent[-4]))
+    _faults_made[:] = [*recent[-3:], time.monotonic()]
+
+
 def wait_dmar_faults(address: str, since: str, iova: int | None = None) -> list[str]:
     """The DMAR faults logged for ``address`` after the log ``since`` (at ``iova``'s page
     if given), waiting up to 5 s for the first; [] when none came."""
@@ -58,3 +75,9 @@ def wait_dmar_faults(address: str, since: str, iova: int | None = None) -> list[
         if faults or time.monotonic() > deadline:
             return faults
         time.sleep(0.1)
+
+
+def no_fault_seen(address: str, since: str, iova: int) -> str:
+    """Why wait_dmar_faults found nothing: the DMAR lines logged since."""
+    lines = [ln for ln in kernel_log()[len(since) :].splitlines() if "DMAR" in ln or "dmar" in ln]
+    return f"no DMAR fault for {address} at {iova:#x}; the DMAR log since: {lines}"

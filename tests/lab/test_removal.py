@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from labhelp import open_fds
+from labhelp import kernel_log, open_fds
 
 import pyvfio
 from pyvfio.drivers import edu as edu_mod
@@ -63,6 +63,7 @@ def test_sysfs_remove_while_open_is_announced_then_finishes_at_close(lab: LabFix
     try:
         assert request.wait(timeout=60) >= 1
         assert dev.removal_requested
+        assert "Relaying device request to user" in kernel_log()  # vfio_pci_core_request
         assert remover.poll() is None, "the removal finished while the device was open"
         assert os.path.exists(sysfs_dir)
         # Until close() the device still works, so a driver can quiesce it first.
