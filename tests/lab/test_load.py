@@ -14,16 +14,17 @@ from pyvfio.host import bind
 pytestmark = main_lab
 
 
-def test_30000_live_mappings_and_back_to_zero(edu_addr: str) -> None:
+def test_10000_live_mappings_and_back_to_zero(edu_addr: str) -> None:
+    # 30,000 took 46 s under TCG: too long for CI, so the soak run has them.
     bind.load_module("vfio-pci")
     with pyvfio.Iommu("type1") as iommu, iommu.open(edu_addr):
-        figures = map_many_and_back(iommu, 30_000)
+        figures = map_many_and_back(iommu, 10_000)
     report("mappings", figures)
 
 
-def test_10000_interrupts_counted_none_lost(edu_addr: str) -> None:
+def test_20000_interrupts_counted_none_lost(edu_addr: str) -> None:
     with Edu.open(edu_addr) as edu:
-        report("interrupts", interrupt_storm(edu, 10_000))
+        report("interrupts", interrupt_storm(edu, 20_000))
 
 
 def test_nvme_write_verify_20_s(nvme_addr: str) -> None:
