@@ -27,6 +27,7 @@ from labhelp import (
     pace_dmar_faults,
     wait_dmar_faults,
 )
+from loadwork import map_many_and_back
 
 import pyvfio
 from pyvfio.device import PCI_COMMAND, PCI_COMMAND_MASTER
@@ -288,6 +289,13 @@ def test_isolation_after_free_the_old_iova_is_dead(edu: Edu) -> None:
         assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
             dev.bdf, before, old_iova
         )
+
+
+def test_2000_live_mappings_and_back_leave_nothing_behind(edu: Edu) -> None:
+    """The leak check of the load runs (test_load.py) on every backend: on iommufd the
+    IOAS itself answers that nothing is left mapped."""
+    figures = map_many_and_back(edu.device.iommu, 2000)
+    assert figures.count == 2000
 
 
 KILLED_USER = textwrap.dedent(
