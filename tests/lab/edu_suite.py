@@ -20,11 +20,11 @@ from collections.abc import Iterator
 
 import pytest
 from labhelp import (
+    fresh_dmar_window,
     kernel_log,
     no_fault_seen,
     on_vfio,
     open_fds,
-    pace_dmar_faults,
     wait_dmar_faults,
 )
 from loadwork import map_many_and_back
@@ -193,7 +193,7 @@ def test_isolation_unmapped_iova_is_not_read(edu: Edu) -> None:
         edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
         page[: len(secret)] = secret
         dev.iommu.unmap(mapping)
-        pace_dmar_faults()
+        fresh_dmar_window()
         before = kernel_log()
         edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
         edu.from_device(sink, len(secret))
@@ -224,7 +224,7 @@ def test_isolation_just_past_a_mapping_is_not_reached(edu: Edu) -> None:
             # Device writes 16 bytes from 8 before the end: 8 land, 8 meet the IOMMU.
             source.write(bytes(range(16)))
             edu.to_device(source, 16)
-            pace_dmar_faults()
+            fresh_dmar_window()
             before = kernel_log()
             edu.dma_raw(to_ram=True, ram_iova=end - 8, length=16)
             assert area[4096:] == page_b, "the DMA wrote past the mapping's end"
@@ -236,15 +236,16 @@ def test_isolation_just_past_a_mapping_is_not_reached(edu: Edu) -> None:
             secret = b"pyvfio-page-b-secret" * 8
             area[4096 : 4096 + len(secret)] = secret
             edu.to_device(source, len(secret))  # the device buffer: known bytes first
-            pace_dmar_faults()
             before = kernel_log()
             edu.dma_raw(to_ram=False, ram_iova=end, length=len(secret))
             edu.from_device(source, len(secret))
             got = source.read(0, len(secret))
             assert secret[:20] not in got, "the device read past the mapping's end"
             assert wait_dmar_faults(dev.bdf, before, end), no_fault_seen(dev.bdf, before, end)
-            iommu.unmap(mapping)
         finally:
+            for m in iommu.mappings:  # ours: the mmap cannot close while one holds it
+                if m.vaddr != source.address:
+                    iommu.unmap(m)
             view.release()
             area.close()
 
@@ -268,7 +269,7 @@ def test_isolation_after_free_the_old_iova_is_dead(edu: Edu) -> None:
         # Device reads the old IOVA: the secret does not come back.
         sink.write(b"\x00" * len(secret))
         edu.to_device(sink, len(secret))  # zeroes in the device buffer
-        pace_dmar_faults()
+        fresh_dmar_window()
         before = kernel_log()
         edu.dma_raw(to_ram=False, ram_iova=old_iova, length=len(secret))
         edu.from_device(sink, len(secret))
@@ -282,7 +283,6 @@ def test_isolation_after_free_the_old_iova_is_dead(edu: Edu) -> None:
         sink.write(pattern)
         edu.to_device(sink, len(pattern))
         sink.write(b"\x00" * 4096)
-        pace_dmar_faults()
         before = kernel_log()
         edu.dma_raw(to_ram=True, ram_iova=old_iova, length=len(pattern))
         assert sink.read() == b"\x00" * 4096
