@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pyvfio._transport import DeviceTransport, KernelTransport
 from pyvfio._uapi import vfio as v
-from pyvfio.errors import ClosedError, UnsupportedError, VfioError
+from pyvfio.errors import ClosedError, DeviceRemovedError, UnsupportedError, VfioError
 from pyvfio.info import DependentDevice, DeviceInfo, IrqInfo, RegionInfo
 from pyvfio.interrupt import IRQ_KINDS, Interrupt, check_kind
 from pyvfio.pci.config import CONFIG_SPACE_SIZE, ConfigSpace, parse_config
@@ -34,6 +34,25 @@ _UNMASK = _SET.VFIO_IRQ_SET_DATA_NONE | _SET.VFIO_IRQ_SET_ACTION_UNMASK
 def _close_transport(transport: DeviceTransport) -> None:
     with contextlib.suppress(OSError):
         transport.close()
+
+
+class RemovalRequest(Interrupt):
+    """vfio-pci's request interrupt (``VFIO_PCI_REQ_IRQ_INDEX``): the host wants the
+    device back. Seeing it fire (wait, poll, wait_async) marks the device's
+    ``removal_requested``, whoever consumed the eventfd's count."""
+
+    __slots__ = ()
+
+    def poll(self) -> int:
+        count = super().poll()
+        if count:
+            self._device._removal_requested = True
+        return count
+
+    async def wait_async(self, timeout: float | None = None) -> int:
+        count = await super().wait_async(timeout)
+        self._device._removal_requested = True
+        return count
 
 
 class Config:
@@ -111,6 +130,8 @@ class Device:
         self._auto_map = True
         self._regions: dict[int, Region] = {}
         self._irqs: dict[str, list[Interrupt]] = {}
+        self._removal_requested = False
+        self._removed = False  # closed after the host asked for the device back
         self._finalizer = weakref.finalize(self, _close_transport, transport)
         try:
             self.info: DeviceInfo = transport.device_info()
@@ -129,12 +150,18 @@ class Device:
 
     def _require_fd(self) -> int:
         if self._fd < 0:
+            if self._removed:
+                raise DeviceRemovedError(
+                    f"device {self.bdf} was closed for its removal from the host and is "
+                    "gone: bring it back (echo 1 > /sys/bus/pci/rescan, or plug it in), "
+                    f"bind it (pyvfio bind {self.bdf}) and open it again",
+                    device=self.bdf,
+                )
             raise ClosedError(f"device {self.bdf} is closed", device=self.bdf)
         return self._fd
 
     def _require_transport(self) -> DeviceTransport:
-        if self._fd < 0:
-            raise ClosedError(f"device {self.bdf} is closed", device=self.bdf)
+        self._require_fd()  # ClosedError, or DeviceRemovedError after a removal
         return self._transport
 
     @property
@@ -209,7 +236,8 @@ class Device:
             )
         if kind in self._irqs:
             self.disable_irqs(kind)
-        irqs = [Interrupt(self, kind, i) for i in range(count)]
+        make = RemovalRequest if kind == "req" else Interrupt
+        irqs = [make(self, kind, i) for i in range(count)]
         try:
             transport.set_irqs(info.index, 0, _TRIGGER_EVENTFD, [irq.fileno() for irq in irqs])
         except BaseException:
@@ -234,6 +262,28 @@ class Device:
 
     def _unmask_irq(self, irq: Interrupt) -> None:
         self._require_transport().set_irqs(irq.index, irq.vector, _UNMASK, count=1)
+
+    def watch_removal(self) -> Interrupt:
+        """The request interrupt, enabled: it fires when the host wants the device back.
+
+        vfio-pci holds a removal (``echo 1 > /sys/bus/pci/devices/BDF/remove``, a
+        hot-unplug, an unbind from vfio-pci) until every user has closed the device,
+        and fires this interrupt meanwhile (again every 10 s while it waits). The
+        device keeps working until ``close()``, so a driver can quiesce it first
+        (stop DMA, flush); ``close()`` lets the removal finish, and any later use
+        raises ``DeviceRemovedError``. Without this the removal just waits.
+        """
+        irqs = self._irqs.get("req")
+        return irqs[0] if irqs else self.enable_irqs("req")[0]
+
+    @property
+    def removal_requested(self) -> bool:
+        """Whether the host asked for the device back (known once ``watch_removal()``
+        is on: False until then)."""
+        irqs = self._irqs.get("req")
+        if not self._removal_requested and irqs and self._fd >= 0:
+            irqs[0].poll()  # a RemovalRequest: a count marks the request
+        return self._removal_requested
 
     @property
     def enabled_irqs(self) -> dict[str, list[Interrupt]]:
@@ -303,7 +353,9 @@ class Device:
         """IRQs off, regions unmapped, device fd closed; then the Iommu if it is ours."""
         if self._fd < 0:
             return
+        removed = False
         try:
+            removed = self.removal_requested
             if self._owns_iommu:
                 for buf in list(self.iommu._buffers):
                     with contextlib.suppress(VfioError):
@@ -315,7 +367,7 @@ class Device:
                 with contextlib.suppress(OSError):
                     region.unmap()
         finally:
-            self._fd = -1
+            self._fd, self._removed = -1, removed
             self._finalizer()
             self.iommu._forget(self)
             if self._owns_iommu:
@@ -342,4 +394,4 @@ def open(address: str, backend: str = "auto") -> Device:
     return device
 
 
-__all__ = ["CONFIG_SPACE_SIZE", "IRQ_KINDS", "Config", "Device", "open"]
+__all__ = ["CONFIG_SPACE_SIZE", "IRQ_KINDS", "Config", "Device", "RemovalRequest", "open"]

@@ -15,6 +15,7 @@ The tree::
     │   ├── IovaExhaustedError       no free IOVA range fits the request
     │   ├── UnsupportedError         the device or kernel cannot do what was asked
     │   ├── ClosedError              the object was used after close()
+    │   │   └── DeviceRemovedError   the device was closed after the host asked for it back
     │   └── VfioUserError            the vfio-user socket failed (vfio_user); .errno
     │       ├── VfioUserProtocolError  a short, oversized or malformed message; .header
     │       ├── VfioUserDisconnectedError  the peer closed the socket (also ConnectionError)
@@ -225,6 +226,14 @@ class VfioUserRemoteError(VfioUserError):
 
 class VfioUserTimeoutError(VfioUserError, TimeoutError):
     """The vfio-user server did not answer a command within the client's ``timeout``."""
+
+class DeviceRemovedError(ClosedError):
+    """The device was used after it was closed for its removal from the host.
+
+    vfio-pci holds a ``remove`` (sysfs, hot-unplug, unbind) until userspace closes
+    the device, and signals its request interrupt meanwhile
+    (:meth:`pyvfio.Device.watch_removal`); a device closed after that request is gone.
+    """
 
 
 class HostError(PyvfioError):

@@ -120,14 +120,20 @@ def _check_bound(address: str, sysfs: Sysfs) -> int:
     return group
 
 
-@functools.cache
 def _has_cap_ipc_lock() -> bool:
     """CAP_IPC_LOCK (bit 14 of CapEff) exempts a process from RLIMIT_MEMLOCK for pinning.
 
-    Read once per process: reading /proc on every map was most of a map's cost (the
-    primitives benchmark); a process that drops the capability later still meets
-    the kernel's own check, which raises MemlockLimitError from the ioctl.
+    Read once per effective uid: reading /proc on every map was most of a map's cost
+    (the primitives benchmark), and a process that drops root (a child that
+    setresuid()s to the user it serves) loses its capabilities with it. A process that
+    drops only the capability still meets the kernel's own check, which raises
+    MemlockLimitError from the ioctl.
     """
+    return _cap_ipc_lock_for(os.geteuid())
+
+
+@functools.cache
+def _cap_ipc_lock_for(euid: int) -> bool:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -135,7 +141,7 @@ def _has_cap_ipc_lock() -> bool:
                     return bool(int(line.split()[1], 16) & (1 << 14))
     except OSError:
         pass
-    return os.geteuid() == 0
+    return euid == 0
 
 
 def _not_granted(address: str, err: PermissionDeniedError) -> PermissionDeniedError:

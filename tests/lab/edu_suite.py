@@ -11,14 +11,27 @@ from __future__ import annotations
 
 import mmap
 import os
-import time
+import random
+import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 
 import pytest
-from labhelp import dmar_faults, kernel_log, on_vfio, open_fds
+from labhelp import (
+    fresh_dmar_window,
+    kernel_log,
+    no_fault_seen,
+    on_vfio,
+    open_fds,
+    wait_dmar_faults,
+)
+from loadwork import map_many_and_back
 
 import pyvfio
 from edu_driver_suite import *  # noqa: F403 - the driver-level tests run here too
+from pyvfio.device import PCI_COMMAND, PCI_COMMAND_MASTER
 from pyvfio.drivers import edu as edu_mod
 from pyvfio.drivers.edu import Edu
 from pyvfio.host import bind
@@ -89,18 +102,180 @@ def test_isolation_unmapped_iova_is_not_read(edu: Edu) -> None:
         edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
         page[: len(secret)] = secret
         dev.iommu.unmap(mapping)
+        fresh_dmar_window()
         before = kernel_log()
         edu.dma_raw(to_ram=False, ram_iova=mapping.iova, length=len(secret))
         edu.from_device(sink, len(secret))
         got = sink.read(0, len(secret))
         assert got != secret and secret[:14] not in got
-        deadline = time.monotonic() + 5
-        faults: list[str] = []
-        while not faults and time.monotonic() < deadline:
-            faults = dmar_faults(dev.bdf, kernel_log()[len(before) :])
-            time.sleep(0.1)
-        assert faults, "the guest kernel logged no DMAR fault for the blocked read"
+        faults = wait_dmar_faults(dev.bdf, before, mapping.iova)
+        assert faults, no_fault_seen(dev.bdf, before, mapping.iova)
     page.close()
+
+
+def test_isolation_just_past_a_mapping_is_not_reached(edu: Edu) -> None:
+    """DMA that runs off the end of a mapping stops at its last byte: the page after it
+    (ours, but not mapped) is neither written nor read, and the kernel logs the fault."""
+    dev, iommu = edu.device, edu.device.iommu
+    limit = edu_mod.DMA_MASK >> 1  # room above for the page past the end
+    with dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as source:
+        area = mmap.mmap(-1, 8192)  # page A: mapped; page B right after it: not mapped
+        view = memoryview(area)
+        try:
+            probe = iommu.map(area, max_iova=limit)  # an IOVA with a free page after it
+            iommu.unmap(probe)
+            mapping = iommu.map(view[:4096], iova=probe.iova)
+            end = mapping.iova + mapping.size
+            assert not any(m.iova <= end < m.iova + m.size for m in iommu.mappings)
+            page_a, page_b = b"\xaa" * 4096, b"\xbb" * 4096
+            area[:] = page_a + page_b
+
+            # Device writes 16 bytes from 8 before the end: 8 land, 8 meet the IOMMU.
+            source.write(bytes(range(16)))
+            edu.to_device(source, 16)
+            fresh_dmar_window()
+            before = kernel_log()
+            edu.dma_raw(to_ram=True, ram_iova=end - 8, length=16)
+            assert area[4096:] == page_b, "the DMA wrote past the mapping's end"
+            assert area[:4088] == page_a[:4088]
+            assert area[4088:4096] == bytes(range(8))
+            assert wait_dmar_faults(dev.bdf, before, end), no_fault_seen(dev.bdf, before, end)
+
+            # Device reads from the end: page B holds a secret it must not get.
+            secret = b"pyvfio-page-b-secret" * 8
+            area[4096 : 4096 + len(secret)] = secret
+            edu.to_device(source, len(secret))  # the device buffer: known bytes first
+            before = kernel_log()
+            edu.dma_raw(to_ram=False, ram_iova=end, length=len(secret))
+            edu.from_device(source, len(secret))
+            got = source.read(0, len(secret))
+            assert secret[:20] not in got, "the device read past the mapping's end"
+            assert wait_dmar_faults(dev.bdf, before, end), no_fault_seen(dev.bdf, before, end)
+        finally:
+            for m in iommu.mappings:  # ours: the mmap cannot close while one holds it
+                if m.vaddr != source.address:
+                    iommu.unmap(m)
+            view.release()
+            area.close()
+
+
+def test_isolation_after_free_the_old_iova_is_dead(edu: Edu) -> None:
+    """A buffer's IOVA stops working at free(): DMA to or from it reaches nothing."""
+    dev, iommu = edu.device, edu.device.iommu
+    with dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as sink:
+        buf = dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK)
+        old_iova = buf.iova
+        secret = b"freed-buffer-secret!" * 8
+        buf.write(secret)
+        edu.to_device(buf, len(secret))  # works while the buffer lives
+        edu.from_device(sink, len(secret))
+        assert sink.read(0, len(secret)) == secret
+        buf.free()
+        assert not any(m.iova <= old_iova < m.iova + m.size for m in iommu.mappings)
+        with pytest.raises(pyvfio.ClosedError, match="freed"):
+            edu.to_device(buf, 16)  # the driver refuses a freed buffer outright
+
+        # Device reads the old IOVA: the secret does not come back.
+        sink.write(b"\x00" * len(secret))
+        edu.to_device(sink, len(secret))  # zeroes in the device buffer
+        fresh_dmar_window()
+        before = kernel_log()
+        edu.dma_raw(to_ram=False, ram_iova=old_iova, length=len(secret))
+        edu.from_device(sink, len(secret))
+        assert sink.read(0, len(secret)) == b"\x00" * len(secret)
+        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
+            dev.bdf, before, old_iova
+        )
+
+        # Device writes the old IOVA: the write is blocked, our live memory unchanged.
+        pattern = b"\x5a" * 64
+        sink.write(pattern)
+        edu.to_device(sink, len(pattern))
+        sink.write(b"\x00" * 4096)
+        before = kernel_log()
+        edu.dma_raw(to_ram=True, ram_iova=old_iova, length=len(pattern))
+        assert sink.read() == b"\x00" * 4096
+        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
+            dev.bdf, before, old_iova
+        )
+
+
+def test_2000_live_mappings_and_back_leave_nothing_behind(edu: Edu) -> None:
+    """The leak check of the load runs (test_load.py) on every backend: on iommufd the
+    IOAS itself answers that nothing is left mapped."""
+    figures = map_many_and_back(edu.device.iommu, 2000)
+    assert figures.count == 2000
+
+
+KILLED_USER = textwrap.dedent(
+    """
+    import sys, time
+    import pyvfio
+    from pyvfio.drivers import edu as e
+    from pyvfio.drivers.edu import Edu
+    iommu = pyvfio.Iommu(sys.argv[2])
+    edu = Edu(iommu.open(sys.argv[1]))
+    bufs = [iommu.dma_alloc(4096, max_iova=e.DMA_MASK) for _ in range(64)]
+    edu.bar0.map()
+    irq = edu.device.enable_irqs("msi")[0]
+    edu.raise_interrupt(0x1000)  # fired, never acknowledged
+    irq.wait(10)
+    bufs[0].write(b"left-behind" * 8)
+    edu.bar0.write64(e.REG_DMA_SRC, bufs[0].iova)  # a DMA with its interrupt, not awaited
+    edu.bar0.write64(e.REG_DMA_DST, e.BUFFER_ADDR)
+    edu.bar0.write64(e.REG_DMA_COUNT, 88)
+    edu.bar0.write32(e.REG_DMA_CMD, e.DMA_START | e.DMA_IRQ)
+    print(len(iommu.mappings), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_process_killed_with_live_dma_and_irqs_leaves_the_device_reusable(
+    lab: LabFixture, iommu: pyvfio.Iommu, backend: str
+) -> None:
+    for address in on_vfio(lab.address("edu")):
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED_USER, address, backend],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            ready = child.stdout.readline().strip()
+            if ready != "64":
+                child.wait(timeout=60)
+                why = child.stderr.read() if child.stderr else ""
+                raise AssertionError(f"the child did not get ready: {why}")
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=60)
+            for pipe in (child.stdout, child.stderr):
+                if pipe is not None:
+                    pipe.close()
+        assert child.returncode == -signal.SIGKILL
+        # The next process (this one) opens it with no manual step: the kernel closed
+        # the fds, unmapped and unpinned the DMA, freed the IRQs and cleared bus master.
+        with iommu.open(address) as dev:
+            assert not dev.config.read16(PCI_COMMAND) & PCI_COMMAND_MASTER
+            edu = Edu(dev)
+            edu._poll(edu_mod.REG_DMA_CMD, edu_mod.DMA_START, 5, "the killed process's DMA")
+            assert edu.interrupt_status & 0x1000  # edu itself was not reset: its state stays
+            edu.acknowledge(edu.interrupt_status)
+            irq = dev.enable_irqs("msi")[0]
+            edu.raise_interrupt(0x2)
+            assert irq.wait(5) == 1
+            edu.acknowledge(0x2)
+            payload = random.Random(9).randbytes(256)
+            with (
+                dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as out,
+                dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as back,
+            ):
+                out.write(payload)
+                edu.to_device(out, len(payload), irq=irq)
+                edu.from_device(back, len(payload), irq=irq)
+                assert back.read(0, len(payload)) == payload
 
 
 def test_edu_and_nvme_share_one_iommu(lab: LabFixture, iommu: pyvfio.Iommu) -> None:

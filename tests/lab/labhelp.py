@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,3 +44,43 @@ def dmar_faults(address: str, log: str) -> list[str]:
         for line in log.splitlines()
         if "DMAR" in line and "fault" in line.lower() and re.search(re.escape(short), line)
     ]
+
+
+#: When the first fault of the current rate-limit window was seen (None: not yet).
+_window_seen: list[float | None] = [None]
+
+
+def fresh_dmar_window() -> None:
+    """Call before a test's first DMA that must fault, so that the kernel logs them all.
+
+    intel-iommu's dmar_fault() rate-limits its log: 10 lines per 5 s window, the
+    window opening at the first line; the lab's faults take 3 lines each (seen in the
+    guest), so the 4th of a window is dropped. This waits until the window opened by
+    the previous test's faults has closed; a test may then make up to 3.
+    """
+    seen = _window_seen[0]
+    if seen is not None:
+        time.sleep(max(0.0, seen + 5.2 - time.monotonic()))
+    _window_seen[0] = None
+
+
+def wait_dmar_faults(address: str, since: str, iova: int | None = None) -> list[str]:
+    """The DMAR faults logged for ``address`` after the log ``since`` (at ``iova``'s page
+    if given), waiting up to 5 s for the first; [] when none came."""
+    deadline = time.monotonic() + 5
+    while True:
+        faults = dmar_faults(address, kernel_log()[len(since) :])
+        if iova is not None:
+            page = re.compile(rf"fault addr {iova & ~0xFFF:#x}\b")
+            faults = [line for line in faults if page.search(line)]
+        if faults and _window_seen[0] is None:
+            _window_seen[0] = time.monotonic()  # no earlier than the window opened
+        if faults or time.monotonic() > deadline:
+            return faults
+        time.sleep(0.1)
+
+
+def no_fault_seen(address: str, since: str, iova: int) -> str:
+    """Why wait_dmar_faults found nothing: the DMAR lines logged since."""
+    lines = [ln for ln in kernel_log()[len(since) :].splitlines() if "DMAR" in ln or "dmar" in ln]
+    return f"no DMAR fault for {address} at {iova:#x}; the DMAR log since: {lines}"

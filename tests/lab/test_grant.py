@@ -13,6 +13,7 @@ import os
 import pwd
 import random
 import resource
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pyvfio.errors import PyvfioError
 from pyvfio.host import grant as g
 from pyvfio.host.journal import STATE_DIR_ENV
 from pyvfio.host.sysfs import LIVE
+from pyvfio.iommu import _has_cap_ipc_lock
 
 pytestmark = main_lab
 runner = CliRunner()
@@ -33,9 +35,15 @@ GRANTED, OTHER = "nobody", "daemon"
 
 
 @pytest.fixture(autouse=True)
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edu_addr: str) -> Iterator[Path]:
     monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
-    return tmp_path / "state"
+    # As a root pytest that already mapped DMA would: the parent has asked whether it
+    # holds CAP_IPC_LOCK before the child drops to the user (pyvfio must ask again).
+    assert _has_cap_ipc_lock()
+    yield tmp_path / "state"
+    # A failed test must not leave a grant behind for the tests that share the guest.
+    for user in (GRANTED, OTHER):
+        cli("revoke", edu_addr, "--user", user)
 
 
 def cli(*args: str) -> tuple[int, Any, str]:

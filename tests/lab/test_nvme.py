@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -205,12 +206,12 @@ def _wait_for_block_device(addr: str, timeout: float = 30.0) -> str:
 
 CRASH = textwrap.dedent(
     """
-    import os, sys
+    import os, signal, sys
     from pyvfio.drivers.nvme import Controller
-    ctrl = Controller.open(sys.argv[1], io_queues=2)
+    ctrl = Controller.open(sys.argv[1], io_queues=2, msix=True)
     ctrl.write(777, bytes([0xA5]) * 4096)
     sys.stdout.write("written\\n"); sys.stdout.flush()
-    os._exit(0)  # no shutdown, no close: the controller stays enabled
+    os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no close: the controller stays enabled
     """
 )
 
@@ -220,6 +221,7 @@ def test_a_controller_left_enabled_is_recovered(nvme_addr: str) -> None:
         [sys.executable, "-c", CRASH, nvme_addr], capture_output=True, text=True, timeout=120
     )
     assert out.stdout.strip() == "written", out.stderr
+    assert out.returncode == -signal.SIGKILL
     with Controller.open(nvme_addr) as ctrl:
         assert ctrl.read(777, 8) == bytes([0xA5]) * 4096
         data = pattern(8, 4 * KIB)

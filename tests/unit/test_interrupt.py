@@ -101,3 +101,28 @@ def test_kinds() -> None:
     assert check_kind("msix") == 2
     with pytest.raises(ValueError, match="intx, msi, msix"):
         check_kind("msi-x")
+
+
+class _RemovableDev(_Dev):
+    def __init__(self) -> None:
+        super().__init__()
+        self._removal_requested = False
+
+
+@pytest.mark.parametrize("how", ["poll", "wait", "wait_async"])
+def test_a_removal_request_is_remembered_whoever_consumes_it(how: str) -> None:
+    from pyvfio.device import RemovalRequest
+
+    dev = _RemovableDev()
+    with RemovalRequest(dev, "req", 0) as req:  # type: ignore[arg-type]
+        assert req.poll() == 0 and not dev._removal_requested
+        os.eventfd_write(req.fileno(), 1)
+        if how == "poll":
+            assert req.poll() == 1
+        elif how == "wait":
+            assert req.wait(1) == 1
+        else:
+            assert asyncio.run(req.wait_async(1)) == 1
+        assert dev._removal_requested
+        assert req.poll() == 0  # the count was consumed, the request is not forgotten
+        assert dev._removal_requested

@@ -47,6 +47,11 @@ BUFFER_ADDR, BUFFER_SIZE = 0x40000, 4096
 DMA_LIMIT = BUFFER_SIZE - 1
 
 
+def _check_live(buf: DmaBuffer) -> None:
+    if buf.freed:  # its IOVA is unmapped, and may already belong to another buffer
+        raise ClosedError(f"the DMA buffer at iova {buf.iova:#x} was freed: allocate a new one")
+
+
 class Edu:
     """An edu device opened through VFIO (``Edu.open(BDF)`` or ``Edu(device)``)."""
 
@@ -184,8 +189,7 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of ``buf`` (from ``offset``; default: as many as fit)
         into the device's buffer."""
-        if buf.freed:  # its IOVA is unmapped: the device would fault, or hit a new owner
-            raise ClosedError("the DMA buffer was freed")
+        _check_live(buf)
         length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
@@ -203,8 +207,7 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of the device's buffer into ``buf`` (at ``offset``;
         default: as many as fit)."""
-        if buf.freed:  # its IOVA is unmapped: the device would fault, or hit a new owner
-            raise ClosedError("the DMA buffer was freed")
+        _check_live(buf)
         length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
