@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from labhelp import on_vfio
+from labhelp import nvme_settled, on_vfio
 
 from pyvfio.lab.pytest_plugin import LabFixture
 
@@ -19,4 +19,7 @@ def edu_addr(lab: LabFixture) -> Iterator[str]:
 @pytest.fixture
 def nvme_addr(lab: LabFixture) -> Iterator[str]:
     """The NVMe controller, bound to vfio-pci for the test (back to nvme after)."""
-    yield from on_vfio(lab.address("nvme"))
+    address = lab.address("nvme")
+    nvme_settled(address)
+    yield from on_vfio(address)
+    nvme_settled(address)

@@ -26,6 +26,32 @@ def on_vfio(address: str) -> Iterator[str]:
         bind.give_back(address, original)
 
 
+def nvme_settled(address: str, timeout: float = 120.0) -> None:
+    """Wait until the kernel's nvme driver is done with ``address`` after a bind.
+
+    nvme initialises the controller in a work item after its probe returns; if that
+    fails, a second work item releases the driver later (nvme_remove_dead_ctrl), and
+    would take whatever driver holds the device by then, vfio-pci included. So before
+    a test takes the controller from nvme, that work must be over: the controller
+    live, or the driver gone.
+    """
+    import glob
+    import time
+    from pathlib import Path
+
+    from pyvfio.host.sysfs import LIVE
+
+    deadline = time.monotonic() + timeout
+    while LIVE.driver(address) == "nvme":
+        states = glob.glob(f"/sys/bus/pci/devices/{address}/nvme/nvme*/state")
+        state = Path(states[0]).read_text().strip() if states else "new"
+        if state == "live":  # dead or deleting: wait for the driver to let go
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the nvme driver did not settle on {address}: {state}")
+        time.sleep(0.1)
+
+
 def open_fds() -> set[str]:
     import os
 
