@@ -27,9 +27,9 @@ def test_20000_interrupts_counted_none_lost(edu_addr: str) -> None:
         report("interrupts", interrupt_storm(edu, 20_000))
 
 
-def test_nvme_write_verify_20_s(nvme_addr: str) -> None:
+def test_nvme_write_verify_10_s(nvme_addr: str) -> None:
     with Controller.open(nvme_addr) as ctrl:
-        figures = nvme_write_verify(ctrl, 20)
+        figures = nvme_write_verify(ctrl, 10)
     report("nvme", figures)
     assert figures.mismatches == 0
     assert figures.bytes_verified >= figures.bytes_written > 0

@@ -17,18 +17,35 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from labhelp import main_lab, open_fds
+from labhelp import main_lab, nvme_settled, on_vfio, open_fds
 
 import pyvfio
 from pyvfio.drivers import edu as edu_mod
 from pyvfio.drivers.edu import Edu
 from pyvfio.drivers.nvme import Controller
 from pyvfio.host.sysfs import LIVE, PCI_DEVICES
+from pyvfio.lab.pytest_plugin import LabFixture
 from robustness_cases import LAB, NVME, Case
 
 pytestmark = main_lab
 
 BUF = 0x2000
+
+
+# One binding per module, not per case: a hundred binds and give-backs (the kernel's
+# nvme driver re-initialising the controller each time) cost minutes of CI under TCG,
+# and each case still checks that no binding moved.
+@pytest.fixture(scope="module")
+def edu_addr(lab: LabFixture) -> Iterator[str]:
+    yield from on_vfio(lab.address("edu"))
+
+
+@pytest.fixture(scope="module")
+def nvme_addr(lab: LabFixture) -> Iterator[str]:
+    address = lab.address("nvme")
+    nvme_settled(address)
+    yield from on_vfio(address)
+    nvme_settled(address)
 
 
 @dataclass
