@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import grp
 import json
 import os
@@ -42,7 +41,7 @@ from typing import Any
 
 from pyvfio.errors import DeviceNotBoundError, HostError
 from pyvfio.host.bind import require_root
-from pyvfio.host.journal import state_dir
+from pyvfio.host.journal import exclusive_lock, state_dir, write_json_atomically
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.iommu import _is_vfio_driver
 from pyvfio.noiommu import is_noiommu_group
@@ -220,32 +219,17 @@ class GrantStore:
     def locked(cls, directory: Path | None = None) -> Iterator[GrantStore]:
         """The store under an exclusive lock held until the block ends."""
         where = directory or state_dir()
-        try:
-            where.mkdir(mode=0o700, parents=True, exist_ok=True)
-            lock = os.open(where / "grants.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except PermissionError as err:
-            raise HostError(f"cannot write {where / GRANTS_NAME}: run as root") from err
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_lock(where, "grants.lock", str(where / GRANTS_NAME)):
             yield cls(where)
-        finally:
-            os.close(lock)
 
     def save(self) -> None:
-        """Replace the file atomically (temp file, fsync, rename), as the bind journal."""
+        """Replace the file atomically, as the bind journal does."""
         data = {
             "version": FORMAT_VERSION,
             "nodes": {p: asdict(n) for p, n in sorted(self.nodes.items())},
             "grants": [asdict(g) for g in self.grants],
         }
-        tmp = self.path.with_name(f".{GRANTS_NAME}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(data, indent=1).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_json_atomically(self.path, data)
 
     def find(self, address: str, uid: int) -> GrantRecord | None:
         return next((g for g in self.grants if g.address == address and g.uid == uid), None)

@@ -129,16 +129,8 @@ class Journal:
     def locked(cls, directory: Path | None = None) -> Iterator[Journal]:
         """The journal under an exclusive lock held until the block ends."""
         where = directory or state_dir()
-        try:
-            where.mkdir(mode=0o700, parents=True, exist_ok=True)
-            lock = os.open(where / "journal.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except PermissionError as err:
-            raise HostError(f"cannot write the bind journal in {where}: run as root") from err
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_lock(where, "journal.lock", f"the bind journal in {where}"):
             yield cls(where)
-        finally:
-            os.close(lock)  # closing drops the flock
 
     def save(self) -> None:
         """Replace the file atomically: temp file, fsync, rename, fsync the folder."""
@@ -146,19 +138,7 @@ class Journal:
             "version": FORMAT_VERSION,
             "devices": {a: asdict(e) for a, e in sorted(self.entries.items())},
         }
-        tmp = self.path.with_name(f".{JOURNAL_NAME}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(data, indent=1).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dirfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        write_json_atomically(self.path, data)
         step("journal")
 
     def record(self, entries: Mapping[str, JournalEntry]) -> None:
@@ -172,6 +152,40 @@ class Journal:
     def forget(self, address: str) -> None:
         if self.entries.pop(address, None) is not None:
             self.save()
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: Path, name: str, what: str) -> Iterator[None]:
+    """Hold an flock on ``directory/name`` (made 0700 if missing) for the block; ``what``
+    names the state a PermissionError keeps from being written."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except PermissionError as err:
+        raise HostError(f"cannot write {what}: run as root") from err
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # closing drops the flock
+
+
+def write_json_atomically(path: Path, data: object) -> None:
+    """Replace ``path`` with ``data`` as JSON: temp file, fsync, rename, fsync the folder,
+    so a crash at any point leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(data, indent=1).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
 
 
 def journal_dir_for(root: Path) -> Path:
