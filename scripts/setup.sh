@@ -35,10 +35,18 @@ if [ ${#missing[@]} -gt 0 ]; then
         "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info >= (3, 11)'; then
-    echo "setup: creating .venv"
+# The venv is built from the distribution's Python (/usr/bin/python3) where there is one,
+# so that the tests run what a user of this distribution runs (Debian 12: 3.11.2, which has
+# no tarfile extraction filters), not a newer Python first on a developer's PATH.
+base_python=/usr/bin/python3
+[ -x "$base_python" ] || base_python=$(command -v python3)
+base_version=$("$base_python" -c 'import sys; print(sys.version.split()[0])')
+if [ ! -x .venv/bin/python ] \
+   || [ "$(.venv/bin/python -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)" != "$base_version" ] \
+   || ! .venv/bin/python -c 'import sys; assert sys.version_info >= (3, 11)'; then
+    echo "setup: creating .venv from $base_python (Python $base_version)"
     rm -rf .venv
-    python3 -m venv .venv
+    "$base_python" -m venv .venv
 fi
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=.venv/.pyvfio-installed
