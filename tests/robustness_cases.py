@@ -616,6 +616,8 @@ CLI: list[CliCase] = [
             "malformed", 2, "is not a PCI address"),
     CliCase(("persist", "--distro", "debian", "--undo", "--root", "{tmp}"), "--undo",
             "nothing applied", 1, "nothing to undo"),
+    CliCase(("persist", "00:10.0", "--force", "--root", "{tmp}"), "--force",
+            "without --undo", 2, "--force goes with --undo"),
     CliCase(("vm", "qemu", "zz:00.0", "--dry-run", "--root", S), "args", "malformed address",
             2, "is not a PCI address"),
     CliCase(("vm", "qemu", "00:10.0", "--memory", "abc", "--dry-run", "--root", S), "--memory",

@@ -29,6 +29,7 @@ The tree::
     │   ├── SharedGroupError         grant: the group node opens other devices; --group (ValueError)
     │   ├── SnapshotError            a --root snapshot that cannot be read (also ValueError)
     │   └── PersistError             persist cannot write or undo its files (vm.persist)
+    │       └── PersistRefusedError  a file it cannot read exactly or that changed (ValueError)
     ├── QemuError / QmpError         QEMU would not start, or its monitor would not answer (vm)
     ├── NvmeError                    the NVMe driver (drivers.nvme_spec)
     │   ├── NvmeStatusError          a command's status, decoded (SCT/SC/DNR and the names)

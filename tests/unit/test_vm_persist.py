@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -120,3 +121,212 @@ def test_cli_diff_apply_undo(tmp_path: Path) -> None:
     assert tree(root) == before
     done = runner.invoke(app, ["persist", "00:18.0", "--root", str(root)])
     assert done.exit_code == 2 and "bridge" in done.output
+
+
+# -- undo refuses what changed since --apply; the record; crashes; fsync --------------
+
+#: (id, what the administrator did after --apply, the file undo must name)
+EDITS: list[tuple[str, Callable[[Path], object], str]] = [
+    (
+        "appended-to-grub",
+        lambda root: (root / "etc/default/grub").open("a").write("GRUB_TIMEOUT=1\n"),
+        "/etc/default/grub",
+    ),
+    (
+        "edited-the-rule",
+        lambda root: (root / "etc/udev/rules.d/50-pyvfio-vfio-pci.rules").write_text("# mine\n"),
+        "/etc/udev/rules.d/50-pyvfio-vfio-pci.rules",
+    ),
+    (
+        "deleted-mkinitcpio-conf",
+        lambda root: (root / "etc/mkinitcpio.conf").unlink(),
+        "/etc/mkinitcpio.conf",
+    ),
+    (
+        "replaced-mkinitcpio-conf-with-the-backup",
+        lambda root: (
+            shutil.copy(root / "etc/mkinitcpio.conf.pyvfio-bak", root / "etc/mkinitcpio.conf")
+            and (root / "etc/mkinitcpio.conf").open("a").write("# and more\n")
+        ),
+        "/etc/mkinitcpio.conf",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "path"), EDITS, ids=[e[0] for e in EDITS])
+def test_undo_refuses_a_file_changed_since_apply_and_force_overrides(
+    case: str, edit: Callable[[Path], object], path: str, tmp_path: Path
+) -> None:
+    root = host_with_etc("arch", tmp_path)
+    before = tree(root)
+    persist.apply(persist.plan(CASES["arch"][1], root=root), root=root)
+    edit(root)
+    edited = tree(root)
+    with pytest.raises(persist.PersistRefusedError) as caught:
+        persist.undo(root=root)
+    message = str(caught.value)
+    assert path in message and "--force" in message and "nothing was undone" in message
+    assert caught.value.paths == (path,)
+    assert tree(root) == edited  # every file checked before any was touched
+    done = runner.invoke(app, ["persist", "--undo", "--root", str(root)])
+    assert done.exit_code == 2
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    done = runner.invoke(app, ["persist", "--undo", "--root", str(root), "--json"])
+    assert done.exit_code == 2
+    assert json.loads(done.stdout)["files"] == [path]
+    assert tree(root) == edited
+    done = runner.invoke(app, ["persist", "--undo", "--force", "--root", str(root), "--json"])
+    assert done.exit_code == 0, done.output
+    assert tree(root) == before
+
+
+def test_a_file_pyvfio_made_and_the_admin_deleted_is_not_in_the_way(tmp_path: Path) -> None:
+    root = host_with_etc("debian", tmp_path)
+    before = tree(root)
+    persist.apply(persist.plan(CASES["debian"][1], root=root), root=root)
+    (root / persist.RULE.lstrip("/")).unlink()
+    persist.undo(root=root)
+    assert tree(root) == before
+
+
+def test_a_damaged_backup_is_refused_even_with_force(tmp_path: Path) -> None:
+    root = host_with_etc("arch", tmp_path)
+    persist.apply(persist.plan(CASES["arch"][1], root=root), root=root)
+    (root / "etc/mkinitcpio.conf.pyvfio-bak").write_text("")  # e.g. lost in a crash
+    applied = tree(root)
+    for force in (False, True):
+        with pytest.raises(persist.PersistRefusedError, match=r"mkinitcpio\.conf\.pyvfio-bak"):
+            persist.undo(root=root, force=force)
+        assert tree(root) == applied
+
+
+def test_a_backup_in_the_way_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    root = host_with_etc("arch", tmp_path)
+    (root / "etc/default/grub.pyvfio-bak").write_text("someone's\n")
+    before = tree(root)
+    plan = persist.plan(CASES["arch"][1], root=root)
+    with pytest.raises(persist.PersistRefusedError, match=r"grub\.pyvfio-bak exists"):
+        persist.apply(plan, root=root)
+    assert tree(root) == before
+
+
+def test_force_goes_with_undo(tmp_path: Path) -> None:
+    root = host_with_etc("arch", tmp_path)
+    done = runner.invoke(app, ["persist", "0a:00.0", "--force", "--root", str(root)])
+    assert done.exit_code == 2 and "--force goes with --undo" in done.stderr
+
+
+def test_a_record_of_an_older_pyvfio_needs_force(tmp_path: Path) -> None:
+    """Version 1 records held no hashes: undo cannot tell a change, so it asks."""
+    root = host_with_etc("arch", tmp_path)
+    before = tree(root)
+    conf = root / "etc/mkinitcpio.conf"
+    shutil.copy2(conf, root / "etc/mkinitcpio.conf.pyvfio-bak")
+    conf.write_text("MODULES=(vfio_pci vfio vfio_iommu_type1)\n")
+    rule = root / persist.RULE.lstrip("/")
+    rule.parent.mkdir(parents=True)
+    rule.write_text("# rule\n")
+    (root / "etc/pyvfio").mkdir()
+    record = {
+        "backups": {"/etc/mkinitcpio.conf": "/etc/mkinitcpio.conf.pyvfio-bak"},
+        "created": [persist.RULE],
+        "dirs": ["/etc/pyvfio", "/etc/udev", "/etc/udev/rules.d"],
+    }
+    (root / "etc/pyvfio/persist-undo.json").write_text(json.dumps(record))
+    applied = tree(root)
+    with pytest.raises(persist.PersistRefusedError, match=r"older pyvfio.*--force"):
+        persist.undo(root=root)
+    assert tree(root) == applied
+    persist.undo(root=root, force=True)
+    assert tree(root) == before
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after it runs (not even except/finally of OSError)."""
+
+
+@pytest.mark.parametrize("distro", sorted(CASES))
+@pytest.mark.parametrize("where", ["before-fsync", "before-rename"])
+def test_a_crash_anywhere_in_apply_is_undone_byte_for_byte(
+    distro: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash apply before its N-th fsync (N = 1, 2, ...: a temporary file written but not
+    synced, a file synced but not renamed, renamed but its folder not synced) or before
+    its N-th rename, until one runs through; after each, undo puts back the tree."""
+    root = host_with_etc(distro, tmp_path / "host")
+    pristine = tmp_path / "etc"
+    shutil.copytree(root / "etc", pristine, symlinks=True)
+    before = tree(root)
+    plan = persist.plan(CASES[distro][1], root=root)
+    real = {"before-fsync": os.fsync, "before-rename": os.replace}[where]
+    name = {"before-fsync": "fsync", "before-rename": "replace"}[where]
+    crashed_after_record = 0
+    for n in range(1, 200):
+        shutil.rmtree(root / "etc")
+        shutil.copytree(pristine, root / "etc", symlinks=True)
+        calls = 0
+
+        def dying(*args: Any, _n: int = n) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == _n:
+                raise Crash
+            return real(*args)
+
+        monkeypatch.setattr(persist.os, name, dying)
+        try:
+            persist.apply(plan, root=root)
+        except Crash:
+            pass
+        else:
+            monkeypatch.undo()
+            break
+        finally:
+            monkeypatch.undo()
+        if (root / persist.MANIFEST.lstrip("/")).exists():
+            crashed_after_record += 1
+            persist.undo(root=root)
+            assert tree(root) == before, f"crash at {where} #{n}"
+        else:
+            # The record is written before anything else: no file of the user's changed.
+            # At most /etc/pyvfio with a temporary file in it is there.
+            after = {k: v for k, v in tree(root).items() if not k.startswith("etc/pyvfio/")}
+            after["etc/"] = [d for d in after["etc/"] if d != "pyvfio"]  # type: ignore[attr-defined]
+            assert after == before
+            with pytest.raises(persist.PersistError, match="nothing to undo"):
+                persist.undo(root=root)
+    else:
+        pytest.fail("apply never ran through")
+    assert crashed_after_record > len(plan.changes)
+
+
+def test_every_file_backup_record_and_folder_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = host_with_etc("arch", tmp_path)
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(persist.os, "fsync", recording)
+    plan = persist.plan(CASES["arch"][1], root=root)
+    persist.apply(plan, root=root)
+    base = str(root.resolve())
+    for path in [persist.MANIFEST, *(c.path for c in plan.changes)]:
+        target = Path(base + path)
+        assert str(target.with_name(f".{target.name}.pyvfio-tmp")) in synced, path
+        assert str(target.parent) in synced, path
+    for change in plan.changes:
+        if change.before is not None:
+            backup = Path(base + change.path + persist.BACKUP_SUFFIX)
+            assert str(backup.with_name(f".{backup.name}.pyvfio-tmp")) in synced
+    for folder in ("/etc/udev/rules.d", "/etc/udev", "/etc/pyvfio"):  # made, then synced
+        assert str(Path(base + folder).parent) in synced
+    synced.clear()
+    persist.undo(root=root)
+    for change in plan.changes:
+        assert str(Path(base + change.path).parent) in synced
+    assert base + "/etc" in synced  # the record's folder removed

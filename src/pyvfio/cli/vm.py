@@ -120,6 +120,12 @@ def persist(
         bool, typer.Option("--apply", help="write the files (with backups); else a diff")
     ] = False,
     undo: Annotated[bool, typer.Option("--undo", help="put back what --apply wrote")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="with --undo: put the files back even where they changed since"
+        ),
+    ] = False,
     distro: Annotated[
         str | None, typer.Option(help="debian, fedora or arch (default: /etc/os-release)")
     ] = None,
@@ -133,27 +139,34 @@ def persist(
     from pyvfio.host.sysfs import Sysfs
     from pyvfio.vm import persist as p
 
-    if undo:
+    if force and not undo:
+        raise ValueError("--force goes with --undo (it puts back files changed since --apply)")
+    try:
+        if undo:
+            if root == "/":
+                require_root(Sysfs(root), "undoing persist")
+            restored = p.undo(root=root, force=force)
+            if as_json:
+                print_json({"restored": restored})
+            else:
+                for path in restored:
+                    typer.echo(f"restored {path}")
+                typer.echo("now regenerate the initramfs and boot loader configuration again")
+            return
+        plan = p.plan(addresses or [], root=root, distro=distro)
+        if not apply:
+            if as_json:
+                print_json({"applied": False, **plan.to_json()})
+            else:
+                typer.echo(str(plan))
+            return
         if root == "/":
-            require_root(Sysfs(root), "undoing persist")
-        restored = p.undo(root=root)
-        if as_json:
-            print_json({"restored": restored})
-        else:
-            for path in restored:
-                typer.echo(f"restored {path}")
-            typer.echo("now regenerate the initramfs and boot loader configuration again")
-        return
-    plan = p.plan(addresses or [], root=root, distro=distro)
-    if not apply:
-        if as_json:
-            print_json({"applied": False, **plan.to_json()})
-        else:
-            typer.echo(str(plan))
-        return
-    if root == "/":
-        require_root(Sysfs(root), "writing /etc")
-    applied = p.apply(plan, root=root)
+            require_root(Sysfs(root), "writing /etc")
+        applied = p.apply(plan, root=root)
+    except p.PersistRefusedError as err:
+        if as_json:  # what a script needs to act on; the one error line still goes to stderr
+            print_json({"refused": str(err), "files": list(err.paths)})
+        raise
     if as_json:
         print_json({"applied": True, **plan.to_json(), **applied.to_json()})
     else:
