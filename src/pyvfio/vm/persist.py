@@ -316,7 +316,7 @@ def _grub(root: Path, distro: str, amd: bool, out: _Cmdline) -> tuple[str, ...] 
         snippets = _sorted_dropins(root, ["/etc/default/grub.d"], ".cfg")
     wanted = " ".join(kcmdline.iommu_options(amd))
     env = _read_shell(root, [GRUB, *snippets], GRUB_KEYS, f"add {wanted} to {key} by hand")
-    words = [w for k in GRUB_KEYS for w in kcmdline.split(str(env.get(k)))]
+    words = [w for k in GRUB_KEYS for w in kcmdline.split(env.text(k))]
     review = kcmdline.review(words, amd)
     where = f"the GRUB command line ({GRUB}{' and its grub.d' if snippets else ''})"
     _refuse_off(where, review, GRUB)

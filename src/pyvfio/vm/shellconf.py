@@ -545,6 +545,12 @@ class Env:
         # anything else may come from their environment.
         return "" if name in self.names else UNKNOWN
 
+    def text(self, name: str) -> str:
+        """A followed variable as one string (an array's elements joined by spaces)."""
+        value = self.get(name)
+        assert not isinstance(value, Unknown), f"{name} is not followed"
+        return value if isinstance(value, str) else " ".join(value)
+
     def _refuse(self, path: str, line: int, why: str) -> ShellReadError:
         return ShellReadError(f"{path} line {line}: {why}", line)
 
