@@ -39,7 +39,7 @@ from pyvfio.iova import IovaAllocator
 from pyvfio.pci.address import normalize
 from pyvfio.pci.config import parse_config
 from pyvfio.region import Region
-from pyvfio.vm.qemu import parse_size
+from pyvfio.vm.qemu import option_value, parse_size
 
 GiB = 1 << 30
 PAGE = 0x1000
@@ -304,6 +304,11 @@ UNIT: list[Case] = [
          "is not a size"),
     Case("vm.qemu.parse_size", "text", "'-4G'", lambda _: parse_size("-4G"), ValueError,
          "at least 16M"),
+    Case("vm.qemu.option_value", "value", "a newline",
+         lambda _: option_value("card.rom\n-device x", "--romfile"), ValueError,
+         "control character"),
+    Case("vm.qemu.option_value", "value", "empty", lambda _: option_value("", "--romfile"),
+         ValueError, "is empty"),
     Case("Journal", "file", "not JSON", lambda tmp: _journal_in(tmp, "{not json"),
          pyvfio.HostError, "cannot read the bind journal"),
     Case("Journal", "file", "another format version",
@@ -634,12 +639,20 @@ CLI: list[CliCase] = [
             "with --check", 2, "only --dry-run works on one"),
     CliCase(("vm", "qemu", "00:10.0", "--romfile", "/x.rom", "--dry-run", "--root", S),
             "--romfile", "not a GPU", 2, "apply to GPUs"),
+    CliCase(("vm", "qemu", "00:10.0", "--run-as", "pyvfio-no-such-user", "--dry-run",
+             "--root", S), "--run-as", "unknown user", 2, "no such user on this host"),
+    CliCase(("vm", "qemu", "00:10.0", "--run-as", "nobody\n-runas root", "--dry-run",
+             "--root", S), "--run-as", "a newline", 2, "control character"),
+    CliCase(("vm", "qemu", "00:10.0", "--run-as", "", "--dry-run", "--root", S), "--run-as",
+            "empty", 2, "is empty"),
     CliCase(("vm", "libvirt", "zz:00.0", "--root", S), "addresses", "malformed", 2,
             "is not a PCI address"),
     CliCase(("vm", "libvirt", "00:10.0", "--domain", "", "--root", S), "--domain", "empty", 2,
             "is not a libvirt domain name"),
     CliCase(("vm", "libvirt", "00:10.0", "--domain", "a/b", "--root", S), "--domain",
             "with a slash", 2, "is not a libvirt domain name"),
+    CliCase(("vm", "libvirt", "00:10.0", "--domain", "vm\x1b[2J", "--root", S), "--domain",
+            "a control character", 2, "control character"),
     CliCase(("vm", "libvirt", "00:10.0", "--domain", "x", "--memory", "lots", "--root", S),
             "--memory", "not a size", 2, "is not a size"),
     CliCase(("nvme", "identify", "zz:00.0"), "address", "malformed", 2, "is not a PCI address"),

@@ -8,8 +8,11 @@ BARs mapped) before any CPU runs, so query-pci answers in seconds even nested.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
 from pyvfio.host import details, journal
+from pyvfio.host.accel import kvm_usable
 from pyvfio.host.sysfs import LIVE
 from pyvfio.lab.pytest_plugin import LabFixture
 from pyvfio.vm import qemu
@@ -72,6 +76,83 @@ def test_check_nvme_passes_and_it_goes_back_to_nvme(lab: LabFixture, state: Path
     assert LIVE.driver(addr) == "nvme"
     _passes(addr, "1b36:0010", state)
     assert LIVE.driver(addr) == "nvme"
+
+
+def test_check_with_no_flags_passes_on_a_small_host(lab: LabFixture, state: Path) -> None:
+    """The lab guest has 2 GiB: a check takes 64 MiB of guest RAM, on KVM only where the
+    probe saw it run a vCPU (nested under the lab's TCG it may: TCG emulates SVM), else
+    on TCG saying why; QEMU drops root (to nobody) under seccomp once edu is open."""
+    addr = lab.address("edu")
+    done = cli("vm", "qemu", addr, "--check", "--json")
+    assert done.exit_code == 0, done.output
+    data = json.loads(done.stdout)
+    assert data["ok"], data["reasons"]
+    argv = data["argv"]
+    assert argv[argv.index("-m") + 1] == "64M"
+    assert [a for a in argv if "prealloc" in a] == []
+    kvm, why = kvm_usable()
+    accel = "kvm" if kvm else "tcg"
+    assert data["accel"] == accel and argv[argv.index("-accel") + 1] == accel
+    fallback = [n for n in data["notes"] if n.startswith("KVM does not work here")]
+    assert fallback == (
+        [] if kvm else [f"KVM does not work here ({why}): the check runs QEMU on TCG"]
+    )
+    print(f"vm qemu {addr} --check with no flags: {accel}, {data['seconds']} s")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert data["qemu_process"]["uids"] == [nobody] * 4
+    assert data["qemu_process"]["seccomp"] == 2
+    assert LIVE.driver(addr) is None
+    assert journal.read_journal(state) == {}
+
+
+def _qemu_holding(address: str) -> int | None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.startswith(b"vfio-pci,host=" + address.encode()) for a in cmdline):
+            return int(pid)
+    return None
+
+
+def _watch_qemu(address: str, seen: list[tuple[list[int], int]], stop: threading.Event) -> None:
+    """Read the uids and seccomp mode of the QEMU that holds ``address``, as it runs."""
+    pid = None
+    while not stop.is_set():
+        pid = pid or _qemu_holding(address)
+        if pid is not None:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return  # it exited
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if fields["State"].split()[0] != "Z":
+                seen.append(([int(u) for u in fields["Uid"].split()], int(fields["Seccomp"])))
+        stop.wait(0.05)
+
+
+def test_dropped_qemu_has_edu_and_is_not_root(lab: LabFixture, state: Path) -> None:
+    """Read from /proc beside pyvfio: the QEMU that QMP shows edu in runs as nobody."""
+    addr = lab.address("edu")
+    seen: list[tuple[list[int], int]] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_qemu, args=(addr, seen, stop), daemon=True)
+    watcher.start()
+    try:
+        plan = qemu.build([addr], check=True, run_as="nobody")
+        report = qemu.run(plan, check=True, journal_dir=state)
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert report.ok, str(report)
+    (found,) = report.confirmations
+    assert found.guest is not None and found.guest.ids == "1234:11e8"
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert seen, "the QEMU process was never seen in /proc"
+    assert seen[-1] == ([nobody] * 4, 2)  # its last state: dropped, filtered
+    assert all(uids in ([0] * 4, [nobody] * 4) for uids, _ in seen)
+    assert LIVE.driver(addr) is None
 
 
 def test_chipset_device_fails_preflight_naming_its_peers(state: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pyvfio.errors import LabError, LabSpecError, LabUnavailableError
+from pyvfio.host import accel as host_accel
 from pyvfio.lab import accel, kernels
 from pyvfio.lab.topology import NVME_SERIAL, Manifest, Topology, parse_spec
 
@@ -78,14 +79,14 @@ def test_accel_override_and_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_probe_firmware_puts_the_exit_code_at_the_reset_vector() -> None:
-    rom = accel._probe_firmware()
+    rom = host_accel._probe_firmware()
     assert len(rom) == 64 << 10
     assert rom[0xFFF0:0xFFF4] == bytes([0xB0, 0x01, 0xE6, 0xF4])
 
 
 def test_probe_reports_a_missing_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    works, why = accel.probe("kvm", timeout=1)
+    works, why = host_accel.probe("kvm", timeout=1)
     assert not works and "missing" in why
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,37 @@ def test_cli_domain(tmp_path: Path) -> None:
     validate(done.stdout, tmp_path)
     done = runner.invoke(app, ["vm", "libvirt", "00:18.0", "--root", str(tmp_path / "lab")])
     assert done.exit_code == 2 and "bridge" in done.output
+
+
+#: Markup a ROM path or a domain name could carry into the XML: each must come back,
+#: parsed, as the same text in its own attribute or element, with nothing added.
+XML_HOSTILE = [
+    "'/><hostdev mode='subsystem' type='pci' managed='yes'><source><address bus='0x00'/>",
+    '"/><rom file="/etc/shadow',
+    "a&amp;b&#10;c",
+    "]]><!-- -->",
+    "<?xml version='1.0'?>",
+    "rom, with, commas",
+]
+
+
+@pytest.mark.parametrize("value", XML_HOSTILE)
+def test_hostile_romfile_and_name_stay_text(amd: SimulatedKernel, value: str) -> None:
+    gpu = GpuOptions(romfile=value)
+    tree = ET.fromstring(f"<devices>{libvirt.hostdevs(['0a:00.0'], gpu=gpu, sysfs=amd)}</devices>")
+    assert [el.tag for el in tree] == ["hostdev"]
+    assert [rom.get("file") for rom in tree.iter("rom")] == [value]
+    dom = ET.fromstring(libvirt.domain(["0a:00.0"], value.replace("/", "_"), gpu=gpu, sysfs=amd))
+    assert dom.findtext("name") == value.replace("/", "_")
+    assert [rom.get("file") for rom in dom.iter("rom")] == [value]
+    assert len(list(dom.iter("hostdev"))) == 1
+
+
+@pytest.mark.parametrize("value", ["a\x01b", "x\x1b[2J", "del\x7f", "a\nb", ""])
+def test_what_xml_cannot_carry_is_refused(amd: SimulatedKernel, value: str) -> None:
+    """XML 1.0 has no form at all for most C0 controls: ElementTree would write them raw
+    and libvirt refuse the file. Refused before anything is written."""
+    with pytest.raises(ValueError, match=r"--romfile .*(control character|is empty)"):
+        libvirt.hostdevs(["0a:00.0"], gpu=GpuOptions(romfile=value), sysfs=amd)
+    with pytest.raises(ValueError, match=r"control character|not a libvirt domain name"):
+        libvirt.domain(["0a:00.0"], f"vm{value}" if value else "", sysfs=amd)

@@ -34,7 +34,9 @@ def qemu(
     args: Annotated[
         list[str], typer.Argument(help="PCI addresses, then -- and extra QEMU arguments")
     ],
-    memory: Annotated[str, typer.Option(help="guest RAM, e.g. 4G")] = "4G",
+    memory: Annotated[
+        str | None, typer.Option(help="guest RAM, e.g. 4G (default 4G; 64M with --check)")
+    ] = None,
     hugepages: Annotated[bool, typer.Option("--hugepages", help="guest RAM on hugepages")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the argv, run nothing")] = False,
     check: Annotated[
@@ -44,6 +46,15 @@ def qemu(
     x_vga: Annotated[bool, typer.Option("--x-vga", help="GPU: legacy VGA ranges")] = False,
     romfile: Annotated[str | None, typer.Option(help="GPU: ROM image to expose")] = None,
     rombar: Annotated[bool, typer.Option(help="GPU: expose the ROM BAR")] = True,
+    run_as: Annotated[
+        str | None,
+        typer.Option(
+            help="user QEMU becomes once its devices are open (default nobody); 'root' keeps root"
+        ),
+    ] = None,
+    sandbox: Annotated[
+        bool, typer.Option(help="QEMU's seccomp filter (-sandbox on), where QEMU has it")
+    ] = True,
     timeout: Annotated[float, typer.Option(help="seconds for QEMU to answer on QMP")] = 120.0,
     as_json: JsonOpt = False,
     root: RootOpt = "/",
@@ -54,6 +65,8 @@ def qemu(
 
     addresses, extra = _split(args)
     sysfs = open_root(root)
+    if not sysfs.is_live and not dry_run:  # before build: nothing probed for a refusal
+        raise ValueError("--root reads a snapshot: only --dry-run works on one")
     gpu = q.GpuOptions(x_vga=x_vga, romfile=romfile, rombar=rombar)
     plan = q.build(
         addresses,
@@ -62,6 +75,9 @@ def qemu(
         accel=accel,
         gpu=gpu,
         extra=extra,
+        check=check,
+        run_as=run_as,
+        sandbox=sandbox,
         sysfs=sysfs,
     )
     if dry_run:
@@ -70,8 +86,6 @@ def qemu(
         else:
             typer.echo(str(plan))
         return
-    if not sysfs.is_live:
-        raise ValueError("--root reads a snapshot: only --dry-run works on one")
     report = q.run(plan, check=check, timeout=timeout, echo_stderr=not check and not as_json)
     if as_json:
         print_json(report.to_json())

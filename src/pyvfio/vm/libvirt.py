@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.vm.layout import PassedDevice, layout
-from pyvfio.vm.qemu import MIB, NO_GPU_OPTIONS, GpuOptions, parse_size
+from pyvfio.vm.qemu import MIB, NO_GPU_OPTIONS, GpuOptions, check_text, parse_size
 
 
 def _hex(value: int, width: int) -> str:
@@ -61,6 +61,10 @@ def _text(el: ET.Element) -> str:
 
 
 def _check_gpu(devices: Sequence[PassedDevice], gpu: GpuOptions) -> None:
+    # ElementTree escapes markup in attributes, but XML 1.0 has no way at all to carry
+    # most control characters: ET would write them raw and libvirt reject the file.
+    if gpu.romfile is not None:
+        check_text(gpu.romfile, "--romfile")
     if gpu.x_vga:
         raise ValueError(
             "libvirt has no x-vga setting for hostdevs; pass the GPU without it "
@@ -104,8 +108,9 @@ def domain(
     sysfs: Sysfs = LIVE,
 ) -> str:
     """A minimal q35 KVM domain named ``name`` with the devices passed through."""
-    if not name or any(c in name for c in "/\0") or name.strip() != name:
+    if not name or "/" in name or name.strip() != name:
         raise ValueError(f"{name!r} is not a libvirt domain name (no '/', no outer spaces)")
+    check_text(name, "--domain")
     devices = layout(addresses, sysfs)
     _check_gpu(devices, gpu)
     size = parse_size(memory)

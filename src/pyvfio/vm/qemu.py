@@ -5,16 +5,25 @@ of the host) and changes nothing. :func:`run` carries it out the way libvirt's
 "managed" hostdevs do: pre-flight checks, journaled bind to vfio-pci, QEMU with a QMP
 socket, ``query-pci`` to confirm each device is in the guest with its IDs and BARs, and
 when QEMU exits the devices go back to their original drivers.
+
+QEMU is started by root, so it is confined the way libvirt does it where this QEMU can:
+a seccomp filter (``-sandbox on``) and a change to an unprivileged user once its
+devices are open (``-runas``, ``-run-with user=`` since QEMU 9.1). Every value that
+goes inside a QEMU option string passes :func:`option_value` (commas doubled).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import pwd
+import re
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +35,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from pyvfio.errors import HostError, MemlockLimitError, PyvfioError
+from pyvfio.host import accel as host_accel
 from pyvfio.host import bind, doctor
+from pyvfio.host.accel import QEMU as QEMU  # the binary; callers name it vm.qemu.QEMU
 from pyvfio.host.bind import Restored
 from pyvfio.host.doctor import CheckResult, Status
 from pyvfio.host.snapshot import META
@@ -34,9 +45,14 @@ from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.vm.layout import PassedDevice, layout
 from pyvfio.vm.qmp import GuestPciDevice, Monitor, QmpError, walk_query_pci
 
-QEMU = "qemu-system-x86_64"
 MIB = 1 << 20
 GIB = 1 << 30
+
+#: Guest RAM of a VM that is run (``--memory`` changes it).
+DEFAULT_MEMORY = "4G"
+#: Guest RAM of ``--check``: SeaBIOS numbers the root ports with 16 MiB already; the
+#: check needs no more, and VFIO pins all of it (a 2 GiB host cannot give 4 GiB).
+CHECK_MEMORY = "64M"
 
 #: What a VM with VFIO devices pins beyond its RAM: libvirt's rule for x86
 #: (qemuDomainGetMemLockLimitBytes: guest memory + 1 GiB for BAR and ROM mappings).
@@ -63,6 +79,44 @@ def parse_size(text: str) -> int:
 
 def _size(n: int) -> str:
     return f"{n // GIB} GiB" if n % GIB == 0 else f"{n // MIB} MiB"
+
+
+# -- Values inside QEMU option strings -----------------------------------------------------
+
+#: C0 controls and DEL: a newline or an escape sequence in a path is never meant, and a
+#: value that holds one would also break the one-line messages and the printed command.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it can go into a QEMU option or libvirt XML as is; else ValueError.
+
+    Refused: the empty string (QEMU would read ``romfile=`` as "no ROM at all", not as a
+    file) and control characters (C0, DEL), which no file or user name needs.
+    """
+    if not value:
+        raise ValueError(f"{what} is empty: give a value, or leave the option out")
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} {value!r} holds a control character: refused")
+    return value
+
+
+def option_value(value: str, what: str) -> str:
+    """``value`` as it goes after ``key=`` in a QEMU option string, commas doubled.
+
+    QEMU splits ``-device``/``-chardev``/``-mon`` options (QemuOpts, get_opt_value in
+    util/qemu-option.c) and ``-object``/``-machine`` (keyval_parse_one in
+    util/keyval.c) at a single ``,`` and reads ``,,`` as one comma in a value, so a
+    ``romfile=card.rom,host=0000:00:14.0`` would otherwise pass another device. Nothing
+    else is special inside a value. ``what`` names the value in the refusal.
+    """
+    return check_text(value, what).replace(",", ",,")
+
+
+def _unmangle(text: str) -> str:
+    """A /proc/mounts field as the path it is: the kernel writes space, tab, newline and
+    backslash as octal escapes (fs/proc_namespace.c, mangle)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
 @dataclass(frozen=True)
@@ -126,15 +180,20 @@ def memlock_for(memory: int, sysfs: Sysfs = LIVE) -> Memlock:
 CAP_IPC_LOCK = 14
 
 
+def _euid(sysfs: Sysfs) -> int:
+    """Who runs pyvfio: this process, or whoever recorded the snapshot (root if unsaid)."""
+    if sysfs.is_live:
+        return os.geteuid()
+    meta = sysfs.read_attr(META)
+    return int(json.loads(meta).get("euid", 0)) if meta else 0
+
+
 def _ipc_lock(sysfs: Sysfs) -> bool:
     """Whether this process holds CAP_IPC_LOCK (CapEff in /proc/self/status; else root)."""
     for line in sysfs.read_lines("proc/self/status"):
         if line.startswith("CapEff:"):
             return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
-    if sysfs.is_live:
-        return os.geteuid() == 0
-    meta = sysfs.read_attr(META)
-    return int(json.loads(meta).get("euid", 0)) == 0 if meta else True
+    return _euid(sysfs) == 0
 
 
 @dataclass(frozen=True)
@@ -160,12 +219,195 @@ class GpuOptions:
 NO_GPU_OPTIONS = GpuOptions()
 
 
+# -- Confinement: a seccomp filter and an unprivileged user ----------------------------------
+
+
+def sandbox_option(drop: bool) -> str:
+    """``-sandbox``'s value: libvirt's filter (qemuBuildSandboxCommandLine).
+
+    Obsolete system calls, fork/exec and scheduler changes are denied. set*uid/set*gid
+    are denied too unless QEMU drops root itself: QEMU installs the filter with its early
+    options and changes user only in os_setup_post (softmmu/vl.c), so with a drop they
+    must stay allowed ("deny" and "children" both kill QEMU with SIGSYS at the drop).
+    """
+    elevate = "allow" if drop else "deny"
+    return f"on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+
+
+#: The user QEMU becomes unless ``run_as`` says otherwise: it owns no files, so QEMU
+#: keeps only what it opened as root. (libvirt's ``libvirt-qemu``/``qemu`` users own the
+#: disk images of libvirt's running VMs: a pyvfio QEMU should not reach those.)
+DEFAULT_RUN_AS = "nobody"
+#: ``run_as=KEEP_ROOT`` (``--run-as root``): QEMU keeps root.
+KEEP_ROOT = "root"
+#: A QEMU start that only prints (``-help``); the first start in the lab guest reads
+#: QEMU and its libraries over 9p, which takes many seconds.
+FEATURE_PROBE_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class QemuFeatures:
+    """What a QEMU binary offers for confinement, from its ``-help``.
+
+    ``sandbox``: built with seccomp (a build without it refuses ``-sandbox``).
+    ``drop``: the option that changes its user, ``-runas`` (until 9.0; deprecated since)
+    or ``-run-with`` (``user=`` since QEMU 9.1); None when it has neither.
+    """
+
+    found: bool
+    sandbox: bool = False
+    drop: str | None = None
+
+
+def drop_option(help_text: str) -> str | None:
+    """Which option changes QEMU's user, from ``qemu-system-x86_64 -help``."""
+    lines = help_text.splitlines()
+    if any(line.startswith("-run-with") and "user=" in line for line in lines):
+        return "-run-with"
+    if any(line.startswith("-runas ") for line in lines):
+        return "-runas"
+    return None
+
+
+@functools.cache
+def qemu_features(qemu: str = QEMU) -> QemuFeatures:
+    """Probe ``qemu`` once per process (it starts nothing: it prints and exits).
+
+    QEMU parses ``-sandbox`` as it reads its options and stops at ``-help``; a build
+    without seccomp exits 1 ("-sandbox support is not enabled in this QEMU binary").
+    """
+
+    def ask(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(
+                [qemu, *args],
+                capture_output=True,
+                text=True,
+                timeout=FEATURE_PROBE_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    helped = ask("-help")
+    if helped is None or helped.returncode != 0:
+        return QemuFeatures(found=False)
+    sandboxed = ask("-sandbox", sandbox_option(drop=True), "-help")
+    return QemuFeatures(
+        found=True,
+        sandbox=sandboxed is not None and sandboxed.returncode == 0,
+        drop=drop_option(helped.stdout),
+    )
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How QEMU runs: under a seccomp filter or not, and the user it becomes.
+
+    ``user``/``uid``: who QEMU is once its devices are open (None: it stays whoever
+    started it). ``args``: the options that say so; ``notes``: what could not be had.
+    """
+
+    sandbox: bool = False
+    user: str | None = None
+    uid: int | None = None
+    args: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    euid: int = 0  # who starts QEMU
+
+    def check(self) -> CheckResult:
+        """The pre-flight line: PASS when QEMU is filtered and not root, WARN otherwise."""
+        as_root = self.user is None and self.euid == 0
+        if self.user is not None:
+            who = f"runs as {self.user} (uid {self.uid}) once its devices are open"
+        else:
+            who = "runs as root" if as_root else f"runs as uid {self.euid}, not root"
+        filtered = "a seccomp filter" if self.sandbox else "no seccomp filter"
+        status = Status.PASS if self.sandbox and not as_root else Status.WARN
+        hint = "" if status is Status.PASS else "; ".join(self.notes)
+        return CheckResult("QEMU confinement", status, f"{filtered}; {who}", hint)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sandbox": self.sandbox, "user": self.user, "uid": self.uid}
+
+
+def confinement(
+    features: QemuFeatures, *, run_as: str | None = None, sandbox: bool = True, euid: int = 0
+) -> Confinement:
+    """The confinement QEMU gets here; a ``run_as`` that cannot be had raises ValueError.
+
+    ``run_as``: None for :data:`DEFAULT_RUN_AS` (where that user exists and pyvfio is
+    root), :data:`KEEP_ROOT`, or a user name, which must exist.
+    """
+    notes = []
+    user: pwd.struct_passwd | None = None
+    if run_as is not None and run_as != KEEP_ROOT:
+        check_text(run_as, "--run-as")
+        if euid != 0:
+            raise ValueError(
+                f"--run-as {run_as!r}: only root can make QEMU change user (pyvfio runs as "
+                f"uid {euid}, and so will QEMU): leave --run-as out"
+            )
+        try:
+            user = pwd.getpwnam(run_as)
+        except KeyError:
+            raise ValueError(
+                f"--run-as {run_as!r}: no such user on this host; name an existing "
+                f"unprivileged user (or leave it out: {DEFAULT_RUN_AS})"
+            ) from None
+        if features.found and features.drop is None:
+            raise ValueError(
+                f"--run-as {run_as!r}: this QEMU cannot change user (neither -runas nor "
+                "-run-with user=); leave --run-as out to run it as root"
+            )
+    elif run_as == KEEP_ROOT:
+        notes.append("--run-as root: QEMU keeps root")
+    elif euid != 0:
+        notes.append(f"pyvfio runs as uid {euid}, not root: so does QEMU, with nothing to drop")
+    else:
+        try:
+            user = pwd.getpwnam(DEFAULT_RUN_AS)
+        except KeyError:
+            notes.append(f"no user {DEFAULT_RUN_AS!r} here: QEMU keeps root (--run-as USER)")
+        if features.found and features.drop is None:
+            notes.append(
+                "this QEMU cannot change user (no -runas, no -run-with user=): it keeps root"
+            )
+            user = None
+    if user is not None and user.pw_uid == 0:
+        notes.append(f"{user.pw_name} is uid 0: QEMU keeps root")
+        user = None
+    args: list[str] = []
+    if not features.found:
+        notes.append("QEMU did not answer -help (is it installed?): no -sandbox, no -runas")
+        user = None
+    elif user is not None and features.drop == "-run-with":
+        args += ["-run-with", f"user={option_value(user.pw_name, '--run-as')}"]
+    elif user is not None:
+        args += ["-runas", user.pw_name]
+    filtered = sandbox and features.sandbox
+    if filtered:
+        args[:0] = ["-sandbox", sandbox_option(drop=user is not None)]
+    elif not sandbox:
+        notes.append("--no-sandbox: QEMU runs without a system call filter")
+    elif features.found:
+        notes.append("this QEMU is built without seccomp: it runs without -sandbox")
+    return Confinement(
+        sandbox=filtered,
+        user=None if user is None else user.pw_name,
+        uid=None if user is None else user.pw_uid,
+        args=tuple(args),
+        notes=tuple(notes),
+        euid=euid,
+    )
+
+
 def hugepage_mount(sysfs: Sysfs = LIVE) -> str | None:
     """Where hugetlbfs is mounted (the first mount; Debian's systemd: /dev/hugepages)."""
     for line in sysfs.read_lines("proc/mounts"):
         parts = line.split()
         if len(parts) >= 3 and parts[2] == "hugetlbfs":
-            return parts[1]
+            return _unmangle(parts[1])
     return None
 
 
@@ -190,6 +432,8 @@ class QemuPlan:
     hugepages: str | None  # the hugetlbfs mount QEMU's RAM comes from
     memlock: Memlock
     notes: tuple[str, ...] = ()
+    accel: str = "auto"  # kvm, tcg, or auto (QEMU takes KVM if it initialises, else TCG)
+    confinement: Confinement = field(default_factory=Confinement)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -234,6 +478,8 @@ class QemuPlan:
             "memory": self.memory,
             "hugepages": self.hugepages,
             "memlock": self.memlock.to_json(),
+            "accel": self.accel,
+            "confinement": self.confinement.to_json(),
             "notes": list(self.notes),
         }
 
@@ -248,6 +494,7 @@ def _accel_args(accel: str) -> list[str]:
 
 
 def _device_arg(dev: PassedDevice, gpu: GpuOptions) -> str:
+    # host, id and bus are pyvfio's own (a normalized address, hostdevN-F, rpN).
     opts = [
         "vfio-pci",
         f"host={dev.address}",
@@ -261,27 +508,57 @@ def _device_arg(dev: PassedDevice, gpu: GpuOptions) -> str:
         if gpu.x_vga and dev.is_vga:
             opts.append("x-vga=on")
         if gpu.romfile is not None:
-            opts.append(f"romfile={gpu.romfile}")
+            opts.append(f"romfile={option_value(gpu.romfile, '--romfile')}")
         if not gpu.rombar:
             opts.append("rombar=0")
     return ",".join(opts)
 
 
+def _check_accel(qemu: str) -> tuple[str, list[str]]:
+    """For ``--check`` with accel auto: KVM only if it runs a vCPU here, else TCG.
+
+    QEMU's own fallback (``-accel kvm -accel tcg``) only catches a KVM that fails to
+    initialise, not one that aborts as the vCPU starts; the question is passthrough,
+    which TCG answers as well (VFIO does not depend on the accelerator).
+    """
+    works, why = host_accel.kvm_usable(qemu)
+    if works:
+        return "kvm", []
+    return "tcg", [f"KVM does not work here ({why}): the check runs QEMU on TCG"]
+
+
 def build(
     addresses: Sequence[str],
     *,
-    memory: str = "4G",
+    memory: str | None = None,
     hugepages: bool = False,
     accel: str = "auto",
     gpu: GpuOptions = NO_GPU_OPTIONS,
     extra: Sequence[str] = (),
     qemu: str = QEMU,
+    check: bool = False,
+    run_as: str | None = None,
+    sandbox: bool = True,
+    features: QemuFeatures | None = None,
     sysfs: Sysfs = LIVE,
 ) -> QemuPlan:
-    """The QEMU command line; reads sysfs, changes nothing. Bad input raises ValueError."""
+    """The QEMU command line; reads sysfs, changes nothing. Bad input raises ValueError.
+
+    ``memory``: guest RAM, :data:`DEFAULT_MEMORY`, or :data:`CHECK_MEMORY` for a plan
+    made for ``check`` (which also probes KVM when ``accel`` is auto, see
+    :func:`_check_accel`). ``run_as``, ``sandbox``: see :func:`confinement`;
+    ``features`` are probed from ``qemu`` (:func:`qemu_features`) unless given.
+    ``extra`` goes to QEMU as is: those are QEMU options already, in QEMU's syntax.
+    """
     devices = layout(addresses, sysfs)
-    size = parse_size(memory)
+    size = parse_size(memory or (CHECK_MEMORY if check else DEFAULT_MEMORY))
     notes = []
+    jail = confinement(
+        qemu_features(qemu) if features is None else features,
+        run_as=run_as,
+        sandbox=sandbox,
+        euid=_euid(sysfs),
+    )
     if gpu.any and not any(d.is_gpu for d in devices):
         raise ValueError(
             "--x-vga, --romfile and --no-rombar apply to GPUs; none of these is a display "
@@ -289,15 +566,23 @@ def build(
         )
     if gpu.x_vga and not any(d.is_vga for d in devices):
         raise ValueError("--x-vga needs a VGA-compatible GPU (PCI class 0300)")
-    argv = [qemu, "-machine", "q35", *_accel_args(accel), "-cpu", "max", "-m", f"{size // MIB}M"]
+    accel_args = _accel_args(accel)
+    if check and accel == "auto":
+        accel, accel_notes = _check_accel(qemu)
+        accel_args = _accel_args(accel)
+        notes += accel_notes
+    argv = [qemu, "-machine", "q35", *accel_args, "-cpu", "max", "-m", f"{size // MIB}M"]
+    argv += jail.args
+    notes += jail.notes
     mount = None
     if hugepages:
         mount = hugepage_mount(sysfs) or "/dev/hugepages"
+        path = option_value(mount, "the hugetlbfs mount point")
         # prealloc: pages are taken now, not at the guest's first touch; VFIO pins all of
         # guest RAM at start anyway.
         argv += [
             "-object",
-            f"memory-backend-file,id=ram0,size={size // MIB}M,mem-path={mount},prealloc=on",
+            f"memory-backend-file,id=ram0,size={size // MIB}M,mem-path={path},prealloc=on",
             "-machine",
             "memory-backend=ram0",
         ]
@@ -312,7 +597,9 @@ def build(
             notes.append(f"{dev.address} is on {dev.info.driver}: pyvfio binds it to vfio-pci")
     argv += list(extra)
     memlock = memlock_for(size, sysfs)
-    return QemuPlan(tuple(argv), devices, size, mount, memlock, tuple(notes))
+    return QemuPlan(
+        tuple(argv), devices, size, mount, memlock, tuple(notes), accel=accel, confinement=jail
+    )
 
 
 # -- Pre-flight -------------------------------------------------------------------------------
@@ -388,6 +675,7 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
                 "Debian: apt-get install qemu-system-x86",
             )
         )
+    results.append(plan.confinement.check())
     lock = plan.memlock
     results.append(
         CheckResult(
@@ -516,6 +804,59 @@ def query_devices(
 
 
 @dataclass(frozen=True)
+class QemuProcess:
+    """QEMU as the kernel shows it (/proc/PID/status) once QMP answered.
+
+    By then QEMU has dropped root: the drop comes at the end of its start-up
+    (os_setup_post), before its main loop serves QMP. ``uids``: real, effective, saved
+    and filesystem uid; ``seccomp``: 0 none, 2 a filter (None: unreadable).
+    """
+
+    pid: int
+    uids: tuple[int, ...] = ()
+    seccomp: int | None = None
+
+    def problems(self, jail: Confinement) -> list[str]:
+        """How QEMU differs from what its command line asked for."""
+        out = []
+        if jail.uid is not None and set(self.uids) != {jail.uid}:
+            out.append(
+                f"QEMU runs with uids {self.uids or 'unknown'}, not only {jail.user} "
+                f"({jail.uid}): it did not drop root as -runas/-run-with asked"
+            )
+        if jail.sandbox and self.seccomp != 2:
+            out.append(f"QEMU has seccomp mode {self.seccomp}, not 2: -sandbox is not in force")
+        return out
+
+    def __str__(self) -> str:
+        who = f"uid {self.uids[1]}" if len(self.uids) > 1 else "an unknown uid"
+        if self.uids and self.uids[1] == 0:
+            who += " (root)"
+        else:
+            with contextlib.suppress(KeyError, IndexError):
+                who += f" ({pwd.getpwuid(self.uids[1]).pw_name})"
+        filtered = "a seccomp filter" if self.seccomp == 2 else "no seccomp filter"
+        return f"QEMU (pid {self.pid}) runs as {who} with {filtered}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "uids": list(self.uids), "seccomp": self.seccomp}
+
+
+def read_process(pid: int, proc: Path = Path("/proc")) -> QemuProcess:
+    """What /proc/PID/status says of ``pid``'s users and seccomp mode."""
+    uids: tuple[int, ...] = ()
+    seccomp = None
+    with contextlib.suppress(OSError):
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "Uid":
+                uids = tuple(int(v) for v in value.split())
+            elif key == "Seccomp":
+                seccomp = int(value)
+    return QemuProcess(pid, uids, seccomp)
+
+
+@dataclass(frozen=True)
 class PassthroughReport:
     """The answer of ``vm qemu --check`` (and of a run): yes or no, with the reasons."""
 
@@ -527,6 +868,9 @@ class PassthroughReport:
     qemu_exit: int | None = None
     seconds: float = 0.0
     argv: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
+    accel: str = "auto"
+    process: QemuProcess | None = None
 
     @property
     def preflight_failed(self) -> bool:
@@ -551,9 +895,12 @@ class PassthroughReport:
 
     def __str__(self) -> str:
         lines = [str(c) for c in self.checks]
+        lines += [f"note: {n}" for n in self.notes]
         if self.preflight_failed:
             lines.append("pre-flight failed: nothing was bound and QEMU was not started")
         lines += [f"QMP {c}" for c in self.confirmations]
+        if self.process is not None:
+            lines.append(str(self.process))
         lines += [f"restored {r}" for r in self.restored]
         if self.ok:
             lines.append(f"yes: passthrough works for these devices ({self.seconds:.1f} s)")
@@ -573,6 +920,9 @@ class PassthroughReport:
             "qemu_exit": self.qemu_exit,
             "seconds": round(self.seconds, 2),
             "argv": list(self.argv),
+            "accel": self.accel,
+            "qemu_process": None if self.process is None else self.process.to_json(),
+            "notes": list(self.notes),
         }
 
 
@@ -609,6 +959,36 @@ def _raise_memlock(need: int) -> Callable[[], None]:
             resource.setrlimit(resource.RLIMIT_MEMLOCK, (need, hard))
 
     return preexec
+
+
+#: sun_path of struct sockaddr_un: 108 bytes, the last one NUL.
+UNIX_PATH_MAX = 108
+
+
+#: The id of the QMP socket's chardev.
+QMP_CHARDEV = "pyvfio-qmp"
+
+
+def qmp_args(path: Path) -> list[str]:
+    """QMP served on a UNIX socket at ``path`` (in a private folder under $TMPDIR).
+
+    Not ``-qmp unix:PATH``: there PATH is the implied first option, which QEMU reads as
+    a key when it holds a ``=`` before its first comma (get_opt_name_value), and no
+    escape exists for that. ``path=`` is a key of its own.
+    """
+    text = str(path)
+    if len(os.fsencode(text)) >= UNIX_PATH_MAX:
+        raise ValueError(
+            f"the QMP socket path {text} is longer than a UNIX socket allows "
+            f"({UNIX_PATH_MAX - 1} bytes): set TMPDIR to a shorter folder"
+        )
+    where = option_value(text, "the QMP socket path (in TMPDIR)")
+    return [
+        "-chardev",
+        f"socket,id={QMP_CHARDEV},path={where},server=on,wait=off",
+        "-mon",
+        f"chardev={QMP_CHARDEV},mode=control",
+    ]
 
 
 def _wait_for_socket(proc: subprocess.Popen[bytes], path: Path, deadline: float) -> None:
@@ -657,19 +1037,30 @@ def run(
     began = time.monotonic()
     checks = tuple(preflight(plan, sysfs))
     if any(c.failed for c in checks):
-        return PassthroughReport(checks, argv=plan.argv, seconds=time.monotonic() - began)
+        return PassthroughReport(
+            checks,
+            argv=plan.argv,
+            seconds=time.monotonic() - began,
+            notes=plan.notes,
+            accel=plan.accel,
+        )
     lock = plan.memlock
     if not lock.can_raise:  # pre-flight failed above; kept for callers of run() alone
         raise MemlockLimitError(str(lock), limit=lock.hard or 0, requested=lock.need)
-    bplan = bind.plan_bind(plan.addresses, sysfs=sysfs)
-    changed = bind.bind_devices(bplan, sysfs=sysfs, journal_dir=journal_dir)
     workdir = Path(tempfile.mkdtemp(prefix="pyvfio-vm-"))
     qmp_path = workdir / "qmp.sock"
-    argv = list(plan.argv)
-    # -S: the CPUs wait while QMP confirms the devices (they are realized by then).
-    argv += ["-qmp", f"unix:{qmp_path},server=on,wait=off", "-S"]
-    if check:
-        argv += ["-nodefaults", "-display", "none"]
+    try:
+        # -S: the CPUs wait while QMP confirms the devices (they are realized by then).
+        argv = [*plan.argv, *qmp_args(qmp_path), "-S"]
+        if check:
+            argv += ["-nodefaults", "-display", "none"]
+        bplan = bind.plan_bind(plan.addresses, sysfs=sysfs)
+        changed = bind.bind_devices(bplan, sysfs=sysfs, journal_dir=journal_dir)
+    except BaseException:  # a refused TMPDIR or a failed bind: nothing is left behind
+        with contextlib.suppress(OSError):
+            workdir.rmdir()
+        raise
+    process = None
     confirmations: tuple[Confirmation, ...] = ()
     resumed = False
     error = None
@@ -706,6 +1097,8 @@ def run(
                     )
                     answer, resumed = query_devices(monitor, plan.devices, deadline)
                     confirmations = confirm(plan.devices, answer)
+                    process = read_process(proc.pid)
+                    error = "; ".join(process.problems(plan.confinement)) or None
                 except QmpError as err:
                     error = str(err)
             if proc.poll() is not None:
@@ -713,6 +1106,12 @@ def run(
                 error = f"QEMU exited with status {status} before it was confirmed: " + (
                     stderr.tail() or "no message"
                 )
+                if status == -signal.SIGSYS:
+                    error += (
+                        " (killed by its seccomp filter: a system call it made is denied by "
+                        "-sandbox, e.g. spawn=deny stops -netdev tap scripts and the bridge "
+                        "helper; --no-sandbox runs it without the filter)"
+                    )
                 started = False
             elif not started:
                 error = f"QEMU did not open its QMP socket in {timeout:.0f} s"
@@ -749,4 +1148,7 @@ def run(
         status,
         time.monotonic() - began,
         tuple(argv),
+        notes=plan.notes,
+        accel=plan.accel,
+        process=process,
     )

@@ -4,6 +4,8 @@ qemu-system-x86_64 \
     -accel tcg \
     -cpu max \
     -m 8192M \
+    -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \
+    -runas nobody \
     -vga none \
     -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 \
     -device vfio-pci,host=0000:0a:00.0,id=hostdev1-0,bus=rp1,addr=00.0,multifunction=on,x-vga=on,romfile=/usr/share/vgabios/gtx1080.rom \

@@ -3,6 +3,8 @@ qemu-system-x86_64 \
     -accel kvm \
     -cpu max \
     -m 4096M \
+    -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \
+    -run-with user=nobody \
     -object memory-backend-file,id=ram0,size=4096M,mem-path=/dev/hugepages,prealloc=on \
     -machine memory-backend=ram0 \
     -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 \
