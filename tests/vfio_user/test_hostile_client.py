@@ -31,9 +31,9 @@ from pyvfio._uapi.vfio import VfioIrqSetFlag
 from pyvfio.drivers import edu as edu_driver
 from pyvfio.errors import VfioUserDisconnectedError
 from pyvfio.server import EduDevice, MmapArea, PciDevice
-from pyvfio.server.dma import MAX_MAPPED
+from pyvfio.server.dma import MAX_MAPPED, MAX_MAPPED_BYTES, DmaSpace
 from pyvfio.server.edu import DMA_BUFFER_ADDR
-from pyvfio.vfio_user.protocol import Command, Header, MessageFlag
+from pyvfio.vfio_user.protocol import Command, Header, MessageFlag, vfio_user_dma_map
 
 PAGE = 4096
 MIB = 1 << 20
@@ -228,6 +228,26 @@ def test_dma_memory_the_client_could_take_away_is_reached_by_messages(
     finally:
         os.close(fd)
         device.close()
+
+
+def test_mapped_client_memory_is_bounded_in_bytes() -> None:
+    """A sparse sealed memfd costs the client nothing; mapping tens of TiB of it
+    would leave the server no address space. Past MAX_MAPPED_BYTES: messages."""
+    space = DmaSpace(lambda command, payload: b"", max_maps=16, max_xfer=MIB)
+    fd = guest_ram(MAX_MAPPED_BYTES + PAGE)  # sparse: no memory behind it
+    try:
+        whole = vfio_user_dma_map(argsz=32, flags=3, offset=0, addr=0, size=MAX_MAPPED_BYTES + PAGE)
+        assert space.map(whole, fd).mapping is None
+        small = vfio_user_dma_map(argsz=32, flags=3, offset=0, addr=1 << 50, size=1 << 30)
+        assert space.map(small, fd).mapping is not None
+        rest = vfio_user_dma_map(
+            argsz=32, flags=3, offset=0, addr=1 << 51, size=MAX_MAPPED_BYTES - (1 << 30) + PAGE
+        )
+        entry = space.map(rest, fd)
+        assert entry.mapping is None and "16 TiB" in entry.unmapped_because
+    finally:
+        space.unmap_all()
+        os.close(fd)
 
 
 def test_a_client_shrinking_its_dma_memory_cannot_kill_the_server(

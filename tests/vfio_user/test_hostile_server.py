@@ -71,6 +71,8 @@ UNSAFE_REGIONS = [
      FakeRegion(SIZE, sealed(1 << 30), sparse=[(0, 1 << 30)]), "leaves the region"),
     ("sparse area not page-aligned",
      FakeRegion(SIZE, sealed(SIZE), sparse=[(100, PAGE)]), "not page-aligned"),
+    ("2 TiB region of a sparse sealed memfd",  # would take our address space
+     FakeRegion(2 << 40, sealed(2 << 40)), "more than the 1 TiB"),
 ]  # fmt: skip
 
 

@@ -8,8 +8,8 @@ adjacent one is split at the border.
 
 The fd is mapped only when the client cannot take the memory away under the
 mapping (`pyvfio._mem.unsafe_to_map`: a memfd sealed against shrinking, large
-enough), and for at most `MAX_MAPPED` ranges; any other range is served by
-messages, as if no fd had come.  The mapping keeps no fd open.
+enough), and for at most `MAX_MAPPED` ranges and `MAX_MAPPED_BYTES`; any other
+range is served by messages, as if no fd had come.  The mapping keeps no fd open.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pyvfio.vfio_user.protocol import (
     vfio_user_dma_region_access,
 )
 
-__all__ = ["MAX_MAPPED", "DmaRange", "DmaSpace"]
+__all__ = ["MAX_MAPPED", "MAX_MAPPED_BYTES", "DmaRange", "DmaSpace"]
 
 log = logging.getLogger("pyvfio.server")
 
@@ -40,6 +40,9 @@ log = logging.getLogger("pyvfio.server")
 #: VMA of this process, and a client mapping tens of thousands would use up
 #: vm.max_map_count (65530), after which Python's own allocations fail.
 MAX_MAPPED: Final = 1024
+#: Bytes mmap'ed at once, likewise: a sparse memfd costs its owner nothing, and
+#: mappings of 128 TiB would leave this process no address space to allocate in.
+MAX_MAPPED_BYTES: Final = 16 << 40
 
 #: ``request(command, payload) -> reply payload``: one server-to-client command.
 Requester = Callable[[int, bytes], bytes]
@@ -134,8 +137,11 @@ class DmaSpace(DmaAccess):
         return entry
 
     def _unsafe(self, fd: int, offset: int, size: int) -> str:
-        if sum(r.mapping is not None for r in self._ranges) >= MAX_MAPPED:
+        mapped = [r for r in self._ranges if r.mapping is not None]
+        if len(mapped) >= MAX_MAPPED:
             return f"{MAX_MAPPED} ranges are mapped already"
+        if sum(r.size for r in mapped) + size > MAX_MAPPED_BYTES:
+            return f"it would take the mapped memory past {MAX_MAPPED_BYTES >> 40} TiB"
         if offset % mmap.PAGESIZE:
             return f"offset {offset:#x} in the fd is not page-aligned"
         return _mem.unsafe_to_map(fd, offset, size) or ""

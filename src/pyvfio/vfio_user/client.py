@@ -66,6 +66,8 @@ DEFAULT_TIMEOUT = 10.0
 MAX_DATA_XFER_SIZE = p.DEFAULT_MAX_DATA_XFER_SIZE
 #: What GET_REGION_INFO asks for first: the struct and room for a few capabilities.
 _REGION_INFO_ARGSZ = 256
+#: The largest region a server's fd is mapped for (address space: 128 TiB in all).
+_MAX_REGION_MAPPING = 1 << 40
 
 _ACCESS = struct.Struct("=QII")  # vfio_user_region_access: offset, region, count
 _DMA_ACCESS = struct.Struct("=QQ")  # vfio_user_dma_region_access: addr, count
@@ -129,6 +131,9 @@ def _unsafe_region_fd(info: RegionInfo, fd: int) -> str:
                 f"({info.size:#x} bytes)"
             )
     end = max((area.offset + area.size for area in areas), default=0)
+    if end > _MAX_REGION_MAPPING:
+        # A sparse memfd costs the server nothing; our address space is finite.
+        return f"the region is {end:#x} bytes, more than the 1 TiB this client maps"
     return _mem.unsafe_to_map(fd, info.offset, end) or ""
 
 
