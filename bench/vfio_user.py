@@ -269,6 +269,7 @@ ops_bytes: dict[str, int] = {}
 
 def bench_dma(dev: pyvfio.Device, sharing: str, timed: Callable[..., None]) -> None:
     bar = dev.bar(0)
+    dev.enable_bus_master()  # the server refuses DMA without it, as QEMU does
     with dev.dma_alloc(MIB) as buf:
         buf.write(os.urandom(MIB))
         for size in (4 * KIB, MIB):

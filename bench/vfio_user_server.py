@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pyvfio import _mem
 from pyvfio.server.dma import DmaSpace
 from pyvfio.vfio_user.protocol import (
     HEADER_SIZE,
@@ -63,12 +64,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    memfd = os.memfd_create("bench-guest-ram", os.MFD_CLOEXEC)
-    os.ftruncate(memfd, MIB)
+    memfd = _mem.sealed_memfd("bench-guest-ram", MIB)  # sealed: the server maps only such
     space = DmaSpace(lambda command, payload: b"", max_maps=1, max_xfer=MIB)
     space.map(vfio_user_dma_map(argsz=32, flags=3, offset=0, addr=0x100000, size=MIB), memfd)
+    os.close(memfd)
     mapping = space.ranges[0].mapping
-    assert mapping is not None
+    assert mapping is not None, space.ranges[0].unmapped_because
     data = os.urandom(MIB)
 
     sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -98,7 +99,7 @@ def main() -> None:
     ]
     timings = best_of(
         [
-            (lambda: space.read(0x100000, MIB), lambda: mapping[0:MIB]),
+            (lambda: space.read(0x100000, MIB), lambda: bytes(mapping[0:MIB])),
             (lambda: space.write(0x100000, data), lambda: mapping.__setitem__(slice(0, MIB), data)),
             (message, raw_bytes),
         ],

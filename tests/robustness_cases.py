@@ -680,6 +680,12 @@ CLI: list[CliCase] = [
             "missing file", 1, "does not exist: give a bzImage path"),
     CliCase(("demo", "--kernel", "/nonexistent"), "--kernel", "missing file", 1,
             "does not exist: give a bzImage path"),
+    CliCase(("serve", "edu", "--socket", "{tmp}/edu.sock", "--mode", "999"), "--mode",
+            "not octal", 2, "is not octal permission bits"),
+    CliCase(("serve", "edu", "--socket", "{tmp}/edu.sock", "--mode", "1777"), "--mode",
+            "above 777", 2, "is not octal permission bits"),
+    CliCase(("serve", "edu", "--socket", "{tmp}/edu.sock", "--group", "no-such-group-here"),
+            "--group", "unknown", 2, "no group 'no-such-group-here' on this host"),
 ]
 
 ALL: list[Case | CliCase] = [*UNIT, *LAB, *NVME, *CLI]

@@ -69,6 +69,9 @@ class RegionInfo:
     #: VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: the MSI-X table may be mmap'd.
     msix_mappable: bool = False
     capabilities: tuple[InfoCapability, ...] = ()
+    #: Why a region the device offered to share is not mapped here (a vfio-user
+    #: server's fd that is not safe to map); the MMAP flag is cleared then.
+    no_mmap_reason: str = ""
 
     @property
     def readable(self) -> bool:

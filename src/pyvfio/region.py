@@ -90,9 +90,9 @@ class Region:
         transport = self._device._require_transport()
         areas = self.info.mmap_areas()
         if not areas:
+            why = self.info.no_mmap_reason or "the kernel or server does not allow it"
             raise UnsupportedError(
-                f"{self.name} of {self._device.bdf} cannot be mmap'd "
-                "(the kernel or server does not allow it); use read32/write32",
+                f"{self.name} of {self._device.bdf} cannot be mmap'd ({why}); use read32/write32",
                 device=self._device.bdf,
             )
         fd = transport.mmap_fd(self.info)

@@ -9,6 +9,7 @@ and versions it cannot speak, on demand.
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import socket
@@ -19,6 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from rawserver import (
+    Peer,
+    Script,
+    answer_device_info,
+    answer_version,
+    receive,
+    receive_until_closed,
+)
 
 import pyvfio
 from pyvfio._uapi import vfio as v
@@ -35,36 +44,6 @@ from pyvfio.vfio_user import protocol as p
 from pyvfio.vfio_user.client import VfioUserClient, socket_path
 from pyvfio.vfio_user.protocol import Command
 
-Script = Callable[[socket.socket], None]
-
-
-class Peer:
-    """A scripted server: listens on ``path``; the script runs on the accepted socket."""
-
-    def __init__(self, path: Path, script: Script) -> None:
-        self.path = str(path)
-        self.error: BaseException | None = None
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self.path)
-        self._listener.listen(1)
-        self._thread = threading.Thread(target=self._run, args=(script,), daemon=True)
-        self._thread.start()
-
-    def _run(self, script: Script) -> None:
-        conn, _ = self._listener.accept()
-        with conn:
-            try:
-                script(conn)
-            except BaseException as err:  # reported by finish()
-                self.error = err
-
-    def finish(self) -> None:
-        self._thread.join(10)
-        self._listener.close()
-        assert not self._thread.is_alive(), "the scripted peer did not finish"
-        if self.error is not None:
-            raise self.error
-
 
 @pytest.fixture
 def sock_path(tmp_path: Path) -> Path:
@@ -77,26 +56,6 @@ def peers() -> Iterator[list[Peer]]:
     yield started
     for peer in started:
         peer.finish()
-
-
-def receive(conn: socket.socket) -> p.Message:
-    return p.receive_message(conn, 1 << 21)
-
-
-def answer_version(conn: socket.socket, caps: dict[str, object] | None = None) -> None:
-    msg = receive(conn)
-    assert msg.command == Command.VFIO_USER_VERSION
-    ours = p.decode_capabilities(msg.payload[4:])
-    assert ours["max_msg_fds"] >= 1 and ours["max_data_xfer_size"] >= 4096
-    body = p.vfio_user_version(major=0, minor=0).pack()
-    p.send_reply(conn, msg.header, body + p.encode_capabilities(caps or {}))
-
-
-def answer_device_info(conn: socket.socket, flags: int = 2) -> None:
-    msg = receive(conn)
-    assert msg.command == Command.VFIO_USER_DEVICE_GET_INFO
-    info = p.vfio_user_device_info(argsz=16, flags=flags, num_regions=9, num_irqs=5)
-    p.send_reply(conn, msg.header, info.pack())
 
 
 def start(peers: list[Peer], path: Path, script: Script) -> Peer:
@@ -176,14 +135,6 @@ def test_error_reply_names_the_command_and_errno(sock_path: Path, peers: list[Pe
         assert info.value.errno == errno.ENOTTY
         assert info.value.ioctl == "VFIO_USER_DEVICE_RESET"
         assert "Inappropriate ioctl" in str(info.value)
-
-
-def receive_until_closed(conn: socket.socket) -> None:
-    while True:
-        try:
-            receive(conn)
-        except VfioUserDisconnectedError:
-            return
 
 
 def test_silence_times_out_and_the_connection_stays_usable(
@@ -281,7 +232,15 @@ def test_server_dma_requests_are_served_between_a_command_and_its_reply(
     assert seen["bad"] == (True, errno.EFAULT)
 
 
-def test_dma_map_passes_the_memfd(sock_path: Path, peers: list[Peer]) -> None:
+def _memfd(size: int, seals: int) -> int:
+    fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def test_dma_map_passes_a_sealed_memfd(sock_path: Path, peers: list[Peer]) -> None:
     seen: dict[str, bytes] = {}
 
     def script(conn: socket.socket) -> None:
@@ -301,9 +260,8 @@ def test_dma_map_passes_the_memfd(sock_path: Path, peers: list[Peer]) -> None:
     start(peers, sock_path, script)
     with pyvfio.Iommu(backend="vfio-user") as iommu:
         dev = iommu.open(f"vfio-user:{sock_path}")
-        # Caller memory that is a memfd's: Iommu.map(..., fd=) passes the fd along.
-        fd = os.memfd_create("test", os.MFD_CLOEXEC)
-        os.ftruncate(fd, 4096)
+        # Caller memory that is a sealed memfd's: Iommu.map(..., fd=) passes the fd along.
+        fd = _memfd(4096, fcntl.F_SEAL_SHRINK)
         os.pwrite(fd, b"PING", 16)
         memory = mmap.mmap(fd, 4096)
         mapping = iommu.map(memory, fd=fd)
@@ -312,6 +270,60 @@ def test_dma_map_passes_the_memfd(sock_path: Path, peers: list[Peer]) -> None:
         os.close(fd)
         dev.close()
     assert seen["bytes"] == b"PING"
+
+
+def _unsealed() -> tuple[int, int]:
+    return _memfd(8192, 0), 0
+
+
+def _too_small() -> tuple[int, int]:  # sealed, but the map runs past its end
+    return _memfd(4096, fcntl.F_SEAL_SHRINK), 4096
+
+
+def _a_regular_file() -> tuple[int, int]:
+    fd = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC)
+    os.ftruncate(fd, 8192)
+    return fd, 0
+
+
+@pytest.mark.parametrize("make", [_unsealed, _too_small, _a_regular_file])
+def test_an_fd_the_server_could_not_map_safely_is_not_sent(
+    sock_path: Path, peers: list[Peer], make: Callable[[], tuple[int, int]]
+) -> None:
+    """Memory whose fd the owner could truncate (or that is smaller than the map) goes
+    by DMA_READ/WRITE: the server would refuse to map it, by the same rule."""
+    seen: dict[str, object] = {}
+    served = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        answer_version(conn)
+        answer_device_info(conn)
+        msg = receive(conn)
+        seen["fds"] = len(msg.fds)
+        p.close_fds(msg.fds)
+        base = p.vfio_user_dma_map.parse(msg.payload).addr
+        p.send_reply(conn, msg.header)
+        p.send_message(conn, 5, Command.VFIO_USER_DMA_READ, struct.pack("=QQ", base + 16, 4))
+        seen["read"] = receive(conn).payload[16:]
+        served.set()
+        msg = receive(conn)
+        assert msg.command == Command.VFIO_USER_DMA_UNMAP
+        p.send_reply(conn, msg.header, msg.payload)
+        receive_until_closed(conn)
+
+    start(peers, sock_path, script)
+    fd, offset = make()
+    with pyvfio.Iommu(backend="vfio-user") as iommu:
+        dev = iommu.open(f"vfio-user:{sock_path}")
+        memory = mmap.mmap(-1, 8192)
+        memory[16:20] = b"PONG"
+        mapping = iommu.map(memory, fd=fd, fd_offset=offset)
+        assert served.wait(10)
+        iommu.unmap(mapping)
+        memory.close()
+        os.close(fd)
+        dev.close()
+    assert seen == {"fds": 0, "read": b"PONG"}
 
 
 def test_use_after_close(sock_path: Path, peers: list[Peer]) -> None:

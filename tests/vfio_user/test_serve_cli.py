@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import grp
+import os
 import random
 import signal
 import socket
+import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,12 +21,15 @@ from pyvfio.drivers import edu as edu_driver
 from pyvfio.drivers.edu import Edu
 
 
-def start(path: Path, *extra: str) -> subprocess.Popen[str]:
+def start(
+    path: Path, *extra: str, setup: Callable[[], object] | None = None
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pyvfio", "serve", "edu", "--socket", str(path), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=setup,
     )
     assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()  # printed once it listens
@@ -54,10 +61,21 @@ def test_serve_once_answers_a_client_then_exits(tmp_path: Path) -> None:
             proc.wait()
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    "inherited", [None, _ignore_sigint], ids=["default", "SIGINT-ignored-by-the-parent"]
+)
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
-def test_serve_stops_on_a_signal_and_removes_its_socket(tmp_path: Path, how: int) -> None:
+def test_serve_stops_on_a_signal_and_removes_its_socket(
+    tmp_path: Path, how: int, inherited: Callable[[], None] | None
+) -> None:
+    """A shell's background job (``pytest &`` in a script, a CI step) starts with SIGINT
+    ignored, and Python keeps an inherited "ignore": the server must install its own."""
     path = tmp_path / "edu.sock"
-    proc = start(path)
+    proc = start(path, setup=inherited)
     try:
         client = connect(path)  # a connected client does not keep it alive
         client.negotiate()
@@ -125,3 +143,53 @@ def test_pyvfios_edu_driver_drives_the_served_edu_in_another_process(tmp_path: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _umask(mask: int) -> Callable[[], object]:
+    return lambda: os.umask(mask)
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o000, 0o077], ids=["002", "000", "077"])
+def test_the_socket_is_this_users_alone_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    path = tmp_path / "edu.sock"
+    proc = start(path, setup=_umask(umask))
+    try:
+        assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_mode_and_group_share_the_socket_deliberately(tmp_path: Path) -> None:
+    path = tmp_path / "edu.sock"
+    group = grp.getgrgid(os.getegid()).gr_name
+    proc = start(path, "--mode", "660", "--group", group, setup=_umask(0o077))
+    try:
+        made = path.lstat()
+        assert stat.S_IMODE(made.st_mode) == 0o660 and made.st_gid == os.getegid()
+        client = connect(path)
+        client.negotiate()
+        client.sock.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--mode", "999"), "--mode '999' is not octal permission bits"),
+        (("--mode", "rw"), "--mode 'rw' is not octal permission bits"),
+        (("--mode", "1777"), "--mode '1777' is not octal permission bits"),
+        (("--mode", "-1"), "--mode '-1' is not octal permission bits"),
+        (("--group", "no-such-group-here"), "no group 'no-such-group-here' on this host"),
+    ],
+)
+def test_bad_mode_or_group_is_one_line_exit_2_and_no_socket(
+    tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    path = tmp_path / "edu.sock"
+    result = run("edu", "--socket", str(path), *args)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing created

@@ -10,9 +10,12 @@ server must still answer (or, where the stream lost its framing, close cleanly).
 from __future__ import annotations
 
 import errno
+import grp
 import mmap
 import os
+import signal
 import socket
+import stat
 import struct
 import threading
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rawclient import RawClient, eventfd, fired, pending, served
+from rawclient import RawClient, eventfd, fired, guest_ram, pending, served
 
 from pyvfio._uapi.vfio import (
     VfioDeviceFlag,
@@ -384,10 +387,9 @@ def run_edu_dma(client: RawClient, *, to_ram: bool, ram: int, length: int, offse
 
 def test_dma_through_shared_memory(edu: tuple[RawClient, EduDevice]) -> None:
     client, device = edu
-    memfd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    memfd = guest_ram(3 * 4096)
     irq = eventfd()
     try:
-        os.ftruncate(memfd, 3 * 4096)
         ram = mmap.mmap(memfd, 3 * 4096)
         client.set_irqs(TRIGGER_EVENTFD, MSI, 0, 1, fds=[irq])
         # Map the last two pages of the file at DMA address 0x100000.
@@ -437,9 +439,8 @@ def test_dma_by_message_in_pieces_of_the_clients_max_transfer() -> None:
 
 def test_dma_spanning_two_adjacent_mappings(edu: tuple[RawClient, EduDevice]) -> None:
     client, device = edu
-    memfd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    memfd = guest_ram(4096)
     try:
-        os.ftruncate(memfd, 4096)
         ram = mmap.mmap(memfd, 4096)
         ram[:] = b"A" * 4096
         client.memory[0x401000] = bytearray(b"B" * 4096)
@@ -543,15 +544,15 @@ def test_dma_map_rules(edu: tuple[RawClient, EduDevice]) -> None:
 def test_dma_map_fd_counts_and_leaks(edu: tuple[RawClient, EduDevice]) -> None:
     client, _ = edu
     r, w = os.pipe()
-    memfd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
-    os.ftruncate(memfd, 4096)
+    memfd = guest_ram(4096)
     try:
         before = open_fds()
         request = struct.pack("=IIQQQ", 32, 3, 0, 0x10000, 4096)
         reply = client.call(Command.VFIO_USER_DMA_MAP, request, fds=[memfd, r])
         assert reply.header.error == errno.EINVAL  # two fds for one mapping
         reply = client.call(Command.VFIO_USER_DMA_MAP, request, fds=[r])
-        assert reply.header.is_error  # a pipe cannot be mmap'ed
+        assert not reply.header.is_error  # a pipe is not mapped: served by messages
+        client.ok(Command.VFIO_USER_DMA_UNMAP, struct.pack("=IIQQ", 24, 0, 0x10000, 4096))
         reply = client.call(
             Command.VFIO_USER_DEVICE_GET_INFO, struct.pack("=4I", 16, 0, 0, 0), fds=[r]
         )
@@ -560,7 +561,7 @@ def test_dma_map_fd_counts_and_leaks(edu: tuple[RawClient, EduDevice]) -> None:
         assert reply.header.error == errno.EINVAL  # two eventfds for one vector
         assert open_fds() == before  # the server closed every copy it got
         assert not client.dma_map(0x10000, 4096, fd=memfd).header.is_error
-        assert open_fds() == before + 1  # the server keeps the one of its mapping
+        assert open_fds() == before  # mapped: the server keeps no fd for its mapping
         client.ok(Command.VFIO_USER_DMA_UNMAP, struct.pack("=IIQQ", 24, 0, 0x10000, 4096))
         assert open_fds() == before
     finally:
@@ -586,8 +587,7 @@ def test_reset(edu: tuple[RawClient, EduDevice]) -> None:
 
 def test_disconnect_releases_the_clients_resources_and_keeps_device_state() -> None:
     device = EduDevice()
-    memfd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
-    os.ftruncate(memfd, 4096)
+    memfd = guest_ram(4096)
     irq = eventfd()
     try:
         before = open_fds()
@@ -596,8 +596,8 @@ def test_disconnect_releases_the_clients_resources_and_keeps_device_state() -> N
             s.client.dma_map(0x10000, 4096, fd=memfd)
             s.client.set_irqs(TRIGGER_EVENTFD, MSI, 0, 1, fds=[irq])
             s.client.write32(edu_driver.REG_LIVENESS, 0x0000FFFF)
-            # the socketpair, the wake pipe, the server's mapping of the memfd, its eventfd
-            assert open_fds() == before + 6
+            # the socketpair, the wake pipe, the server's eventfd (its mapping keeps none)
+            assert open_fds() == before + 5
             s.client.sock.close()
             assert s.finished() and isinstance(s.result[0], int)
         assert open_fds() == before  # DMA unmapped, eventfd closed, sockets closed
@@ -975,6 +975,53 @@ def test_listen_errors_say_what_to_do(tmp_path: Path) -> None:
     leftover.close()  # a socket file nobody listens on: reused
     with Server(EduDevice(), stale) as server:
         assert server.fileno() >= 0
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o640])
+@pytest.mark.parametrize("umask", [0o002, 0o000, 0o077])
+def test_the_socket_has_its_mode_whatever_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    path = tmp_path / "edu.sock"
+    old = os.umask(umask)
+    try:
+        with Server(EduDevice(), path, mode=mode):
+            assert stat.S_IMODE(path.lstat().st_mode) == mode
+        assert os.umask(umask) == umask  # the server put the umask back
+    finally:
+        os.umask(old)
+    assert Server(EduDevice(), tmp_path / "default.sock").mode == 0o600
+
+
+def test_bad_mode_or_group_is_refused_before_anything_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "edu.sock"
+    before = open_fds()
+    for mode in (0o1777, -1, 0o7777, True, "600"):
+        with pytest.raises(ValueError, match="is not permission bits"):
+            Server(EduDevice(), path, mode=mode)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no group 'no-such-group-here' on this host"):
+        Server(EduDevice(), path, group="no-such-group-here")
+    other = next(g for g in grp.getgrall() if g.gr_gid not in (os.getegid(), *os.getgroups()))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # as a user outside that group
+    with pytest.raises(ValueError, match="this user is not in it"):
+        Server(EduDevice(), path, group=other.gr_name)
+    assert not path.exists() and open_fds() == before
+
+
+def test_stop_on_signals_ends_a_session_held_mid_message(tmp_path: Path) -> None:
+    path = tmp_path / "edu.sock"
+    previous = signal.getsignal(signal.SIGTERM)
+    with Server(EduDevice(), path) as server:
+        thread = server.start()
+        client = connect(path)
+        client.negotiate()
+        client.sock.sendall(Header(9, Command.VFIO_USER_REGION_WRITE, 4096).pack() + b"\0" * 7)
+        with server.stop_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler stops (and joins) the server
+            assert server.stopping and not thread.is_alive()
+        assert signal.getsignal(signal.SIGTERM) is previous
+        assert client.closed_by_server()
+        client.sock.close()
 
 
 def test_options_are_checked() -> None:

@@ -9,10 +9,8 @@ QEMU attaches it with ``-device '{"driver":"vfio-user-pci","socket":{"type":"uni
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -20,8 +18,14 @@ import typer
 from pyvfio.cli.common import app, handle_errors
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"--mode {text!r} is not octal permission bits (e.g. 600, 660)")
+    return mode
 
 
 @app.command("serve")
@@ -34,6 +38,20 @@ def serve(
     once: Annotated[
         bool, typer.Option("--once", help="stop when the first client disconnects")
     ] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="the socket's permission bits, octal (only this user may connect)"
+        ),
+    ] = "600",
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            help="give the socket to this group (with --mode 660 its members may connect)",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="log connections and refused commands")
     ] = False,
@@ -44,28 +62,30 @@ def serve(
     factory = DEVICES.get(device)
     if factory is None:
         raise ValueError(f"no device {device!r} to serve; known: {', '.join(sorted(DEVICES))}")
+    permissions = _mode(mode)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="pyvfio serve: %(message)s",
         stream=sys.stderr,
     )
     instance = factory()
-    server = Server(instance, socket_path)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    server = None
     try:
-        server.listen()
-        thread = server.start(once=once)
-        sys.stdout.write(
-            f"serving {device} on {server.path} (vfio-user); "
-            f"{'one client, then exit' if once else 'Ctrl-C stops'}\n"
-        )
-        sys.stdout.flush()
-        try:
-            while thread.is_alive():
-                thread.join(0.5)
-        except KeyboardInterrupt:
-            sys.stdout.write("stopping\n")
+        server = Server(instance, socket_path, mode=permissions, group=group)
+        # SIGINT and SIGTERM stop the server from before its socket exists, even where
+        # an inherited disposition ignored SIGINT (a shell's background job): no
+        # KeyboardInterrupt is raised, every wait of the server watches for them.
+        with server.stop_on_signals():
+            server.listen()
+            sys.stdout.write(
+                f"serving {device} on {server.path} (vfio-user); "
+                f"{'one client, then exit' if once else 'Ctrl-C stops'}\n"
+            )
+            sys.stdout.flush()
+            server.serve_forever(once=once)
+            if server.stopping:
+                sys.stdout.write("stopping\n")
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.close()
+        if server is not None:
+            server.close()  # after the handlers are back: the wake pipe they write closes
         instance.close()

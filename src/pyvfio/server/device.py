@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from pyvfio import _mem
 from pyvfio._uapi.vfio import (
     VFIO_PCI_NUM_IRQS,
     VFIO_PCI_NUM_REGIONS,
@@ -88,9 +89,9 @@ class MmapArea:
 class Region:
     """One region as the client sees it: size, access, callbacks, shared memory.
 
-    With mmap-able areas the whole region is backed by a memfd (``fd``), which the
-    server passes to the client with the region info; ``memory`` is the device's own
-    view of it.  Accesses the server receives for those areas (and for the MSI-X
+    With mmap-able areas the whole region is backed by a memfd (``fd``, sealed to its
+    size), which the server passes to the client with the region info; ``memory`` is
+    the device's own view of it.  Accesses the server receives for those areas (and for the MSI-X
     table and PBA, kept in ``memory`` too) read and write that memory.
     """
 
@@ -157,10 +158,11 @@ class Region:
         self._memory_ranges.append((offset, size))
 
     def _allocate(self) -> None:
-        length = (self.size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-        fd = os.memfd_create(f"pyvfio-{self.name}", os.MFD_CLOEXEC)
+        length = _mem.round_up(self.size, PAGE_SIZE)
+        # Sealed to its size: the client maps it too, and could otherwise truncate it
+        # and kill this process (and every later session) with SIGBUS on the next access.
+        fd = _mem.sealed_memfd(f"pyvfio-{self.name}", length)
         try:
-            os.ftruncate(fd, length)
             self._map = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
@@ -239,6 +241,23 @@ class Region:
                 os.close(fd)
 
 
+def _require_eventfd(fd: int) -> None:
+    """Refuse (EINVAL) an "eventfd" that is something else, and make a real one
+    non-blocking: the device signals it from the server's thread, and a pipe (which
+    fills after 8192 signals) or a full eventfd must never block that thread.
+
+    O_NONBLOCK is a flag of the open file, which the client shares; eventfd users
+    poll before they read (QEMU's and pyvfio's eventfds are non-blocking already).
+    """
+    try:
+        kind = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as err:
+        raise _fail(f"SET_IRQS fd {fd} cannot be inspected: {err.strerror}") from err
+    if kind != "anon_inode:[eventfd]":
+        raise _fail(f"SET_IRQS takes eventfds; it got {kind!r}")
+    os.set_blocking(fd, False)
+
+
 class _Index:
     """The eventfds of one interrupt index."""
 
@@ -274,6 +293,7 @@ class Interrupts:
         self.intx_level = False
         self.intx_masked = False
         self.signals = 0  # how many interrupts were delivered, for tests and logs
+        self.dropped = 0  # how many found their eventfd full (already signalled)
         # Device code may raise interrupts from a thread of its own while the server
         # thread applies SET_IRQS: the INTx state and the eventfd table change together.
         self._lock = threading.RLock()
@@ -306,8 +326,14 @@ class Interrupts:
 
     def _signal(self, fd: int) -> None:
         try:
-            os.write(fd, _EVENTFD_ONE)
+            os.write(fd, _EVENTFD_ONE)  # non-blocking (set_irqs made it so)
             self.signals += 1
+        except BlockingIOError:
+            # The count is at its maximum, so the eventfd is readable already: the
+            # client has an interrupt pending and loses nothing but the tally.
+            self.dropped += 1
+            if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, ...: a bounded log
+                log.info("interrupt eventfd %d is full: %d signal(s) dropped", fd, self.dropped)
         except OSError as err:
             log.warning("interrupt eventfd %d not signalled: %s", fd, err)
 
@@ -382,6 +408,8 @@ class Interrupts:
             if eventfd:
                 if fds and len(fds) != count:
                     raise _fail(f"SET_IRQS for {count} vectors came with {len(fds)} eventfds")
+                for fd in fds:
+                    _require_eventfd(fd)
                 return self._wire(index, action, start, count, fds)
             chosen = list(range(start, start + count))
             if not none:  # DATA_BOOL: one byte per vector

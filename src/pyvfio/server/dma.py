@@ -5,17 +5,24 @@ writes it directly; a range mapped without one is reached with
 ``VFIO_USER_DMA_READ``/``WRITE`` messages to the client, in pieces of at most the
 client's ``max_data_xfer_size``.  A DMA that crosses from one range into the next
 adjacent one is split at the border.
+
+The fd is mapped only when the client cannot take the memory away under the
+mapping (`pyvfio._mem.unsafe_to_map`: a memfd sealed against shrinking, large
+enough), and for at most `MAX_MAPPED` ranges and `MAX_MAPPED_BYTES`; any other
+range is served by messages, as if no fd had come.  The mapping keeps no fd open.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
+import logging
 import mmap
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
+from pyvfio import _mem
 from pyvfio.errors import VfioUserError
 from pyvfio.server.device import DmaAccess
 from pyvfio.vfio_user.protocol import (
@@ -25,7 +32,17 @@ from pyvfio.vfio_user.protocol import (
     vfio_user_dma_region_access,
 )
 
-__all__ = ["DmaRange", "DmaSpace"]
+__all__ = ["MAX_MAPPED", "MAX_MAPPED_BYTES", "DmaRange", "DmaSpace"]
+
+log = logging.getLogger("pyvfio.server")
+
+#: Ranges mmap'ed at once; past that they are served by messages.  Each mapping is a
+#: VMA of this process, and a client mapping tens of thousands would use up
+#: vm.max_map_count (65530), after which Python's own allocations fail.
+MAX_MAPPED: Final = 1024
+#: Bytes mmap'ed at once, likewise: a sparse memfd costs its owner nothing, and
+#: mappings of 128 TiB would leave this process no address space to allocate in.
+MAX_MAPPED_BYTES: Final = 16 << 40
 
 #: ``request(command, payload) -> reply payload``: one server-to-client command.
 Requester = Callable[[int, bytes], bytes]
@@ -38,9 +55,11 @@ class DmaRange:
     addr: int
     size: int
     flags: int
-    fd: int = -1
     offset: int = 0
-    mapping: mmap.mmap | None = field(default=None, repr=False)
+    #: The client's memory mapped here (None: served by messages), and why not.
+    mapping: memoryview | None = field(default=None, repr=False)
+    address: int = 0
+    unmapped_because: str = ""
 
     @property
     def end(self) -> int:
@@ -55,14 +74,12 @@ class DmaRange:
         return bool(self.flags & DmaMapFlag.VFIO_USER_F_DMA_REGION_WRITE)
 
     def release(self) -> None:
-        try:
-            if self.mapping is not None:
-                self.mapping.close()
-        finally:
-            self.mapping = None
-            if self.fd >= 0:
-                fd, self.fd = self.fd, -1
-                os.close(fd)
+        mapping, self.mapping = self.mapping, None
+        address, self.address = self.address, 0
+        if mapping is not None:
+            mapping.release()
+        if address:
+            _mem.unmap_memory(address, self.size)
 
 
 class DmaSpace(DmaAccess):
@@ -79,10 +96,11 @@ class DmaSpace(DmaAccess):
         return tuple(self._ranges)
 
     def map(self, request: vfio_user_dma_map, fd: int) -> DmaRange:
-        """Add a range; ``fd`` (or -1) is this space's (and closed) on success.
+        """Add a range; ``fd`` (or -1) is the caller's, to close.
 
         VfioUserError: EINVAL (size 0, wrapping, unknown flags), EEXIST (overlap, as
-        the spec asks), ENOSPC (too many maps), or the errno of a failing mmap.
+        the spec asks), ENOSPC (too many maps), or the errno of a failing mmap of a
+        sealed memfd.
         """
         addr, size = request.addr, request.size
         if size == 0 or addr + size > 1 << 64:
@@ -105,23 +123,42 @@ class DmaSpace(DmaAccess):
                     f"DMA_MAP {addr:#x}+{size:#x} overlaps {other.addr:#x}+{other.size:#x}",
                     errno=errno.EEXIST,
                 )
-        entry = DmaRange(addr, size, request.flags, -1, request.offset)
+        entry = DmaRange(addr, size, request.flags, request.offset)
         if fd >= 0:
-            # Always readable: Python's mmap cannot map write-only.
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if entry.writable else 0)
-            try:
-                entry.mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=request.offset)
-            except (OSError, ValueError, OverflowError) as err:
-                code = err.errno if isinstance(err, OSError) and err.errno else errno.EINVAL
-                raise VfioUserError(
-                    f"DMA_MAP {addr:#x}+{size:#x}: cannot mmap the fd at offset "
-                    f"{request.offset:#x}: {err}",
-                    errno=code,
-                ) from err
-            # Python's mmap holds its own dup of the fd until the mapping closes.
-            os.close(fd)
+            entry.unmapped_because = self._unsafe(fd, request.offset, size)
+            if entry.unmapped_because:
+                log.info(
+                    "DMA_MAP %#x+%#x: the fd is not mapped, %s; served by DMA_READ/WRITE",
+                    addr, size, entry.unmapped_because,
+                )  # fmt: skip
+            else:
+                self._mmap(entry, fd)
         self._ranges.insert(position, entry)
         return entry
+
+    def _unsafe(self, fd: int, offset: int, size: int) -> str:
+        mapped = [r for r in self._ranges if r.mapping is not None]
+        if len(mapped) >= MAX_MAPPED:
+            return f"{MAX_MAPPED} ranges are mapped already"
+        if sum(r.size for r in mapped) + size > MAX_MAPPED_BYTES:
+            return f"it would take the mapped memory past {MAX_MAPPED_BYTES >> 40} TiB"
+        if offset % mmap.PAGESIZE:
+            return f"offset {offset:#x} in the fd is not page-aligned"
+        return _mem.unsafe_to_map(fd, offset, size) or ""
+
+    @staticmethod
+    def _mmap(entry: DmaRange, fd: int) -> None:
+        # Always readable: the device reads what it writes back.
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if entry.writable else 0)
+        try:
+            entry.address = _mem.map_memory(entry.size, prot, mmap.MAP_SHARED, fd, entry.offset)
+        except OSError as err:
+            raise VfioUserError(
+                f"DMA_MAP {entry.addr:#x}+{entry.size:#x}: cannot mmap the fd at offset "
+                f"{entry.offset:#x}: {err.strerror}",
+                errno=err.errno or errno.EINVAL,
+            ) from err
+        entry.mapping = _mem.view(entry.address, entry.size)
 
     def unmap(self, addr: int, size: int) -> None:
         """Remove the range mapped exactly as ``addr``/``size`` (ENOENT otherwise)."""
@@ -169,7 +206,7 @@ class DmaSpace(DmaAccess):
         out: list[bytes] = []  # joined once: each piece is copied out of its mapping once
         for entry, offset, length in self._walk(addr, count, write=False):
             if entry.mapping is not None:
-                out.append(entry.mapping[offset : offset + length])
+                out.append(bytes(entry.mapping[offset : offset + length]))
                 continue
             done = 0
             while done < length:

@@ -9,7 +9,16 @@ connects while one is served is closed at once.
 
 A message whose size field cannot be trusted (below the header or above the limit)
 gets an error reply and ends the session: the stream has lost its framing.  So does
-a client that stops in the middle of a message for longer than ``io_timeout``.
+a client that takes longer than ``io_timeout`` to finish a message it began, or to
+take a reply off the socket.
+
+No wait is on the client's terms: the socket is never read or written blocking, and
+every wait (for a message, for the rest of one, for room to send, for the reply to
+the server's own DMA_READ/WRITE, for the next client) also watches the wake fd, so
+`Server.stop` (or a signal, `Server.stop_on_signals`) ends it whatever the client
+does.  Interrupt eventfds are written non-blocking; what the client can make the
+server hold is bounded (commands queued while it waits for a DMA reply: count and
+bytes; memory mapped: `pyvfio.server.dma`).
 
 Run it in a thread (`Server.start`, `Server.stop`: tests) or in the foreground
 (`Server.serve_forever`: ``pyvfio serve``).  ``serve_connection`` serves one already
@@ -21,14 +30,17 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import grp
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +76,7 @@ from pyvfio.vfio_user.protocol import (
     Command,
     Header,
     Message,
+    Waiter,
     close_fds,
     command_name,
     decode_capabilities,
@@ -85,9 +98,12 @@ __all__ = ["Server", "ServerOptions", "serve_connection"]
 
 log = logging.getLogger("pyvfio.server")
 
-#: Commands from the client a server waiting for its own DMA reply queues; more and
-#: the client is flooding, and the session ends.
+#: Commands from the client a server waiting for its own DMA reply queues; more (or
+#: more bytes than `ServerOptions.max_pending_bytes`) and the client is flooding, and
+#: the session ends.
 _MAX_PENDING: Final = 1024
+#: The floor of the bytes so queued (see `ServerOptions.max_pending_bytes`).
+_MAX_PENDING_BYTES: Final = 16 << 20
 #: Commands served even while the server waits for its own DMA reply. QEMU's vCPU
 #: waits for a region access (and its main loop for DMA map replies) holding the lock
 #: its main loop needs to answer the server's DMA_READ/WRITE: queueing them deadlocks
@@ -132,9 +148,23 @@ class ServerOptions:
     def max_message_size(self) -> int:
         return self.max_data_xfer_size + HEADER_SIZE + 16 + _MESSAGE_SLACK
 
+    @property
+    def max_pending_bytes(self) -> int:
+        """Bytes of commands queued while the server waits for a DMA reply: 16 MiB, or
+        two of the largest messages (without it, 1024 of 1 MiB held 1 GiB)."""
+        return max(_MAX_PENDING_BYTES, 2 * self.max_message_size)
+
 
 class _EndSession(Exception):
     """The session cannot go on (framing lost, unsupported version, flood)."""
+
+
+class _StopRequested(BaseException):
+    """The wake fd became readable: the server is asked to stop, every wait gives up.
+
+    A BaseException, like KeyboardInterrupt, so that device code catching Exception
+    around its DMA does not swallow it.
+    """
 
 
 def _errno_of(err: BaseException) -> int:
@@ -153,6 +183,9 @@ class _Session:
     ) -> None:
         self.device = device
         self.sock = sock
+        # Blocking, with no timeout of its own: every call that could wait is made
+        # with MSG_DONTWAIT, and the waiting done in poll() with the wake fd (_ready).
+        sock.settimeout(None)
         self.options = options
         self.wake_fd = wake_fd
         self.negotiated = False
@@ -160,6 +193,7 @@ class _Session:
         self.client_max_xfer = DEFAULT_MAX_DATA_XFER_SIZE
         self.write_multiple = False
         self.pending: collections.deque[Message] = collections.deque()
+        self.pending_bytes = 0
         self.next_id = 0
         self.dma = DmaSpace(
             self.request, max_maps=options.max_dma_maps, max_xfer=options.max_data_xfer_size
@@ -167,48 +201,70 @@ class _Session:
         self.commands_served = 0
         self._waiting = 0  # how many requests to the client await their reply
 
+    # -- waiting ------------------------------------------------------------------------
+
+    def _ready(self, events: int, timeout: float | None, watched: tuple[int, ...] = ()) -> set[int]:
+        """The fds ready within ``timeout`` seconds (None: no limit): the socket for
+        ``events``, the ``watched`` eventfds; _StopRequested when the wake fd is."""
+        poller = select.poll()
+        poller.register(self.sock.fileno(), events)
+        poller.register(self.wake_fd, select.POLLIN)
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(None if timeout is None else max(0.0, timeout) * 1000)}
+        if self.wake_fd in ready:
+            raise _StopRequested
+        return ready
+
+    def _waiter(self, what: str) -> Waiter:
+        """A `Waiter` for one message: the whole of it within ``io_timeout``."""
+        timeout = self.options.io_timeout
+        deadline = time.monotonic() + timeout
+        sock = self.sock.fileno()
+
+        def wait(events: int) -> None:
+            if sock not in self._ready(events, deadline - time.monotonic()):
+                raise TimeoutError(f"the client {what} for {timeout} s")
+
+        return wait
+
     # -- receiving ----------------------------------------------------------------------
 
     def _receive(self) -> Message:
-        self.sock.settimeout(self.options.io_timeout)
         try:
-            return receive_message(self.sock, self.options.max_message_size)
+            return receive_message(
+                self.sock,
+                self.options.max_message_size,
+                wait=self._waiter("stopped in the middle of a message"),
+            )
         except TimeoutError as err:
-            raise _EndSession(
-                f"the client stalled for {self.options.io_timeout} s in the middle of a message"
-            ) from err
+            raise _EndSession(str(err)) from err
         except VfioUserProtocolError as err:
             header = err.header
             if isinstance(header, Header) and header.is_command and not header.no_reply:
                 with suppress(VfioUserDisconnectedError, OSError):
-                    send_error(self.sock, header, err.errno or errno.EINVAL)
+                    send_error(self.sock, header, err.errno or errno.EINVAL, wait=self._send_wait())
             raise _EndSession(str(err)) from err
 
-    def _readable_within(self, timeout: float) -> bool:
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-        return bool(poller.poll(timeout * 1000))
-
-    def _wait_readable(self, watched: list[int]) -> list[int]:
-        """Block until the socket, the wake fd or a watched eventfd is readable."""
-        poller = select.poll()
-        for fd in (self.sock.fileno(), self.wake_fd, *watched):
-            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        return [fd for fd, _ in poller.poll()]
+    def _send_wait(self) -> Waiter:
+        return self._waiter("stopped reading its replies")
 
     def next_message(self) -> Message | None:
         """The next command to serve, None when the server is asked to stop."""
         while not self.pending:
-            watched = self.device.interrupts.watched_fds()
-            ready = self._wait_readable(watched)
-            if self.wake_fd in ready:
+            watched = tuple(self.device.interrupts.watched_fds())
+            try:
+                ready = self._ready(select.POLLIN, None, watched)
+            except _StopRequested:
                 return None
-            for fd in ready:
-                if fd in watched:
+            for fd in watched:
+                if fd in ready:
                     self.device.interrupts.fd_ready(fd)
             if self.sock.fileno() in ready:
                 return self._receive()
-        return self.pending.popleft()
+        message = self.pending.popleft()
+        self.pending_bytes -= message.header.size
+        return message
 
     # -- server-to-client commands (DMA by message) -------------------------------------
 
@@ -218,11 +274,17 @@ class _Session:
         VfioUserRemoteError for an error reply."""
         self.next_id = (self.next_id + 1) & 0xFFFF
         msg_id = self.next_id
-        send_message(self.sock, msg_id, command, payload)
+        try:
+            send_message(self.sock, msg_id, command, payload, wait=self._send_wait())
+        except TimeoutError as err:  # part of it may have gone: the framing is lost
+            raise _EndSession(str(err)) from err
         self._waiting += 1
+        # One deadline for the reply, however much else the client sends meanwhile.
+        deadline = time.monotonic() + self.options.io_timeout
         try:
             while True:
-                if not self._readable_within(self.options.io_timeout):
+                left = deadline - time.monotonic()
+                if self.sock.fileno() not in self._ready(select.POLLIN, left):
                     # The device's DMA fails; a late reply is dropped as answering nothing.
                     raise VfioUserError(
                         f"the client did not answer {command_name(command)} within "
@@ -243,7 +305,7 @@ class _Session:
                                 ioctl=command_name(command),
                             )
                         return message.payload
-                    log.warning("dropped a reply nobody waits for: %s", header)
+                    log.info("dropped a reply nobody waits for: %s", header)
                     continue
                 # Region accesses and DMA maps are served now (see _SERVED_WHILE_WAITING);
                 # a request made while serving one (depth 2) queues everything, so that
@@ -251,10 +313,15 @@ class _Session:
                 if self._waiting == 1 and header.command in _SERVED_WHILE_WAITING:
                     self.handle(message)
                     continue
-                if len(self.pending) >= _MAX_PENDING:
+                limit = self.options.max_pending_bytes
+                if len(self.pending) >= _MAX_PENDING or self.pending_bytes + header.size > limit:
                     close_fds(message.fds)
-                    raise _EndSession(f"the client sent {_MAX_PENDING} commands without waiting")
+                    raise _EndSession(
+                        f"the client queued more than {_MAX_PENDING} commands or {limit} bytes "
+                        f"while the server waited for its {command_name(command)} reply"
+                    )
                 self.pending.append(message)
+                self.pending_bytes += header.size
         finally:
             self._waiting -= 1
 
@@ -271,6 +338,8 @@ class _Session:
                 self.run_deferred()
         except VfioUserDisconnectedError as err:
             log.info("client gone: %s", err)
+        except _StopRequested:
+            log.info("session ended: the server is stopping")
         except _EndSession as err:
             log.warning("session ended: %s", err)
         except OSError as err:  # a send that timed out or failed: the stream is unusable
@@ -296,6 +365,7 @@ class _Session:
         for message in self.pending:
             close_fds(message.fds)
         self.pending.clear()
+        self.pending_bytes = 0
         self.device.dma = _NoClient()
         self.dma.unmap_all()
         self.device.interrupts.release_all()
@@ -305,7 +375,7 @@ class _Session:
     def handle(self, message: Message) -> None:
         header = message.header
         if header.is_reply:
-            log.warning("dropped a reply to nothing: %s", header)
+            log.info("dropped a reply to nothing: %s", header)
             close_fds(message.fds)
             return
         kept: list[int] = []
@@ -324,7 +394,7 @@ class _Session:
             if not self.negotiated and header.command != Command.VFIO_USER_VERSION:
                 raise VfioUserError(f"{command_name(header.command)} before VFIO_USER_VERSION")
             payload, fds, kept = handler(self, message)
-        except (_EndSession, VfioUserDisconnectedError):
+        except (_EndSession, VfioUserDisconnectedError, _StopRequested):
             close_fds(fd for fd in message.fds if fd not in kept)
             raise
         except Exception as err:
@@ -336,14 +406,14 @@ class _Session:
                 log.exception("%s: %s failed", self.device.name, command_name(header.command))
             self.commands_served += 1
             if not header.no_reply:
-                send_error(self.sock, header, code)
+                send_error(self.sock, header, code, wait=self._send_wait())
             if header.command == Command.VFIO_USER_VERSION and isinstance(err, _VersionRefused):
                 raise _EndSession(str(err)) from err
             return
         close_fds(fd for fd in message.fds if fd not in kept)
         self.commands_served += 1
         if not header.no_reply:
-            send_reply(self.sock, header, payload, fds=fds)
+            send_reply(self.sock, header, payload, fds=fds, wait=self._send_wait())
 
     # -- the commands -------------------------------------------------------------------
 
@@ -390,9 +460,9 @@ class _Session:
         if len(message.fds) > 1:
             raise VfioUserError(f"VFIO_USER_DMA_MAP takes 0 or 1 fds, {len(message.fds)} came")
         request = vfio_user_dma_map.parse(message.payload, command="VFIO_USER_DMA_MAP")
-        fd = message.fds[0] if message.fds else -1
-        self.dma.map(request, fd)
-        return b"", (), [fd] if fd >= 0 else []
+        # The fd is mapped (which keeps no fd open) or not used: closed either way.
+        self.dma.map(request, message.fds[0] if message.fds else -1)
+        return b"", (), []
 
     def dma_unmap(self, message: Message) -> _Result:
         self._no_fds(message)
@@ -614,7 +684,7 @@ def serve_connection(
     """Serve one connected client until it goes (or ``wake_fd`` becomes readable);
     the number of commands answered.  The socket is the caller's to close."""
     own_pipe = wake_fd is None
-    read_end, write_end = os.pipe() if own_pipe else (wake_fd, -1)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC) if own_pipe else (wake_fd, -1)
     assert read_end is not None
     session = _Session(device, sock, options or ServerOptions(), read_end)
     try:
@@ -632,20 +702,39 @@ class Server:
     ``with Server(dev, path) as server: server.start()`` serves in a thread;
     ``server.serve_forever()`` in the caller's.  The socket file is created on
     `listen` (refusing a path a live server holds) and removed on `close`.
+
+    The socket is created with ``mode`` (0600 by default: only this user may connect,
+    whatever the umask) and, with ``group`` (a name or a number), given to that group
+    (``mode=0o660, group="kvm"`` lets the group's members connect).  ValueError for a
+    mode that is not permission bits, a group this host does not have or this user
+    cannot give files to.
     """
 
     def __init__(
-        self, device: PciDevice, path: str | os.PathLike[str], options: ServerOptions | None = None
+        self,
+        device: PciDevice,
+        path: str | os.PathLike[str],
+        options: ServerOptions | None = None,
+        *,
+        mode: int = 0o600,
+        group: str | int | None = None,
     ) -> None:
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ValueError(
+                f"socket mode {mode!r} is not permission bits (0 to 0o777, e.g. 0o660)"
+            )
         self.device = device
         self.path = Path(path)
         self.options = options or ServerOptions()
+        self.mode = mode
+        self.gid = None if group is None else _group_id(group)
         self.sessions = 0
         self._listener: socket.socket | None = None
-        self._wake_r, self._wake_w = os.pipe()
+        # Non-blocking: a signal handler writes it (and the kernel, as the wakeup fd of
+        # stop_on_signals); it is never read, so that it stays readable once stopped.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._lock = threading.Lock()
-        self._client: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
         self._idle = threading.Event()
@@ -679,11 +768,21 @@ class Server:
                 )
             path.unlink()  # a stale socket left by a server that died
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        bound = False
         try:
-            listener.bind(str(path))
+            _bind_with_mode(listener, path, self.mode)
+            bound = True
+            if self.gid is not None:
+                os.chown(path, -1, self.gid, follow_symlinks=False)
+            # Only now can anyone connect (before listen() a connect is refused), and
+            # the file has its mode and group already.
             listener.listen(1)
+            listener.setblocking(False)  # accept() after a poll never waits
         except OSError as err:
             listener.close()
+            if bound:
+                with suppress(OSError):
+                    path.unlink()
             raise VfioUserError(
                 f"cannot listen on {path}: {err.strerror}", errno=err.errno or errno.EIO
             ) from err
@@ -701,15 +800,17 @@ class Server:
         client leaves)."""
         self.listen()
         assert self._listener is not None
+        poller = select.poll()
+        poller.register(self._listener.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._stopping:
-            poller = select.poll()
-            poller.register(self._listener.fileno(), select.POLLIN)
-            poller.register(self._wake_r, select.POLLIN)
             ready = {fd for fd, _ in poller.poll()}
             if self._wake_r in ready or self._stopping:
                 break
             try:
                 client, _ = self._listener.accept()
+            except BlockingIOError:
+                continue  # the connection went away between poll and accept
             except OSError as err:
                 log.warning("accept failed: %s", err)
                 continue
@@ -717,45 +818,52 @@ class Server:
             if once:
                 break
 
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop` was called (or a signal of `stop_on_signals` came)."""
+        return self._stopping
+
     def _serve_client(self, client: socket.socket) -> None:
         with self._lock:
             if self._stopping:
                 client.close()
                 return
-            self._client = client
             self._idle.clear()
         self.sessions += 1
         log.info("client connected (session %d)", self.sessions)
-        stop_rejecting = threading.Event()
-        rejector = threading.Thread(target=self._reject_others, args=(stop_rejecting,), daemon=True)
+        done = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        rejector = threading.Thread(target=self._reject_others, args=(done,), daemon=True)
         rejector.start()
         try:
             session = _Session(self.device, client, self.options, self._wake_r)
             session.serve()
         finally:
-            stop_rejecting.set()
+            os.eventfd_write(done, 1)
             with suppress(OSError):
                 client.close()
             rejector.join()
+            os.close(done)
             with self._lock:
-                self._client = None
                 self._idle.set()
             log.info("client disconnected (session %d)", self.sessions)
 
-    def _reject_others(self, done: threading.Event) -> None:
+    def _reject_others(self, done: int) -> None:
         """While one client is served, close anyone else who connects."""
         listener = self._listener
         if listener is None:
             return
-        while not done.is_set():
-            ready, _, _ = select.select([listener], [], [], 0.2)
-            if not ready or done.is_set():
-                continue
+        poller = select.poll()
+        for fd in (listener.fileno(), done, self._wake_r):
+            poller.register(fd, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if done in ready or self._wake_r in ready:
+                return
             try:
                 other, _ = listener.accept()
             except OSError:
                 continue
-            log.warning("refused a second client: one client at a time")
+            log.info("refused a second client: one client at a time")
             other.close()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -774,17 +882,48 @@ class Server:
         return thread
 
     def stop(self) -> None:
-        """Ask the loop to end: the current client is disconnected, no new one accepted."""
-        with self._lock:
-            self._stopping = True
-            if self._client is not None:
-                with suppress(OSError):
-                    self._client.shutdown(socket.SHUT_RDWR)
-        with suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        """Ask the loop to end: the current client is disconnected, no new one accepted.
+
+        Every wait of the server watches the wake pipe this writes, so the loop ends
+        whatever the client does; from another thread, `stop` waits for it.  Safe in
+        a signal handler (no lock is taken).
+        """
+        self._stopping = True
+        wake = self._wake_w
+        if wake >= 0:
+            with suppress(OSError):  # full already (BlockingIOError): readable anyway
+                os.write(wake, b"x")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
             self._thread = None
+
+    @contextmanager
+    def stop_on_signals(
+        self, signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
+    ) -> Iterator[None]:
+        """Within the block, those signals `stop` the server (main thread only).
+
+        Whichever thread the kernel delivers the signal to, its byte lands in the wake
+        pipe (``signal.set_wakeup_fd``), so a server blocked in any wait sees it at once;
+        the handlers run `stop`.  Installed handlers, even an inherited "ignore" (a
+        background job of a shell ignores SIGINT), are put back afterwards.
+        """
+        signums = tuple(signums)
+        previous = {signum: signal.getsignal(signum) for signum in signums}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            for signum in signums:
+                signal.signal(signum, self._on_signal)
+            yield
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        self.stop()
 
     def close(self) -> None:
         """Stop, remove the socket file, release the wake pipe; idempotent."""
@@ -797,8 +936,9 @@ class Server:
             self._listener = None
             with suppress(FileNotFoundError):
                 self.path.unlink()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
+        os.close(wake_r)
+        os.close(wake_w)
 
     def __enter__(self) -> Server:
         self.listen()
@@ -806,6 +946,44 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: umask is the process's: two servers binding at once must not undo each other's.
+_umask_lock = threading.Lock()
+
+
+def _bind_with_mode(listener: socket.socket, path: Path, mode: int) -> None:
+    """bind() creating the socket file with exactly ``mode``, whatever the umask.
+
+    bind() gives the file 0777 minus the umask, so the umask is set for the call:
+    process-wide, which for that instant only narrows what other threads create.
+    A directory's default ACL overrides the umask; the mode is then set after bind
+    (no one can connect before listen(), so there is no window).
+    """
+    with _umask_lock:
+        old = os.umask(0o777 & ~mode)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old)
+    made = path.lstat()
+    if stat.S_ISSOCK(made.st_mode) and stat.S_IMODE(made.st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def _group_id(group: str | int) -> int:
+    """The gid of ``group`` (a name, or a number as int or text), checked to be one this
+    process may give its files to (root any; others their own groups)."""
+    text = str(group)
+    try:
+        gid = int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ValueError(f"no group {text!r} on this host (getent group lists them)") from None
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise ValueError(
+            f"cannot give the socket to group {text!r}: this user is not in it (and not root)"
+        )
+    return gid
 
 
 def _is_live(path: Path) -> bool:

@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno as E
+import logging
 import os
 import select
 import socket
@@ -38,7 +39,7 @@ import threading
 import time
 import weakref
 
-from pyvfio import _ioctl
+from pyvfio import _ioctl, _mem
 from pyvfio._uapi import vfio as v
 from pyvfio.errors import (
     ClosedError,
@@ -55,6 +56,8 @@ from pyvfio.info import DependentDevice, DeviceInfo, IrqInfo, RegionInfo
 from pyvfio.vfio_user import protocol as p
 from pyvfio.vfio_user.protocol import Command, Message
 
+log = logging.getLogger("pyvfio.vfio_user")
+
 #: ``pyvfio.open("vfio-user:/path/to.sock")``: the address form of a vfio-user device.
 SCHEME = "vfio-user:"
 #: Seconds a reply may take before the call gives up (a device reset may be slow).
@@ -63,6 +66,8 @@ DEFAULT_TIMEOUT = 10.0
 MAX_DATA_XFER_SIZE = p.DEFAULT_MAX_DATA_XFER_SIZE
 #: What GET_REGION_INFO asks for first: the struct and room for a few capabilities.
 _REGION_INFO_ARGSZ = 256
+#: The largest region a server's fd is mapped for (address space: 128 TiB in all).
+_MAX_REGION_MAPPING = 1 << 40
 
 _ACCESS = struct.Struct("=QII")  # vfio_user_region_access: offset, region, count
 _DMA_ACCESS = struct.Struct("=QQ")  # vfio_user_dma_region_access: addr, count
@@ -111,6 +116,25 @@ class _DmaWindow:
     size: int
     vaddr: int
     shared: bool  # passed as an fd (else served by DMA_READ/WRITE messages)
+
+
+def _unsafe_region_fd(info: RegionInfo, fd: int) -> str:
+    """Why the server's fd for a region must not be mapped ("" when it may): what
+    Region.map would map must lie in the region and in a file the server cannot
+    shrink, or the next access could kill this process with SIGBUS."""
+    areas = info.mmap_areas()
+    limit = _mem.round_up(info.size, _mem.PAGE_SIZE)
+    for area in areas:
+        if area.offset % _mem.PAGE_SIZE or area.offset + area.size > limit:
+            return (
+                f"its mmap area {area} is not page-aligned or leaves the region "
+                f"({info.size:#x} bytes)"
+            )
+    end = max((area.offset + area.size for area in areas), default=0)
+    if end > _MAX_REGION_MAPPING:
+        # A sparse memfd costs the server nothing; our address space is finite.
+        return f"the region is {end:#x} bytes, more than the 1 TiB this client maps"
+    return _mem.unsafe_to_map(fd, info.offset, end) or ""
 
 
 def _close_quietly(sock: socket.socket, fds: dict[int, int]) -> None:
@@ -446,14 +470,23 @@ class VfioUserClient:
                 device=self.address,
             ) from err
         fds = list(reply.fds)
+        why = ""
         if info.mmap_allowed and fds:
-            old = self._region_fds.pop(index, None)
-            if old is not None:
-                p.close_fds([old])
-            self._region_fds[index] = fds.pop(0)
-        elif info.mmap_allowed:  # MMAP without an fd: nothing to map, messages only
+            why = _unsafe_region_fd(info, fds[0])
+            if not why:
+                old = self._region_fds.pop(index, None)
+                if old is not None:
+                    p.close_fds([old])
+                self._region_fds[index] = fds.pop(0)
+        elif info.mmap_allowed:
+            why = "the server sent no fd to map"
+        if why:  # messages only
+            if fds:  # a server that meant to share: say why we do not
+                log.warning("region %d of %s is not mapped: %s", index, self.address, why)
             flags = info.flags & ~v.VfioRegionInfoFlag.VFIO_REGION_INFO_FLAG_MMAP
-            info = dataclasses.replace(info, flags=v.VfioRegionInfoFlag(flags))
+            info = dataclasses.replace(
+                info, flags=v.VfioRegionInfoFlag(flags), no_mmap_reason=f"the server's fd: {why}"
+            )
         p.close_fds(fds)
         return info
 
@@ -570,8 +603,14 @@ class VfioUserClient:
         """``VFIO_USER_DMA_MAP``: our memory at ``vaddr`` is the device's at ``iova``.
 
         With ``fd`` (the memory is ``fd`` mapped at ``fd_offset``) the server maps it;
-        without, it asks for the bytes with DMA_READ/WRITE, served from ``vaddr``.
+        without, it asks for the bytes with DMA_READ/WRITE, served from ``vaddr``. An
+        fd the server would refuse to map (`pyvfio._mem.unsafe_to_map`: not a memfd
+        sealed against shrinking, too small) is not sent: messages then.
         """
+        if fd >= 0 and (why := _mem.unsafe_to_map(fd, fd_offset, size)):
+            # The server would not map it either (it is the same rule): by messages.
+            log.info("DMA map at iova %#x goes by DMA_READ/WRITE: the fd %s", iova, why)
+            fd = -1
         flags = p.DmaMapFlag.VFIO_USER_F_DMA_REGION_READ | p.DmaMapFlag.VFIO_USER_F_DMA_REGION_WRITE
         request = p.vfio_user_dma_map(
             argsz=ctypes.sizeof(p.vfio_user_dma_map),

@@ -13,7 +13,9 @@ spec differ, the comment says which one is followed and why.
 
 `send_message` and `receive_message` move one whole message; they raise
 `VfioUserProtocolError` for anything that breaks the format (the receiver replies
-with its ``errno``) and `VfioUserDisconnectedError` when the peer is gone.
+with its ``errno``) and `VfioUserDisconnectedError` when the peer is gone.  Given a
+`Waiter`, they never block in the socket: each step that would is handed to the
+waiter, which may give up (a deadline, a stop request) by raising.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import ctypes
 import errno
 import json
 import os
+import select
 import socket
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from typing import Any, ClassVar, Final, Self, TypeVar
@@ -52,6 +55,7 @@ __all__ = [
     "Header",
     "Message",
     "MessageFlag",
+    "Waiter",
     "WireStruct",
     "close_fds",
     "command_name",
@@ -468,6 +472,10 @@ def decode_capabilities(data: bytes) -> dict[str, Any]:
 
 # ---- sending and receiving ------------------------------------------------------------
 
+#: ``wait(events)``: return once the socket may be ready for ``events``
+#: (``select.POLLIN`` or ``select.POLLOUT``), or raise to give the message up.
+Waiter = Callable[[int], None]
+
 
 def send_message(
     sock: socket.socket,
@@ -478,10 +486,13 @@ def send_message(
     flags: int = MessageFlag.VFIO_USER_REQUEST,
     error: int = 0,
     fds: Sequence[int] = (),
+    wait: Waiter | None = None,
 ) -> Header:
     """Send one message (header built here) with ``fds`` attached; the header sent.
 
     VfioUserDisconnectedError when the peer has gone; the fds stay the caller's.
+    With ``wait``, a full socket is waited for by ``wait(POLLOUT)`` (what it raises
+    comes through; part of the message may have gone), never in ``sendmsg``.
     """
     header = Header(msg_id & 0xFFFF, command, HEADER_SIZE + len(payload), flags, error)
     head = header.pack()
@@ -489,12 +500,15 @@ def send_message(
     try:
         # Header and payload as two buffers of one sendmsg: no copy of a large payload.
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        sent = sock.sendmsg([head, body], ancillary)
-        if sent < HEADER_SIZE:
-            sock.sendall(head[sent:])
-            sock.sendall(body)
-        elif sent < HEADER_SIZE + len(body):
-            sock.sendall(body[sent - HEADER_SIZE :])
+        if wait is None:
+            sent = sock.sendmsg([head, body], ancillary)
+            if sent < HEADER_SIZE:
+                sock.sendall(head[sent:])
+                sock.sendall(body)
+            elif sent < HEADER_SIZE + len(body):
+                sock.sendall(body[sent - HEADER_SIZE :])
+        else:
+            _send_waiting(sock, head, body, ancillary, wait)
     except (BrokenPipeError, ConnectionResetError) as err:
         raise VfioUserDisconnectedError(
             f"the vfio-user peer closed the socket while {command_name(command)} was sent",
@@ -504,26 +518,53 @@ def send_message(
     return header
 
 
+def _send_waiting(
+    sock: socket.socket,
+    head: bytes,
+    body: memoryview,
+    ancillary: list[tuple[int, int, array.array[int]]],
+    wait: Waiter,
+) -> None:
+    pieces = [piece for piece in (memoryview(head), body) if len(piece)]
+    while pieces:
+        try:
+            sent = sock.sendmsg(pieces, ancillary, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            wait(select.POLLOUT)
+            continue
+        ancillary = []  # the fds went with the first byte
+        while sent:
+            first = pieces[0]
+            if sent < len(first):
+                pieces[0], sent = first[sent:], 0
+            else:
+                pieces.pop(0)
+                sent -= len(first)
+
+
 def send_reply(
     sock: socket.socket,
     request: Header,
     payload: bytes | bytearray | memoryview = b"",
     *,
     fds: Sequence[int] = (),
+    wait: Waiter | None = None,
 ) -> Header:
     """The reply to ``request``: same id and command, type reply."""
     return send_message(
         sock, request.msg_id, request.command, payload,
-        flags=MessageFlag.VFIO_USER_REPLY, fds=fds,
+        flags=MessageFlag.VFIO_USER_REPLY, fds=fds, wait=wait,
     )  # fmt: skip
 
 
-def send_error(sock: socket.socket, request: Header, error: int) -> Header:
+def send_error(
+    sock: socket.socket, request: Header, error: int, *, wait: Waiter | None = None
+) -> Header:
     """An error reply to ``request``: the header alone, Error set, ``error`` the errno."""
     return send_message(
         sock, request.msg_id, request.command,
         flags=MessageFlag.VFIO_USER_REPLY | MessageFlag.VFIO_USER_ERROR,
-        error=error or errno.EINVAL,
+        error=error or errno.EINVAL, wait=wait,
     )  # fmt: skip
 
 
@@ -535,7 +576,9 @@ def _fds_from(ancillary: list[tuple[int, int, bytes]], into: list[int]) -> None:
             into.extend(fds)
 
 
-def _receive_exactly(sock: socket.socket, length: int, fds: list[int]) -> bytes:
+def _receive_exactly(
+    sock: socket.socket, length: int, fds: list[int], wait: Waiter | None
+) -> bytes:
     """``length`` bytes (fewer only when the peer closed), gathering any fds.
 
     Received into one buffer (``recvmsg_into``): ``recvmsg`` would allocate the whole
@@ -545,11 +588,15 @@ def _receive_exactly(sock: socket.socket, length: int, fds: list[int]) -> bytes:
     view = memoryview(buffer)
     got = 0
     space = socket.CMSG_SPACE(MAX_MSG_FDS_LIMIT * 4)
+    flags = socket.MSG_CMSG_CLOEXEC | (socket.MSG_DONTWAIT if wait is not None else 0)
     while got < length:
         try:
-            count, ancillary, msg_flags, _ = sock.recvmsg_into(
-                [view[got:]], space, socket.MSG_CMSG_CLOEXEC
-            )
+            count, ancillary, msg_flags, _ = sock.recvmsg_into([view[got:]], space, flags)
+        except BlockingIOError:
+            if wait is None:
+                raise
+            wait(select.POLLIN)
+            continue
         except ConnectionResetError:
             count, ancillary, msg_flags = 0, [], 0
         _fds_from(ancillary, fds)
@@ -569,18 +616,19 @@ def _receive_exactly(sock: socket.socket, length: int, fds: list[int]) -> bytes:
     return bytes(buffer)
 
 
-def receive_message(sock: socket.socket, max_size: int) -> Message:
+def receive_message(sock: socket.socket, max_size: int, *, wait: Waiter | None = None) -> Message:
     """Read one whole message of at most ``max_size`` bytes (header included).
 
     VfioUserDisconnectedError when the peer closed the socket, before the message or
     in its middle; VfioUserProtocolError for a size field below 16 or above
     ``max_size`` (``.header`` set, the payload left unread: the stream has lost its
     framing, so the caller should reply with ``.errno`` and close) or for too many fds.
-    Received fds are closed on every error.
+    With ``wait``, an empty socket is waited for by ``wait(POLLIN)`` (what it raises
+    comes through), never in ``recvmsg``.  Received fds are closed on every error.
     """
     fds: list[int] = []
     try:
-        raw = _receive_exactly(sock, HEADER_SIZE, fds)
+        raw = _receive_exactly(sock, HEADER_SIZE, fds, wait)
         if not raw:
             raise VfioUserDisconnectedError("the vfio-user peer closed the socket")
         if len(raw) < HEADER_SIZE:
@@ -603,7 +651,7 @@ def receive_message(sock: socket.socket, max_size: int) -> Message:
                 errno=errno.E2BIG,
                 ioctl=name,
             )
-        payload = _receive_exactly(sock, header.size - HEADER_SIZE, fds)
+        payload = _receive_exactly(sock, header.size - HEADER_SIZE, fds, wait)
         if len(payload) < header.size - HEADER_SIZE:
             raise VfioUserDisconnectedError(
                 f"the vfio-user peer closed the socket {len(payload)} bytes into the "
