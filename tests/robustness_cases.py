@@ -17,6 +17,7 @@ After every case the test checks that the device and the host are as they were.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -32,7 +33,7 @@ from pyvfio.errors import (
     UnsupportedError,
     VfioError,
 )
-from pyvfio.host.journal import Journal
+from pyvfio.host.journal import Journal, JournalError
 from pyvfio.info import RegionInfo
 from pyvfio.interrupt import check_kind
 from pyvfio.iova import IovaAllocator
@@ -150,6 +151,21 @@ def _journal_in(folder: str, text: str) -> Journal:
     path.mkdir(parents=True, exist_ok=True)
     (path / "journal.json").write_text(text)
     return Journal(path)
+
+
+#: A journal as pyvfio writes it: one device half-way through a bind.
+_ENTRY = {"address": "0000:00:11.0", "original_driver": "nvme", "original_override": None,
+          "target": "vfio-pci", "step": "unbound"}  # fmt: skip
+_JOURNAL = json.dumps({"version": 1, "devices": {"0000:00:11.0": _ENTRY}})
+
+
+def _journal_entry(folder: str, entry: str) -> Journal:
+    return _journal_in(folder, _JOURNAL.replace(json.dumps(_ENTRY), entry))
+
+
+def _journal_field(folder: str, key: str, value: object) -> Journal:
+    entry = {**_ENTRY, key: value}
+    return _journal_in(folder, json.dumps({"version": 1, "devices": {"0000:00:11.0": entry}}))
 
 
 # -- no device: parsing, the IOVA allocator, an Iommu with nothing open ----------------------
@@ -310,10 +326,48 @@ UNIT: list[Case] = [
     Case("vm.qemu.option_value", "value", "empty", lambda _: option_value("", "--romfile"),
          ValueError, "is empty"),
     Case("Journal", "file", "not JSON", lambda tmp: _journal_in(tmp, "{not json"),
-         pyvfio.HostError, "cannot read the bind journal"),
+         JournalError, "cannot read the bind journal"),
     Case("Journal", "file", "another format version",
-         lambda tmp: _journal_in(tmp, '{"version": 99}'), pyvfio.HostError,
+         lambda tmp: _journal_in(tmp, '{"version": 99}'), JournalError,
          "has journal format 99"),
+    Case("Journal", "file", "empty", lambda tmp: _journal_in(tmp, ""), JournalError,
+         "the file is empty"),
+    Case("Journal", "file", "truncated", lambda tmp: _journal_in(tmp, _JOURNAL[:-20]),
+         JournalError, "not JSON"),
+    Case("Journal", "file", "a list", lambda tmp: _journal_in(tmp, "[]"), JournalError,
+         "it holds a JSON list, not an object"),
+    Case("Journal", "file", "a number", lambda tmp: _journal_in(tmp, "1"), JournalError,
+         "it holds a JSON number, not an object"),
+    Case("Journal", "file", "nested too deep", lambda tmp: _journal_in(tmp, "[" * 100000),
+         JournalError, "nested too deep"),
+    Case("Journal", "devices", "a list",
+         lambda tmp: _journal_in(tmp, '{"version": 1, "devices": []}'), JournalError,
+         "'devices' is a JSON list, not an object"),
+    Case("Journal", "entry", "a string", lambda tmp: _journal_entry(tmp, '"vfio-pci"'),
+         JournalError, "'0000:00:11.0' is a JSON string, not an object"),
+    Case("Journal", "entry", "null", lambda tmp: _journal_entry(tmp, "null"), JournalError,
+         "'0000:00:11.0' is a JSON null, not an object"),
+    Case("Journal", "entry", "address not PCI",
+         lambda tmp: _journal_in(tmp, _JOURNAL.replace('0000:00:11.0"', '../../x"', 1)),
+         JournalError, "'../../x' is not a PCI address"),
+    Case("Journal", "entry", "address short form",
+         lambda tmp: _journal_in(tmp, _JOURNAL.replace('0000:00:11.0"', '00:11.0"', 1)),
+         JournalError, "is not written as pyvfio writes it"),
+    Case("Journal", "original_driver", "a number",
+         lambda tmp: _journal_field(tmp, "original_driver", 7), JournalError,
+         "has original_driver 7, not a driver name"),
+    Case("Journal", "original_driver", "a path",
+         lambda tmp: _journal_field(tmp, "original_driver", "../../../../tmp/x"),
+         JournalError, "not a driver name"),
+    Case("Journal", "target", "null", lambda tmp: _journal_field(tmp, "target", None),
+         JournalError, "has target None, not a driver name"),
+    Case("Journal", "step", "unknown", lambda tmp: _journal_field(tmp, "step", "dancing"),
+         JournalError, "has step 'dancing', not one of planned"),
+    Case("Journal", "waiting", "a list", lambda tmp: _journal_field(tmp, "waiting", []),
+         JournalError, "has 'waiting' as a JSON list"),
+    Case("Journal", "waiting", "pid a string",
+         lambda tmp: _journal_field(tmp, "waiting", {"write": "x", "pid": "1", "start": 0}),
+         JournalError, "a 'waiting' without a write"),
 ]
 
 # -- edu in the lab: regions, config, IRQs, DMA, the Iommu with a device open ---------------

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import pwd
 import re
+import resource
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -110,3 +116,99 @@ def no_fault_seen(address: str, since: str, iova: int) -> str:
     """Why wait_dmar_faults found nothing: the DMAR lines logged since."""
     lines = [ln for ln in kernel_log()[len(since) :].splitlines() if "DMAR" in ln or "dmar" in ln]
     return f"no DMAR fault for {address} at {iova:#x}; the DMAR log since: {lines}"
+
+
+class DeviceHolder:
+    """A child process that holds ``address`` open through VFIO (``Edu.open``), as a
+    program of ``user`` (None: root) that opened it while it could; it answers commands
+    over a pipe: ``dma`` (a round trip through the open device), ``close-group`` (close
+    its group node fd, keeping only the device fd: invisible in /proc/PID/fd before
+    Linux 6.18), ``exit``. A fork, not a new interpreter: a Python start under TCG takes
+    seconds."""
+
+    def __init__(self, address: str, user: str | None = None, memlock: int = 1 << 20) -> None:
+        self._cmd_r, self._cmd_w = os.pipe()
+        self._out_r, self._out_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child leaves through os._exit
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.close(self._cmd_w)
+                os.close(self._out_r)
+                resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+                if user is not None:
+                    pw = pwd.getpwnam(user)
+                    os.setgroups([])
+                    os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+                    os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+                self._serve(address)
+                code = 0
+            except BaseException as err:
+                with contextlib.suppress(OSError):
+                    os.write(self._out_w, (json.dumps({"error": repr(err)}) + "\n").encode())
+            finally:
+                os._exit(code)
+        os.close(self._cmd_r)
+        os.close(self._out_w)
+        self._out = os.fdopen(self._out_r)
+        ready = self._answer()
+        assert ready.get("ready"), ready
+
+    def _serve(self, address: str) -> None:
+        from pyvfio.drivers import edu as edu_mod
+        from pyvfio.drivers.edu import Edu
+
+        def say(data: dict[str, object]) -> None:
+            os.write(self._out_w, (json.dumps(data) + "\n").encode())
+
+        edu = Edu.open(address)
+        say({"ready": True})
+        commands = os.fdopen(self._cmd_r)
+        for line in commands:
+            command = line.strip()
+            if command == "dma":
+                payload = bytes(range(256)) * 8
+                dev = edu.device
+                with (
+                    dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as out,
+                    dev.dma_alloc(4096, max_iova=edu_mod.DMA_MASK) as back,
+                ):
+                    out.write(payload)
+                    edu.to_device(out, len(payload))
+                    edu.from_device(back, len(payload))
+                    say({"round_trip": back.read(0, len(payload)) == payload})
+            elif command == "close-group":
+                closed = []
+                for fd in os.listdir("/proc/self/fd"):
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(f"/proc/self/fd/{fd}")
+                        if re.fullmatch(r"/dev/vfio/\d+", target):
+                            os.close(int(fd))
+                            closed.append(target)
+                say({"closed": closed})
+            else:
+                return
+
+    def _answer(self) -> dict[str, object]:
+
+        line = self._out.readline()
+        assert line, "the holder died"
+        data: dict[str, object] = json.loads(line)
+        return data
+
+    def ask(self, command: str) -> dict[str, object]:
+
+        os.write(self._cmd_w, f"{command}\n".encode())
+        return self._answer()
+
+    def end(self) -> int:
+        """Tell it to exit (if it still runs) and return its wait status."""
+
+        with contextlib.suppress(OSError):
+            os.write(self._cmd_w, b"exit\n")
+        with contextlib.suppress(OSError):
+            os.close(self._cmd_w)
+        self._out.close()
+        _, status = os.waitpid(self.pid, 0)
+        return status

@@ -8,17 +8,19 @@ drops to that user before it touches VFIO.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import random
 import resource
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from labhelp import main_lab
+from labhelp import DeviceHolder, main_lab
 from typer.testing import CliRunner
 
 from pyvfio.drivers import edu as edu_mod
@@ -189,3 +191,81 @@ def test_grant_of_a_device_on_a_host_driver_says_bind_it_first(lab) -> None:
     code, _, err = cli("grant", nvme, "--user", GRANTED)
     assert code == 1
     assert f"pyvfio bind {nvme}" in err and "not vfio-pci" in err
+
+
+def revoke_json(address: str, *flags: str) -> tuple[int, dict[str, Any], str]:
+    from pyvfio.cli import app
+
+    done = runner.invoke(app, ["revoke", address, "--user", GRANTED, "--json", *flags])
+    return done.exit_code, json.loads(done.stdout), done.stderr
+
+
+def test_an_open_fd_outlives_the_acl_revoke_names_it_and_kill_ends_it(edu_addr: str) -> None:
+    group_node = f"/dev/vfio/{LIVE.iommu_group(edu_addr)}"
+    before = node_state(group_node)
+    assert cli("grant", edu_addr, "--user", GRANTED)[0] == 0
+    holder = DeviceHolder(edu_addr, user=GRANTED)
+    try:
+        code, data, err = revoke_json(edu_addr)
+        assert code == 1 and data["revoked"] is True, err
+        [held] = data["holders"]
+        assert (held["pid"], held["user"]) == (holder.pid, GRANTED), held
+        assert group_node in held["holds"] and held["certain"] is True, held
+        assert f"{GRANTED} still holds {edu_addr} open: pid {holder.pid}" in err
+        assert node_state(group_node) == before  # the ACL is back as it was ...
+        after = as_user(GRANTED, edu_addr, 1 << 20)
+        assert after["error"] == "PermissionDeniedError", after  # ... no new open ...
+        assert holder.ask("dma") == {"round_trip": True}  # ... but the open fd still works
+
+        assert cli("grant", edu_addr, "--user", GRANTED)[0] == 0
+        code, data, err = revoke_json(edu_addr, "--kill")
+        assert code == 0, err
+        assert data["ended"] == [{"pid": holder.pid, "outcome": "ended by SIGTERM"}], data
+        assert data["remaining"] == []
+    finally:
+        status = holder.end()
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    assert node_state(group_node) == before
+    gone = as_user(GRANTED, edu_addr, 1 << 20)
+    assert gone["error"] == "PermissionDeniedError", gone
+
+
+def test_a_grant_does_not_let_the_nodes_group_write(edu_addr: str) -> None:
+    """The node's owning group may only read (mask r--): a grant to another user must not
+    widen the mask so that the group may open the device read-write (main's mask did)."""
+    group_node = f"/dev/vfio/{LIVE.iommu_group(edu_addr)}"
+    other = pwd.getpwnam(OTHER)
+    original = node_state(group_node)
+    narrow = [
+        g.AclEntry(g.ACL_USER_OBJ, g.ACL_UNDEFINED_ID, 0o6),
+        g.AclEntry(g.ACL_GROUP_OBJ, g.ACL_UNDEFINED_ID, 0o6),
+        g.AclEntry(g.ACL_MASK, g.ACL_UNDEFINED_ID, 0o4),
+        g.AclEntry(g.ACL_OTHER, g.ACL_UNDEFINED_ID, 0),
+    ]
+    os.chown(group_node, 0, other.pw_gid)
+    os.setxattr(group_node, g.ACL_XATTR, g.encode_acl(narrow))
+    try:
+        before = node_state(group_node)
+        refused = as_user(OTHER, edu_addr, 1 << 20)
+        assert refused.get("error") == "PermissionDeniedError", refused  # the group reads only
+        assert cli("grant", edu_addr, "--user", GRANTED)[0] == 0
+        still = as_user(OTHER, edu_addr, 1 << 20)
+        assert still.get("error") == "PermissionDeniedError", still
+        granted = g.decode_acl(g.read_acl(group_node) or b"")
+        assert {(e.tag, e.id): e.perm for e in g.effective(granted)} == {
+            (g.ACL_USER_OBJ, g.ACL_UNDEFINED_ID): 0o6,
+            (g.ACL_USER, pwd.getpwnam(GRANTED).pw_uid): 0o6,
+            (g.ACL_GROUP_OBJ, g.ACL_UNDEFINED_ID): 0o4,
+            (g.ACL_OTHER, g.ACL_UNDEFINED_ID): 0,
+        }
+        ok = as_user(GRANTED, edu_addr, 1 << 20)
+        assert ok["ok"] and ok["round_trip"] is True, ok
+        code, data, err = cli("revoke", edu_addr, "--user", GRANTED, "--json")
+        assert code == 0 and data["restored"] == [group_node], err
+        assert node_state(group_node) == before
+    finally:
+        os.chown(group_node, original[0], original[1])
+        with contextlib.suppress(OSError):
+            os.removexattr(group_node, g.ACL_XATTR)
+        os.chmod(group_node, original[2] & 0o7777)
+    assert node_state(group_node) == original

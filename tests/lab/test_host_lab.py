@@ -7,16 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from labhelp import main_lab
+from labhelp import DeviceHolder, main_lab
 from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
 from pyvfio.host import bind, journal
 from pyvfio.host.snapshot import record
-from pyvfio.host.sysfs import LIVE
+from pyvfio.host.sysfs import LIVE, process_start
 
 pytestmark = main_lab
 runner = CliRunner()
@@ -230,3 +231,57 @@ def test_non_root_is_refused_with_exit_2(state: Path) -> None:
     assert code == 2, stderr
     assert "needs root" in stderr and len(stderr.strip().splitlines()) == 1
     assert drivers(*CHIPSET) == CHIPSET_DRIVERS
+
+
+def test_restore_of_a_device_held_open_is_refused_naming_the_holder(lab, state: Path) -> None:
+    addr = lab.address("edu")
+    assert cli("bind", addr).exit_code == 0
+    holder = DeviceHolder(addr)
+    try:
+        done = cli("restore", addr)
+        assert done.exit_code == 2, done.output
+        [line] = done.stderr.strip().splitlines()
+        assert f"{addr} is held open by pid {holder.pid} (root:" in line, line
+        assert f"/dev/vfio/{LIVE.iommu_group(addr)}" in line and "nothing was changed" in line
+        assert LIVE.driver(addr) == "vfio-pci" and journal.read_journal()[addr].done
+        assert holder.ask("dma") == {"round_trip": True}  # untouched
+    finally:
+        holder.end()
+    assert cli("restore", addr).exit_code == 0
+    assert (LIVE.driver(addr), bind.read_override(addr)) == (None, None)
+
+
+def test_an_unbind_the_kernel_makes_wait_times_out_and_the_lock_is_free(lab, state: Path) -> None:
+    """A holder that closed its group fd but keeps the device fd is not seen in /proc on
+    the lab's kernels (no fdinfo syspath before 6.18): restore writes, vfio-pci's remove
+    waits for the device to be closed, and restore stops waiting after --timeout with
+    the journal saying so; once the holder lets go the kernel finishes, restore too."""
+    addr = lab.address("edu")
+    assert cli("bind", addr).exit_code == 0
+    holder = DeviceHolder(addr)
+    try:
+        assert holder.ask("close-group")["closed"] == [f"/dev/vfio/{LIVE.iommu_group(addr)}"]
+        done = cli("restore", addr, "--timeout", "3")
+        assert done.exit_code == 1, done.output
+        [line] = done.stderr.strip().splitlines()
+        assert f"{addr}: waited 3 s for vfio-pci to let it go" in line, line
+        assert f"pid {holder.pid} (root:" in line and "which device, this kernel" in line
+        entry = journal.read_journal()[addr]
+        assert entry.waiting is not None and not entry.done, entry
+        waiter = entry.waiting.pid
+        assert process_start(waiter) == entry.waiting.start  # still in the kernel
+        assert "waiting" in cli("ls").stdout
+        again = cli("restore", addr, "--timeout", "3")  # the lock is free: no queueing
+        assert again.exit_code == 1 and f"process {waiter} still waits" in again.stderr
+        assert holder.ask("dma") == {"round_trip": True}  # the holder still has it
+    finally:
+        holder.end()
+    deadline = time.monotonic() + 60  # a hang guard: the kernel finishes on the last close
+    while process_start(waiter) is not None:
+        assert time.monotonic() < deadline, "the unbind did not finish after the close"
+        time.sleep(0.1)
+    assert LIVE.driver(addr) is None  # the unbind the kernel finished
+    done = cli("restore", addr)
+    assert done.exit_code == 0, done.output
+    assert (LIVE.driver(addr), bind.read_override(addr)) == (None, None)
+    assert journal.read_journal() == {}

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import signal
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from pyvfio.errors import DeviceNotFoundError, HostError, InvalidAddressError
 from pyvfio.host import bind, inventory, journal
 from pyvfio.host.synthetic import SimulatedKernel, q35_lab
+from pyvfio.host.sysfs import Sysfs, WriteTimeoutError
+from pyvfio.host.sysfs import process_start as sysfs_process_start
 
 EDU, NVME, NINEP = "0000:00:10.0", "0000:00:11.0", "0000:00:01.0"
 CHIPSET = ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")
@@ -267,6 +274,301 @@ def test_a_damaged_journal_stops_restore_with_the_reason(kernel, tmp_path: Path)
     state = tmp_path / "state"
     state.mkdir()
     (state / "journal.json").write_text("{not json")
-    with pytest.raises(HostError, match="cannot read the bind journal"):
+    with pytest.raises(journal.JournalError, match="cannot read the bind journal"):
         bind.restore(all_devices=True, sysfs=kernel)
-    assert journal.read_journal() == {}  # ls stays usable
+    with pytest.raises(journal.JournalError, match="cannot read the bind journal"):
+        journal.read_journal()  # ls catches it: the groups are still shown, then exit 2
+    assert kernel.writes == []
+
+
+# -- Two pyvfio at once: the plan is checked again under the journal's lock ----------------------
+
+
+def test_a_bind_planned_while_another_moved_the_device_is_refused(kernel) -> None:
+    """The race of issue 14: A plans while B's bind of the same device is half-way (the
+    device driverless); B is undone; A's bind must not record 'no driver' as the
+    original, or restore would leave the NVMe controller without its driver."""
+    assert os.WIFSIGNALED(_bind_and_die(kernel, 5, (NVME,)))  # B dies after its unbind
+    assert kernel.driver(NVME) is None
+    plan = bind.plan_bind([NVME], sysfs=kernel)  # A sees no driver
+    bind.restore(all_devices=True, sysfs=kernel)  # B's owner undoes B
+    assert kernel.driver(NVME) == "nvme"
+    writes = len(kernel.writes)
+    with pytest.raises(bind.StalePlanError, match=r"it was on no driver, now it is on nvme"):
+        bind.bind_devices(plan, sysfs=kernel)
+    assert len(kernel.writes) == writes and journal.read_journal() == {}
+    assert kernel.driver(NVME) == "nvme"
+
+
+def test_a_plan_whose_group_member_moved_is_refused(kernel) -> None:
+    plan = bind.plan_bind(["00:1f.2"], sysfs=kernel)  # 1f.0 and 1f.3 stay blockers
+    kernel.host.bind(CHIPSET[2], None)
+    with pytest.raises(bind.StalePlanError, match=r"0000:00:1f\.3 changed .* on i801_smbus"):
+        bind.bind_devices(plan, sysfs=kernel)
+    assert kernel.writes == []
+
+
+def test_a_device_put_in_use_after_the_plan_is_refused_unless_forced(kernel) -> None:
+    plan = bind.plan_bind([NVME], sysfs=kernel)
+    assert plan.in_use == ()
+    kernel.host.add_block(NVME, "nvme0n1", partitions=("nvme0n1p1",))
+    kernel.host.add_mount("/dev/nvme0n1p1", "/srv", "ext4")
+    with pytest.raises(bind.StalePlanError, match="now in use: /dev/nvme0n1p1 is mounted on /srv"):
+        bind.bind_devices(plan, sysfs=kernel)
+    assert kernel.writes == [] and journal.read_journal() == {}
+    assert [a.address for a in bind.bind_devices(plan, force=True, sysfs=kernel)] == [NVME]
+
+
+def _on_kernel(kernel: SimulatedKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's bind/unbind/restore act on ``kernel`` instead of this machine."""
+    for name in ("plan_bind", "bind_devices", "unbind_devices", "restore"):
+        monkeypatch.setattr(bind, name, functools.partial(getattr(bind, name), sysfs=kernel))
+
+
+def test_cli_bind_of_a_stale_plan_is_one_line_exit_2(kernel, monkeypatch) -> None:
+    from pyvfio.cli import app
+
+    _on_kernel(kernel, monkeypatch)
+    planned = bind.plan_bind
+
+    def plan_then_another_pyvfio_moves_it(*args: object, **kw: object) -> bind.BindPlan:
+        plan = planned(*args, **kw)
+        kernel.host.bind(NVME, None)
+        return plan
+
+    monkeypatch.setattr(bind, "plan_bind", plan_then_another_pyvfio_moves_it)
+    done = CliRunner().invoke(app, ["bind", NVME])
+    assert done.exit_code == 2, done.output
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {NVME} changed while the bind was planned"), line
+    assert kernel.writes == [] and journal.read_journal() == {}
+
+
+# -- A device held open: refused up front; a write that waits anyway has a deadline --------------
+
+
+@pytest.fixture
+def holder(kernel: SimulatedKernel) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """Start a real process that holds a node of the synthetic tree open (its stdin)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def hold(rel: str) -> subprocess.Popen[bytes]:
+        node = kernel.path(rel)
+        node.parent.mkdir(parents=True, exist_ok=True)
+        node.touch()
+        with open(node, "rb") as f:
+            child = subprocess.Popen(["sleep", "600"], stdin=f)
+        started.append(child)
+        kernel.host.add_process(child.pid)
+        return child
+
+    yield hold
+    for child in started:
+        child.kill()
+        child.wait()
+
+
+def test_restore_of_a_device_held_open_is_refused_naming_the_process(kernel, holder) -> None:
+    do_bind(kernel, EDU)
+    child = holder("dev/vfio/2")  # edu's group node, as QEMU or a pyvfio program holds it
+    writes = len(kernel.writes)
+    with pytest.raises(bind.DeviceHeldError, match=rf"held open by pid {child.pid} \(root: sleep"):
+        bind.restore([EDU], sysfs=kernel)
+    assert len(kernel.writes) == writes, "nothing is written for a held device"
+    assert kernel.driver(EDU) == "vfio-pci" and journal.read_journal()[EDU].done
+    child.kill()
+    child.wait()
+    [done] = bind.restore([EDU], sysfs=kernel)
+    assert done.changed and kernel.driver(EDU) is None
+
+
+def test_cli_restore_of_a_held_device_is_one_line_exit_2(kernel, holder, monkeypatch) -> None:
+    from pyvfio.cli import app
+
+    do_bind(kernel, EDU)
+    child = holder("dev/vfio/2")
+    _on_kernel(kernel, monkeypatch)
+    done = CliRunner().invoke(app, ["restore", EDU])
+    assert done.exit_code == 2, done.output
+    [line] = done.stderr.strip().splitlines()
+    assert f"pid {child.pid}" in line and "nothing was changed" in line, line
+
+
+def _lock_is_free() -> bool:
+    where = journal.state_dir()
+    fd = os.open(where / "journal.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_an_unbind_that_waits_times_out_with_the_lock_free_and_the_journal_true(kernel) -> None:
+    """vfio-pci's remove waits for a user pyvfio cannot see: restore stops waiting after
+    its timeout, the journal says the write is pending, and the next restore neither
+    waits nor writes until the kernel is done; then it finishes the job."""
+    do_bind(kernel, EDU)
+    kernel.hung.add(EDU)
+    with pytest.raises(bind.UnbindTimeoutError, match=r"waited 0\.5 s for vfio-pci to let it go"):
+        bind.restore([EDU], sysfs=kernel, timeout=0.5)
+    assert _lock_is_free()
+    entry = journal.read_journal()[EDU]
+    assert entry.waiting is not None and entry.waiting.write == "unbind from vfio-pci"
+    assert not entry.done and "waiting" in str(entry)
+    assert sysfs_process_start(entry.waiting.pid) == entry.waiting.start  # it still waits
+    writes = len(kernel.writes)
+    with pytest.raises(HostError, match=rf"process {entry.waiting.pid} still waits"):
+        bind.restore([EDU], sysfs=kernel, timeout=0.5)
+    assert len(kernel.writes) == writes
+    with pytest.raises(HostError, match="has not finished"):
+        do_bind(kernel, EDU)  # nor does a bind queue behind it
+    kernel.release(EDU)  # the holder closed the device: the kernel finishes the unbind
+    [done] = bind.restore([EDU], sysfs=kernel)
+    assert done.changed and kernel.driver(EDU) is None and journal.read_journal() == {}
+
+
+def test_a_host_driver_that_will_not_let_go_leaves_the_others_given_back(kernel) -> None:
+    kernel.hung.add(CHIPSET[2])
+    with pytest.raises(bind.UnbindTimeoutError, match=r"0000:00:1f\.3: waited"):
+        bind.bind_devices(
+            bind.plan_bind([CHIPSET[1]], group=True, sysfs=kernel), sysfs=kernel, timeout=0.5
+        )
+    assert _lock_is_free()
+    assert (kernel.driver(CHIPSET[0]), kernel.driver(CHIPSET[1])) == ("lpc_ich", "ahci")
+    assert list(journal.read_journal()) == [CHIPSET[2]]
+    kernel.release(CHIPSET[2])
+    bind.restore(all_devices=True, sysfs=kernel)
+    assert {a: kernel.driver(a) for a in CHIPSET} == {a: ORIGINAL[a] for a in CHIPSET}
+    assert journal.read_journal() == {}
+
+
+def test_a_sysfs_write_that_never_returns_is_left_to_a_child(tmp_path: Path) -> None:
+    """The writer itself, on a FIFO nobody reads (its open() waits as an unbind does)."""
+    tree = Sysfs(tmp_path)
+    os.mkfifo(tmp_path / "unbind")
+    with pytest.raises(WriteTimeoutError) as err:
+        tree.write_attr("unbind", "0000:00:10.0", timeout=0.2)
+    pid = err.value.pid
+    assert sysfs_process_start(pid) == err.value.start
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "pyvfio-sysfs-wr"
+    assert os.getppid() != pid and _parent(pid) != os.getpid(), "not this process's child"
+    fifo = os.open(tmp_path / "unbind", os.O_RDONLY)
+    try:
+        assert os.read(fifo, 64) == b"0000:00:10.0"
+    finally:
+        os.close(fifo)
+    (tmp_path / "plain").write_text("")
+    tree.write_attr("plain", "vfio-pci", timeout=10)
+    assert (tmp_path / "plain").read_text() == "vfio-pci"
+    with pytest.raises(FileNotFoundError):
+        tree.write_attr("missing/attr", "x", timeout=10)
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+# -- A damaged journal: one clear error, exit 2, nothing changed, for every command ------------
+
+DAMAGED = {
+    "a list": "[]",
+    "empty": "",
+    "truncated": '{"version": 1, "devices": {"0000:00:10.0": {"original_dri',
+    "entry a string": '{"version": 1, "devices": {"0000:00:10.0": "vfio-pci"}}',
+    "driver a number": '{"version": 1, "devices": {"0000:00:11.0": {"original_driver": 7, '
+    '"original_override": null, "target": "vfio-pci", "step": "bound"}}}',
+}
+
+
+@pytest.mark.parametrize("text", DAMAGED.values(), ids=DAMAGED.keys())
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bind", EDU],
+        ["unbind", NVME],
+        ["restore", NVME],
+        ["restore", "--all"],
+        ["ls"],
+        ["ls", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_every_command_that_reads_a_damaged_journal_exits_2(
+    kernel, monkeypatch, tmp_path: Path, args: list[str], text: str
+) -> None:
+    from pyvfio.cli import app
+
+    bind.bind_vfio(NVME, kernel)  # so unbind has to ask the journal about it
+    kernel.writes.clear()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "journal.json").write_text(text)
+    _on_kernel(kernel, monkeypatch)
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2, done.output
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot read the bind journal") and "rm " in line, line
+    assert "Traceback" not in done.output
+    assert kernel.writes == [] and (state / "journal.json").read_text() == text
+    if args == ["ls", "--json"]:  # the groups are still shown, and say why the exit is 2
+        assert json.loads(done.stdout)["journal_error"] == line.removeprefix("error: ")
+
+
+def _recorded_process(kernel: SimulatedKernel, pid: int, fds: dict[int, tuple[str, str]]) -> None:
+    """A process as /proc shows it (no process behind it): fd -> (link, fdinfo)."""
+    base = f"proc/{pid}"
+    kernel.host.write(f"{base}/cmdline", b"qemu-system-x86_64\0-m\x004G\0")
+    kernel.host.write(f"{base}/status", "Name:\tqemu\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n")
+    kernel.host.write(f"{base}/stat", f"{pid} (qemu) S 1 {' '.join(['0'] * 17)} 4242 0\n")
+    for fd, (target, info) in fds.items():
+        kernel.path(f"{base}/fd").mkdir(parents=True, exist_ok=True)
+        os.symlink(target, kernel.path(f"{base}/fd/{fd}"))
+        kernel.host.write(f"{base}/fdinfo/{fd}", f"pos:\t0\nflags:\t02\n{info}")
+
+
+def test_a_vfio_device_fd_counts_for_its_device_where_the_kernel_names_it(kernel) -> None:
+    """Linux 6.18 names a VFIO device fd's device in fdinfo; before, it is 'some device'."""
+    syspath = f"vfio-device-syspath: /sys/devices/pci0000:00/{EDU}\n"
+    _recorded_process(kernel, 4000, {7: (bind.usage.VFIO_DEVICE_FD, syspath)})
+    _recorded_process(kernel, 4001, {9: (bind.usage.VFIO_DEVICE_FD, "")})
+    _recorded_process(kernel, 4002, {3: ("socket:[1234]", ""), 4: ("/dev/null", "")})
+    found = {h.pid: h for h in bind.usage.device_holders(EDU, kernel)}
+    assert set(found) == {4000, 4001}
+    assert found[4000].certain and found[4000].holds == (f"VFIO device {EDU}",)
+    assert not found[4001].certain and found[4001].holds == (bind.usage.SOME_VFIO_DEVICE,)
+    assert found[4000].command == "qemu-system-x86_64 -m 4G" and found[4000].start == 4242
+    assert [h.pid for h in bind.usage.device_holders(NVME, kernel)] == [4001]
+    with pytest.raises(bind.DeviceHeldError, match="pid 4000 \\(root: qemu-system"):
+        bind.refuse_held(EDU, kernel)
+    bind.refuse_held(NVME, kernel)  # an unnamed fd alone is no reason to refuse
+
+
+def test_a_user_who_may_not_read_the_journal_sees_none_in_ls(tmp_path: Path) -> None:
+    """The journal is root's (/run/pyvfio is 0700): ls as an ordinary user shows no
+    journal, as before, while a command that must trust it says why it cannot."""
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o700)
+    (folder / "journal.json").write_text('{"version": 1, "devices": {}}')
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            try:
+                journal.Journal(folder)
+                strict = "read"
+            except journal.JournalUnreadableError as err:
+                strict = str(err)
+            os.write(write, json.dumps([journal.read_journal(folder), strict]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        lenient, strict = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert lenient == {} and "permission denied; run as root" in strict

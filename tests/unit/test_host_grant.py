@@ -3,12 +3,18 @@ as on devtmpfs), the state file, the memlock advice, the CLI's errors, no-IOMMU 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pyvfio import noiommu
@@ -283,3 +289,181 @@ def test_ls_flags_a_no_iommu_group_and_only_it(kernel) -> None:
     assert "noiommu" not in groups[3]
     text = runner.invoke(app, ["ls", "--root", str(kernel.root)]).stdout
     assert "UNSAFE no-IOMMU group" in text
+
+
+# -- The mask: a grant widens nobody's rights but the grantee's ------------------------------
+
+R, RW_ = 0o4, 0o6
+OWNER, GROUP_OBJ, OTHER, MASK = g.ACL_USER_OBJ, g.ACL_GROUP_OBJ, g.ACL_OTHER, g.ACL_MASK
+NONE_ID = g.ACL_UNDEFINED_ID
+
+
+def acl(*entries: tuple[int, int, int]) -> list[g.AclEntry]:
+    return [g.AclEntry(tag, ident, perm) for tag, ident, perm in entries]
+
+
+def rights(entries: list[g.AclEntry]) -> dict[tuple[int, int], int]:
+    """What each entry lets its holders do (acl(5): the group class is capped by the mask)."""
+    return {(e.tag, e.id): e.perm for e in g.effective(entries)}
+
+
+#: The owning group and a named user and group hold rw- under a mask r--: each may read only.
+NARROW = acl(
+    (OWNER, NONE_ID, RW_),
+    (g.ACL_USER, 4242, RW_),
+    (GROUP_OBJ, NONE_ID, RW_),
+    (g.ACL_GROUP, 100, RW_),
+    (MASK, NONE_ID, R),
+    (OTHER, NONE_ID, 0),
+)
+
+
+def test_a_grant_does_not_widen_the_owning_group_or_other_named_entries() -> None:
+    before = rights(NARROW)
+    granted = g.decode_acl(g.encode_acl(g.acl_add_user(NARROW, NOBODY)))
+    after = rights(granted)
+    assert after.pop((g.ACL_USER, NOBODY)) == RW_
+    assert after == before  # on main the mask became rw-: the group and 4242 could write
+    assert rights(g.acl_remove_user(granted, NOBODY, NARROW)) == before
+
+
+_perm = st.integers(0, 7)
+_ids = st.integers(1, 60000).filter(lambda i: i != NOBODY)
+
+
+@st.composite
+def acls(draw: st.DrawFn) -> list[g.AclEntry]:
+    entries = acl((OWNER, NONE_ID, draw(_perm)), (GROUP_OBJ, NONE_ID, draw(_perm)))
+    entries += acl((OTHER, NONE_ID, draw(_perm)))
+    for ident in draw(st.sets(_ids, max_size=3)):
+        entries += acl((g.ACL_USER, ident, draw(_perm)))
+    for ident in draw(st.sets(_ids, max_size=2)):
+        entries += acl((g.ACL_GROUP, ident, draw(_perm)))
+    if draw(st.booleans()) or any(e.tag in (g.ACL_USER, g.ACL_GROUP) for e in entries):
+        entries += acl((MASK, NONE_ID, draw(_perm)))
+    return entries
+
+
+@settings(max_examples=300)
+@given(entries=acls(), own=st.one_of(st.none(), _perm))
+def test_grant_and_revoke_change_only_the_grantees_rights(
+    entries: list[g.AclEntry], own: int | None
+) -> None:
+    if own is not None:  # the grantee had an entry of their own before
+        entries = [*entries, g.AclEntry(g.ACL_USER, NOBODY, own)]
+    before = rights(entries)
+    granted = g.acl_add_user(entries, NOBODY)
+    assert g.decode_acl(g.encode_acl(granted)) == sorted(granted)
+    after = rights(granted)
+    assert after.pop((g.ACL_USER, NOBODY)) == RW_
+    assert after == {k: v for k, v in before.items() if k != (g.ACL_USER, NOBODY)}
+    # A second user's grant and its revoke, as two side by side grants do:
+    both = g.acl_add_user(granted, DAEMON)
+    back = g.acl_remove_user(both, DAEMON, entries)
+    assert rights(back) == {
+        **rights(granted),
+        **{k: v for k, v in before.items() if k[1] == DAEMON},
+    }
+    assert rights(g.acl_remove_user(granted, NOBODY, entries)) == before
+
+
+def test_a_narrowed_node_gives_the_revoked_user_back_their_own_entry(kernel) -> None:
+    node = kernel.path(f"dev/vfio/{EDU_GROUP}")
+    own = g.encode_acl(g.acl_add_user(g.acl_of_mode(0o600), DAEMON, R))
+    os.setxattr(node, g.ACL_XATTR, own)
+    g.grant(EDU, "nobody", sysfs=kernel)
+    g.grant(EDU, "daemon", sysfs=kernel)
+    assert user_entries(node) == {NOBODY: RW_, DAEMON: RW_}
+    g.revoke(EDU, "daemon", sysfs=kernel)
+    assert user_entries(node) == {NOBODY: RW_, DAEMON: R}  # main dropped daemon's r--
+    g.revoke(EDU, "nobody", sysfs=kernel)
+    assert g.read_acl(node) == own
+
+
+def test_a_grant_on_a_node_whose_group_may_only_read_leaves_it_so(kernel) -> None:
+    node = kernel.path(f"dev/vfio/{EDU_GROUP}")
+    os.setxattr(node, g.ACL_XATTR, g.encode_acl(NARROW))
+    g.grant(EDU, "nobody", sysfs=kernel)
+    now = rights(g.decode_acl(g.read_acl(node) or b""))
+    assert now.pop((g.ACL_USER, NOBODY)) == RW_ and now == rights(NARROW)
+    g.revoke(EDU, "nobody", sysfs=kernel)
+    assert g.read_acl(node) == g.encode_acl(NARROW)
+
+
+# -- Revoke and the file descriptors the grant let the user open ------------------------------
+
+
+@pytest.fixture
+def hold_as(kernel: SimulatedKernel) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a process of ``user`` holding a node of the tree open, as a grantee's program
+    that opened the device while the grant lasted does."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def hold(user: str, rel: str, *, ignore_term: bool = False) -> subprocess.Popen[bytes]:
+        script = ("trap '' TERM; " if ignore_term else "") + "exec sleep 600"
+        with open(kernel.path(rel), "rb") as f:
+            child = subprocess.Popen(["sh", "-c", script], stdin=f, user=user)
+        started.append(child)
+        kernel.host.add_process(child.pid)
+        return child
+
+    yield hold
+    for child in started:
+        child.kill()
+        child.wait()
+
+
+def test_revoke_names_the_users_processes_that_still_hold_the_node(kernel, hold_as) -> None:
+    node = str(kernel.path(f"dev/vfio/{EDU_GROUP}"))
+    g.grant(EDU, "nobody", sysfs=kernel)
+    child = hold_as("nobody", f"dev/vfio/{EDU_GROUP}")
+    other = hold_as("daemon", f"dev/vfio/{EDU_GROUP}")  # not nobody's: not named
+    done = g.revoke(EDU, "nobody", sysfs=kernel)
+    [holder] = done.holders
+    assert (holder.pid, holder.user, holder.holds, holder.certain) == (
+        child.pid,
+        "nobody",
+        (node,),
+        True,
+    )
+    assert holder.command == "sleep 600" and done.remaining == (holder,)
+    assert "an open fd outlives the ACL" in str(done) and "--kill ends it" in str(done)
+    data = done.to_json()
+    assert data["holders"][0]["pid"] == child.pid and data["remaining"] == [child.pid]
+    json.dumps(data)
+    assert child.poll() is None and other.poll() is None  # nothing ended without --kill
+
+
+def test_revoke_kill_ends_them_sigterm_then_sigkill(kernel, hold_as) -> None:
+    g.grant(EDU, "nobody", sysfs=kernel)
+    polite = hold_as("nobody", f"dev/vfio/{EDU_GROUP}")
+    stubborn = hold_as("nobody", f"dev/vfio/{EDU_GROUP}", ignore_term=True)
+    other = hold_as("daemon", f"dev/vfio/{EDU_GROUP}")
+    done = g.revoke(EDU, "nobody", kill=True, grace=0.5, sysfs=kernel)
+    assert {e.pid: e.outcome for e in done.ended} == {
+        polite.pid: "ended by SIGTERM",
+        stubborn.pid: "ended by SIGKILL",
+    }
+    assert done.remaining == ()
+    assert polite.wait(10) == -signal.SIGTERM and stubborn.wait(10) == -signal.SIGKILL
+    assert other.poll() is None, "another user's process is not revoke's to end"
+    assert "ended by SIGKILL" in str(done)
+
+
+def test_cli_revoke_with_a_holder_exits_1_and_kill_exits_0(kernel, hold_as, monkeypatch) -> None:
+    from pyvfio.cli import app
+
+    monkeypatch.setattr(g, "revoke", functools.partial(g.revoke, sysfs=kernel))
+    g.grant(EDU, "nobody", sysfs=kernel)
+    child = hold_as("nobody", f"dev/vfio/{EDU_GROUP}")
+    done = runner.invoke(app, ["revoke", EDU, "--user", "nobody", "--json"])
+    assert done.exit_code == 1, done.output
+    assert json.loads(done.stdout)["remaining"] == [child.pid]
+    [line] = done.stderr.strip().splitlines()
+    assert f"nobody still holds {EDU} open: pid {child.pid}" in line and "--kill" in line
+    g.grant(EDU, "nobody", sysfs=kernel)
+    done = runner.invoke(app, ["revoke", EDU, "--user", "nobody", "--kill", "--grace", "5"])
+    assert done.exit_code == 0, done.output
+    assert f"pid {child.pid} (nobody: sleep 600)" in done.stdout and "ended by" in done.stdout
+    done = runner.invoke(app, ["revoke", EDU, "--user", "nobody", "--grace", "-1"])
+    assert done.exit_code == 2 and "--grace -1" in done.stderr

@@ -11,6 +11,7 @@ journal's crash hook kills after step N of the whole sequence.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -152,3 +153,84 @@ def test_any_prefix_of_steps_restores_the_host(
     writes = len(kernel.writes)
     assert bind.restore(all_devices=True, sysfs=kernel, journal_dir=journal_dir) == []
     assert len(kernel.writes) == writes, "a second restore changed something"
+
+
+# -- Whatever the file holds, reading it gives the entries or one JournalError ---------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=12,
+)
+_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "address": st.sampled_from([*NAMED, "00:10.0", "x"]) | _json,
+        "original_driver": st.sampled_from(["nvme", None, "../x", "", "a b"]) | _json,
+        "original_override": st.sampled_from(["vfio-pci", None]) | _json,
+        "target": st.sampled_from(["vfio-pci", "pci-stub", None]) | _json,
+        "step": st.sampled_from([*journal.STEPS, "gone"]) | _json,
+        "waiting": st.fixed_dictionaries(
+            {"write": _json | st.just("unbind from vfio-pci"), "pid": _json, "start": _json}
+        )
+        | _json,
+    },
+)
+#: Near-misses of the real shape: the right version, devices keyed by addresses or not.
+_journals = st.fixed_dictionaries(
+    {"version": st.just(1) | _json},
+    optional={
+        "devices": st.dictionaries(st.sampled_from([*NAMED, "00:11.0", "bogus"]), _fields | _json)
+        | _json
+    },
+)
+
+
+def _load(text: str | bytes, folder: Path) -> dict[str, journal.JournalEntry] | None:
+    folder.mkdir(exist_ok=True)
+    (folder / "journal.json").write_bytes(text.encode() if isinstance(text, str) else text)
+    try:
+        return journal.Journal(folder).entries
+    except journal.JournalError as err:
+        assert "\n" not in str(err) and str(folder / "journal.json") in str(err)
+        return None
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_journals | _json)
+def test_any_json_loads_as_entries_or_one_journal_error(doc: object, tmp_path: Path) -> None:
+    entries = _load(json.dumps(doc), tmp_path / "j")
+    if entries is None:
+        event("refused")
+        return
+    event("loaded")
+    for addr, entry in entries.items():  # what was accepted is what pyvfio could write
+        assert addr in NAMED and entry.step in journal.STEPS
+        for name in (entry.original_driver, entry.original_override, entry.target):
+            assert name is None or ("/" not in name and name not in ("", ".", ".."))
+    saved = journal.Journal(tmp_path / "j")
+    saved.save()
+    assert journal.Journal(tmp_path / "j").entries == entries
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
+def test_any_bytes_load_or_give_one_journal_error(data: bytes, tmp_path: Path) -> None:
+    _load(data, tmp_path / "b")
+
+
+def test_a_journal_cut_anywhere_is_one_journal_error(tmp_path: Path) -> None:
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    whole = journal.Journal(folder)
+    whole.entries = {
+        "0000:00:11.0": journal.JournalEntry(
+            "0000:00:11.0", "nvme", None, "vfio-pci", "unbound",
+            journal.Waiting("unbind from nvme", 4242, 17),
+        )
+    }  # fmt: skip
+    whole.save()
+    text = (folder / "journal.json").read_text()
+    assert journal.Journal(folder).entries == whole.entries
+    for end in range(len(text) - 1):
+        assert _load(text[:end], tmp_path / "c") is None, text[:end]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pyvfio.cli.common import app, handle_errors, print_json
+from pyvfio.cli.common import app, fail, handle_errors, print_json
 from pyvfio.cli.host import JsonOpt, _parse_size
 
 Address = Annotated[str, typer.Argument(help="PCI address of a device on vfio-pci")]
@@ -42,13 +42,37 @@ def grant(
 
 @app.command("revoke")
 @handle_errors
-def revoke(address: Address, user: User, as_json: JsonOpt = False) -> None:
+def revoke(
+    address: Address,
+    user: User,
+    kill: Annotated[
+        bool,
+        typer.Option(
+            "--kill",
+            help="end the user's processes that still hold the device open "
+            "(SIGTERM, then SIGKILL): an open fd outlives the ACL",
+        ),
+    ] = False,
+    grace: Annotated[float, typer.Option(help="seconds from SIGTERM to SIGKILL")] = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
     """Take a grant back: the user's access goes, each node gets its recorded owner,
-    mode and ACL back. Revoking what was not granted says so and exits 0."""
+    mode and ACL back. Revoking what was not granted says so and exits 0. A process of
+    the user that still holds the device is named (exit 1); --kill ends it."""
     from pyvfio.host import grant as g
+    from pyvfio.host.usage import describe_holders
 
-    result = g.revoke(address, user)
+    if not 0 <= grace < 1e6:  # also NaN
+        raise ValueError(f"--grace {grace}: give the seconds to wait, 0 or more")
+    result = g.revoke(address, user, kill=kill, grace=grace)
     if as_json:
         print_json(result.to_json())
     else:
         typer.echo(str(result))
+    if result.remaining:
+        raise fail(
+            f"{result.user} still holds {result.address} open: "
+            f"{describe_holders(result.remaining)}; an open fd outlives the ACL: "
+            + ("it did not end; kill -9 it by hand" if kill else "--kill ends it"),
+            1,
+        )

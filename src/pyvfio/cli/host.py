@@ -31,6 +31,20 @@ RootOpt = Annotated[
     str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
 ]
 Addresses = Annotated[list[str], typer.Argument(help="PCI addresses, e.g. 0000:00:1f.2")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="seconds a sysfs write may wait in the kernel (vfio-pci waits for a device's "
+        "users to close it) before pyvfio stops waiting and says who holds it",
+    ),
+]
+
+
+def _check_timeout(timeout: float) -> float:
+    if not 0 < timeout < 1e6:  # also NaN
+        raise ValueError(f"--timeout {timeout}: give the seconds to wait, more than 0")
+    return timeout
 
 
 @app.command("ls")
@@ -45,7 +59,7 @@ def ls(
     """IOMMU groups as a tree: each device, its driver, and the group's verdict."""
     from pyvfio.cli.render import groups_tree
     from pyvfio.host.inventory import iommu_groups, listing_json
-    from pyvfio.host.journal import journal_dir_for, read_journal
+    from pyvfio.host.journal import JournalError, journal_dir_for, read_journal
     from pyvfio.host.snapshot import open_root
     from pyvfio.noiommu import noiommu_groups
 
@@ -61,7 +75,11 @@ def ls(
         raise ValueError(f"--group {group}: IOMMU groups count from 0 (pyvfio ls lists them)")
     sysfs = open_root(root)
     groups = iommu_groups(sysfs)
-    journal = read_journal(journal_dir_for(sysfs.root))
+    damaged: JournalError | None = None
+    try:
+        journal = read_journal(journal_dir_for(sysfs.root))
+    except JournalError as err:  # the groups are still worth showing; then exit 2
+        journal, damaged = {}, err
     if group is not None:
         groups = [g for g in groups if g.number == group]
     if klass is not None or vendor_id is not None:
@@ -79,11 +97,15 @@ def ls(
             if entry["group"] in unsafe:  # only there, so the schema stays as it was
                 entry["noiommu"] = True
                 entry["verdict"] = UNSAFE_VERDICT
+        if damaged is not None:  # only then, so the schema stays as it was
+            data["journal_error"] = str(damaged)
         print_json(data)
-        return
-    Console().print(groups_tree(groups, unsafe, UNSAFE_VERDICT))
-    for entry in journal.values():
-        typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
+    else:
+        Console().print(groups_tree(groups, unsafe, UNSAFE_VERDICT))
+        for entry in journal.values():
+            typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
+    if damaged is not None:
+        raise damaged
 
 
 @app.command("bind")
@@ -94,13 +116,15 @@ def bind(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what, change nothing")] = False,
     force: Annotated[bool, typer.Option("--force", help="take devices in use too")] = False,
     driver: Annotated[str, typer.Option(help="the driver to bind to")] = "vfio-pci",
+    timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Bind devices to vfio-pci by driver_override, journaled so restore can undo it."""
     from pyvfio.host import bind as b
 
+    _check_timeout(timeout)
     plan = b.plan_bind(addresses, group=group, target=driver)
-    changed = [] if dry_run else b.bind_devices(plan, force=force)
+    changed = [] if dry_run else b.bind_devices(plan, force=force, timeout=timeout)
     if as_json:
         print_json({"dry_run": dry_run, **plan.to_json(), "changed": [a.address for a in changed]})
         return
@@ -115,11 +139,11 @@ def bind(
 
 @app.command("unbind")
 @handle_errors
-def unbind(addresses: Addresses, as_json: JsonOpt = False) -> None:
+def unbind(addresses: Addresses, timeout: TimeoutOpt = 30.0, as_json: JsonOpt = False) -> None:
     """Take devices off vfio-pci, back to the driver they had before pyvfio."""
     from pyvfio.host.bind import unbind_devices
 
-    _report(unbind_devices(addresses), as_json)
+    _report(unbind_devices(addresses, timeout=_check_timeout(timeout)), as_json)
 
 
 @app.command("restore")
@@ -127,12 +151,14 @@ def unbind(addresses: Addresses, as_json: JsonOpt = False) -> None:
 def restore(
     addresses: Annotated[list[str] | None, typer.Argument(help="PCI addresses")] = None,
     all_devices: Annotated[bool, typer.Option("--all", help="every journaled device")] = False,
+    timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Give devices back to their original driver and clear the override (journal)."""
     from pyvfio.host.bind import restore as do_restore
 
-    _report(do_restore(addresses or (), all_devices=all_devices), as_json)
+    _check_timeout(timeout)
+    _report(do_restore(addresses or (), all_devices=all_devices, timeout=timeout), as_json)
 
 
 def _report(results: Sequence[Restored], as_json: bool) -> None:

@@ -12,6 +12,18 @@ Two levels:
   are what ``pyvfio bind/unbind/restore`` run: they check the devices are not in use,
   follow the IOMMU group rule, and record every step in the
   :mod:`~pyvfio.host.journal` so that any interrupted bind can be undone.
+
+Two rules keep the journal true when several pyvfio run at once or a device is held:
+
+* a plan is made without the journal's lock, so :func:`bind_devices` reads every
+  device's driver and users again under the lock and refuses (:class:`StalePlanError`,
+  nothing changed) when they are not what the plan saw: the original it records is
+  the driver the device has at that moment, never one another pyvfio already changed;
+* every sysfs write has a deadline (:data:`WRITE_TIMEOUT`): vfio-pci's remove waits
+  until every user has closed the device, so a device still held open is refused up
+  front (:class:`DeviceHeldError`, naming the processes), and a write that waits anyway
+  (a holder pyvfio cannot see) ends in :class:`UnbindTimeoutError` with the journal's lock
+  released and the entry marked as waiting, never in a hang.
 """
 
 from __future__ import annotations
@@ -27,12 +39,17 @@ from typing import Any
 
 from pyvfio.errors import HostError, InvalidAddressError
 from pyvfio.host import inventory, usage
-from pyvfio.host.journal import Journal, JournalEntry, begin_steps, step
-from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs
+from pyvfio.host.journal import Journal, JournalEntry, Waiting, begin_steps, step
+from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs, WriteTimeoutError, process_start
 from pyvfio.iommu import _is_vfio_driver
 from pyvfio.pci.address import normalize
 
 VFIO_PCI = "vfio-pci"
+#: Seconds a sysfs write may take before pyvfio stops waiting for it. Unbinding a host
+#: driver from real hardware (a GPU's) can take seconds; vfio-pci's remove asks the
+#: device's user to let go every 10 s (the req eventfd, which QEMU answers by unplugging
+#: the device from its guest), so this leaves room for a guest that cooperates.
+WRITE_TIMEOUT = 30.0
 
 
 def module_loaded(name: str, sysfs: Sysfs = LIVE) -> bool:
@@ -60,9 +77,11 @@ def load_module(name: str, sysfs: Sysfs = LIVE) -> None:
         raise HostError(f"cannot load {name}: {why}; is this kernel built with CONFIG_VFIO_PCI?")
 
 
-def _write(sysfs: Sysfs, rel: str, value: str, doing: str) -> None:
+def _write(sysfs: Sysfs, rel: str, value: str, doing: str, timeout: float = WRITE_TIMEOUT) -> None:
     try:
-        sysfs.write_attr(rel, value)
+        sysfs.write_attr(rel, value, timeout=timeout)
+    except WriteTimeoutError:
+        raise  # the caller knows the device and says who holds it
     except PermissionError as err:
         raise HostError(f"{doing}: permission denied writing /{rel}; run as root") from err
     except OSError as err:
@@ -72,32 +91,44 @@ def _write(sysfs: Sysfs, rel: str, value: str, doing: str) -> None:
         raise HostError(f"{doing}: writing /{rel} failed: {err.strerror}") from err
 
 
-def bind_to(address: str, driver: str | None, sysfs: Sysfs = LIVE) -> str | None:
+def bind_to(
+    address: str, driver: str | None, sysfs: Sysfs = LIVE, *, timeout: float = WRITE_TIMEOUT
+) -> str | None:
     """Give ``address`` to ``driver`` (None: no driver); return the driver it had.
 
     Steps, each a single sysfs write: set driver_override, unbind from the current
-    driver, probe. A device already on ``driver`` is left alone (a no-op).
+    driver, probe. A device already on ``driver`` is left alone (a no-op). A device a
+    process holds open through VFIO is refused (DeviceHeldError), nothing changed.
     """
     addr = normalize(address)
     dev = sysfs.device_dir(addr)
     before = sysfs.driver(addr)
     if before == driver:
         return before
+    if _is_vfio_driver(before):
+        refuse_held(addr, sysfs)
     if driver == VFIO_PCI:
         load_module(VFIO_PCI, sysfs)
-    _write(sysfs, f"{dev}/driver_override", (driver or "\n"), f"binding {addr}")
-    if before is not None:
-        _write(
-            sysfs, f"sys/bus/pci/drivers/{before}/unbind", addr, f"unbinding {addr} from {before}"
-        )
-    if driver is not None:
-        _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}")
-        after = sysfs.driver(addr)
-        if after != driver:
-            raise HostError(
-                f"{addr} did not bind to {driver} (it is on "
-                f"{after or 'no driver'}); see dmesg for the driver's reason"
+    try:
+        _write(sysfs, f"{dev}/driver_override", (driver or "\n"), f"binding {addr}", timeout)
+        if before is not None:
+            _write(
+                sysfs,
+                f"sys/bus/pci/drivers/{before}/unbind",
+                addr,
+                f"unbinding {addr} from {before}",
+                timeout,
             )
+        if driver is not None:
+            _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}", timeout)
+    except WriteTimeoutError as err:
+        raise UnbindTimeoutError.of(addr, before, err, sysfs) from err
+    after = sysfs.driver(addr)
+    if driver is not None and after != driver:
+        raise HostError(
+            f"{addr} did not bind to {driver} (it is on "
+            f"{after or 'no driver'}); see dmesg for the driver's reason"
+        )
     return before
 
 
@@ -118,37 +149,58 @@ def give_back(
     sysfs: Sysfs = LIVE,
     *,
     original_override: str | None = None,
+    timeout: float = WRITE_TIMEOUT,
 ) -> None:
     """Return ``address`` to ``original`` (None: leave it driverless), restore the override.
 
     Idempotent, so it is safe on a device a bind left at any step: the override goes
     first (else ``bind`` is refused for a device whose override names another driver),
     then the device leaves whatever driver it is on, then ``original`` takes it.
+    A device a process holds open through VFIO is refused first (DeviceHeldError):
+    vfio-pci would wait for it to close the device; a write that waits all the same
+    ends in UnbindTimeoutError after ``timeout`` seconds.
     """
     addr = normalize(address)
     dev = sysfs.device_dir(addr)
-    _write(sysfs, f"{dev}/driver_override", original_override or "\n", f"restoring {addr}")
     current = sysfs.driver(addr)
-    if current == original:
-        return
-    if current is not None:
-        _write(
-            sysfs, f"sys/bus/pci/drivers/{current}/unbind", addr, f"unbinding {addr} from {current}"
-        )
-    if original is not None:
-        if not sysfs.exists(f"sys/bus/pci/drivers/{original}"):
-            load_module(original, sysfs)
+    if _is_vfio_driver(current) and current != original:
+        refuse_held(addr, sysfs)
+    try:
         _write(
             sysfs,
-            f"sys/bus/pci/drivers/{original}/bind",
-            addr,
-            f"binding {addr} back to {original}",
+            f"{dev}/driver_override",
+            original_override or "\n",
+            f"restoring {addr}",
+            timeout,
         )
-        if sysfs.driver(addr) != original:
-            raise HostError(
-                f"{addr} did not go back to {original}; see dmesg for the driver's reason, "
-                f"then try 'echo {addr} > /sys/bus/pci/drivers/{original}/bind'"
+        current = sysfs.driver(addr)
+        if current == original:
+            return
+        if current is not None:
+            _write(
+                sysfs,
+                f"sys/bus/pci/drivers/{current}/unbind",
+                addr,
+                f"unbinding {addr} from {current}",
+                timeout,
             )
+        if original is not None:
+            if not sysfs.exists(f"sys/bus/pci/drivers/{original}"):
+                load_module(original, sysfs)
+            _write(
+                sysfs,
+                f"sys/bus/pci/drivers/{original}/bind",
+                addr,
+                f"binding {addr} back to {original}",
+                timeout,
+            )
+    except WriteTimeoutError as err:
+        raise UnbindTimeoutError.of(addr, current, err, sysfs) from err
+    if original is not None and sysfs.driver(addr) != original:
+        raise HostError(
+            f"{addr} did not go back to {original}; see dmesg for the driver's reason, "
+            f"then try 'echo {addr} > /sys/bus/pci/drivers/{original}/bind'"
+        )
 
 
 # -- Modules and drivers the kernel can provide ------------------------------------------------
@@ -206,6 +258,75 @@ class DeviceInUseError(HostError):
     def __init__(self, message: str, users: dict[str, tuple[str, ...]]) -> None:
         super().__init__(message)
         self.users = users
+
+
+class StalePlanError(HostError, ValueError):
+    """A device is not as the plan saw it when the journal's lock was taken: another
+    pyvfio (or the host) moved it meanwhile. Refused, nothing changed (exit 2)."""
+
+
+class DeviceHeldError(HostError, ValueError):
+    """A process holds the device open through VFIO, so vfio-pci would not let it go
+    (its remove waits for the last close). Refused, nothing changed (exit 2);
+    ``holders`` names the processes."""
+
+    def __init__(self, message: str, holders: Sequence[usage.Holder]) -> None:
+        super().__init__(message)
+        self.holders = tuple(holders)
+
+
+class UnbindTimeoutError(HostError):
+    """A write to a device's driver did not return in time: the kernel waits for a user
+    of the device pyvfio could not tell in advance. The writer process waits on and the
+    kernel finishes the write when the device is closed; ``holders`` are the candidates."""
+
+    def __init__(
+        self, message: str, address: str, waiting: Waiting, holders: Sequence[usage.Holder]
+    ) -> None:
+        super().__init__(message)
+        self.address = address
+        self.waiting = waiting
+        self.holders = tuple(holders)
+
+    @classmethod
+    def of(
+        cls, address: str, driver: str | None, err: WriteTimeoutError, sysfs: Sysfs
+    ) -> UnbindTimeoutError:
+        found = (
+            usage.device_holders(address, sysfs) if sysfs.exists(f"{PCI_DEVICES}/{address}") else []
+        )
+        who = (
+            usage.describe_holders(found)
+            if found
+            else ("a user pyvfio cannot see (fuser -v /dev/vfio/* or lsof | grep vfio may show it)")
+        )
+        on = f"{driver} to let it go" if driver else "its driver to finish"
+        message = (
+            f"{address}: waited {err.timeout:g} s for {on}: the kernel waits until the device "
+            f"is closed, by {who}; pyvfio stopped waiting (its lock is free); close that "
+            f"program or end it (pyvfio revoke {address} --user NAME --kill, or kill PID), "
+            f"and the kernel finishes by itself (process {err.pid} waits for it); then run "
+            "pyvfio restore again"
+        )
+        write = f"unbind from {driver}" if driver else "write to its driver"
+        return cls(message, address, Waiting(write, err.pid, err.start), found)
+
+
+def refuse_held(address: str, sysfs: Sysfs = LIVE) -> None:
+    """DeviceHeldError when a process holds ``address`` open through VFIO (its group
+    node, its cdev, or its device fd where the kernel names the device): unbinding it
+    would wait, uninterruptibly, until that process closes it."""
+    found = [h for h in usage.device_holders(address, sysfs) if h.certain]
+    if not found:
+        return
+    users = sorted({h.user for h in found})
+    raise DeviceHeldError(
+        f"{address} is held open by {usage.describe_holders(found)}: vfio-pci lets it go "
+        f"only when that is closed; close that program or end it (pyvfio revoke {address} "
+        f"--user {users[0]} --kill, or kill {found[0].pid}), then run the command again; "
+        "nothing was changed",
+        found,
+    )
 
 
 def require_root(sysfs: Sysfs = LIVE, doing: str = "changing drivers") -> None:
@@ -360,12 +481,16 @@ def bind_devices(
     force: bool = False,
     sysfs: Sysfs = LIVE,
     journal_dir: Path | None = None,
+    timeout: float = WRITE_TIMEOUT,
 ) -> list[BindAction]:
     """Carry out ``plan``, journaling each step; return the actions that changed a device.
 
-    The journal gets every device's original driver and override before the first
-    write. If a device refuses to bind, every device this call moved is given back
-    and HostError says which and why.
+    Under the journal's lock every device's driver (and users, without ``force``) is
+    read again and compared with the plan: a difference is StalePlanError, nothing
+    changed. The journal gets every device's original driver and override before the
+    first write. If a device refuses to bind, every device this call moved is given
+    back and HostError says which and why; a write that waits in the kernel longer than
+    ``timeout`` seconds is UnbindTimeoutError, the device marked waiting in the journal.
     """
     if not force:
         _refuse_in_use(plan)
@@ -375,10 +500,15 @@ def bind_devices(
     require_root(sysfs, "binding devices")
     begin_steps()
     with Journal.locked(journal_dir) as journal:
+        _check_plan(plan, force, sysfs)
         fresh = {}
         for action in todo:
             old = journal.entries.get(action.address)
-            # A device left half-done keeps the original recorded the first time.
+            if old is not None and old.waiting is not None:
+                _refuse_waiting(old, sysfs)
+                old = replace(old, waiting=None)  # the kernel finished meanwhile
+            # A device left half-done keeps the original recorded the first time;
+            # otherwise the original is the driver read under the lock (the plan's).
             fresh[action.address] = JournalEntry(
                 address=action.address,
                 original_driver=old.original_driver if old else action.driver,
@@ -393,30 +523,69 @@ def bind_devices(
                 load_module(VFIO_PCI, sysfs)
                 step("modules")
             for action in todo:
-                _bind_one(journal, action.address, plan.target, sysfs)
-        except BaseException:
+                _bind_one(journal, action.address, plan.target, sysfs, timeout)
+        except BaseException as err:
+            stuck = err.address if isinstance(err, UnbindTimeoutError) else None
             for addr in reversed(fresh):
+                if addr == stuck:  # any write for it would wait as well: left as marked
+                    continue
                 with contextlib.suppress(HostError):
-                    _restore_one(journal, journal.entries[addr], sysfs)
+                    _restore_one(journal, journal.entries[addr], sysfs, timeout)
             raise
     return list(todo)
 
 
-def _bind_one(journal: Journal, addr: str, target: str, sysfs: Sysfs) -> None:
+def _check_plan(plan: BindPlan, force: bool, sysfs: Sysfs) -> None:
+    """StalePlanError unless every device is still as ``plan`` saw it (run under the
+    journal's lock: the plan was made without it, and another pyvfio may have moved a
+    device since, even left it half-way: its original would be recorded wrong)."""
+    seen = [(a.address, a.driver) for a in plan.actions]
+    seen += [(addr, driver) for _, addr, driver in plan.blockers]
+    for addr, driver in seen:
+        now = sysfs.driver(addr)
+        if now != driver:
+            raise StalePlanError(
+                f"{addr} changed while the bind was planned: it was on "
+                f"{driver or 'no driver'}, now it is on {now or 'no driver'} (another pyvfio "
+                "or the host moved it); nothing was changed: run the command again"
+            )
+    if force:
+        return
+    for action in plan.changes:
+        users = usage.device_users(action.address, sysfs)
+        if users != action.users:
+            raise StalePlanError(
+                f"{action.address} changed while the bind was planned: now in use: "
+                f"{users[0] if users else 'no longer'}; nothing was changed: run the command "
+                "again (--force takes a device in use anyway)"
+            )
+
+
+def _bind_one(journal: Journal, addr: str, target: str, sysfs: Sysfs, timeout: float) -> None:
     dev = sysfs.device_dir(addr)
-    _write(sysfs, f"{dev}/driver_override", target, f"binding {addr}")
-    step("override")
-    journal.advance(addr, "override-set")
     current = sysfs.driver(addr)
-    if current not in (None, target):
-        _write(
-            sysfs, f"sys/bus/pci/drivers/{current}/unbind", addr, f"unbinding {addr} from {current}"
-        )
-        step("unbind")
-        journal.advance(addr, "unbound")
-    if sysfs.driver(addr) != target:
-        _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}")
-        step("probe")
+    try:
+        _write(sysfs, f"{dev}/driver_override", target, f"binding {addr}", timeout)
+        step("override")
+        journal.advance(addr, "override-set")
+        current = sysfs.driver(addr)
+        if current not in (None, target):
+            _write(
+                sysfs,
+                f"sys/bus/pci/drivers/{current}/unbind",
+                addr,
+                f"unbinding {addr} from {current}",
+                timeout,
+            )
+            step("unbind")
+            journal.advance(addr, "unbound")
+        if sysfs.driver(addr) != target:
+            _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}", timeout)
+            step("probe")
+    except WriteTimeoutError as err:
+        stuck = UnbindTimeoutError.of(addr, current, err, sysfs)
+        journal.wait_on(addr, stuck.waiting)
+        raise stuck from err
     after = sysfs.driver(addr)
     if after != target:
         raise HostError(
@@ -426,14 +595,37 @@ def _bind_one(journal: Journal, addr: str, target: str, sysfs: Sysfs) -> None:
     journal.advance(addr, "bound")
 
 
-def _restore_one(journal: Journal, entry: JournalEntry, sysfs: Sysfs) -> None:
+def _refuse_waiting(entry: JournalEntry, sysfs: Sysfs) -> None:
+    """HostError while the write the entry waits on is still in the kernel: any other
+    write for the device would queue behind it (the device lock) and wait as well."""
+    waiting = entry.waiting
+    if waiting is None or process_start(waiting.pid) != waiting.start:
+        return
+    found = usage.device_holders(entry.address, sysfs)
+    who = usage.describe_holders(found) if found else "a user pyvfio cannot see"
+    raise HostError(
+        f"{entry.address}: the kernel has not finished '{waiting.write}' (process "
+        f"{waiting.pid} still waits for the device to be closed, by {who}); close "
+        "that program or end it, then run pyvfio restore again; nothing was changed"
+    )
+
+
+def _restore_one(journal: Journal, entry: JournalEntry, sysfs: Sysfs, timeout: float) -> None:
+    if entry.waiting is not None:
+        _refuse_waiting(entry, sysfs)
+        journal.wait_on(entry.address, None)  # the kernel finished: undo as usual
     if sysfs.exists(f"{PCI_DEVICES}/{entry.address}"):
-        give_back(
-            entry.address,
-            entry.original_driver,
-            sysfs,
-            original_override=entry.original_override,
-        )
+        try:
+            give_back(
+                entry.address,
+                entry.original_driver,
+                sysfs,
+                original_override=entry.original_override,
+                timeout=timeout,
+            )
+        except UnbindTimeoutError as err:
+            journal.wait_on(entry.address, err.waiting)
+            raise
     journal.forget(entry.address)
 
 
@@ -461,11 +653,14 @@ def restore(
     all_devices: bool = False,
     sysfs: Sysfs = LIVE,
     journal_dir: Path | None = None,
+    timeout: float = WRITE_TIMEOUT,
 ) -> list[Restored]:
     """Give journaled devices back to their original driver and override.
 
     With ``all_devices`` every journal entry; otherwise those named (a named device
-    pyvfio did not touch is reported unchanged).
+    pyvfio did not touch is reported unchanged). A device still held open through VFIO
+    is refused (DeviceHeldError) before anything is written for it; a write that waits
+    longer than ``timeout`` seconds is UnbindTimeoutError, the entry kept and marked.
     """
     if not all_devices and not addresses:
         raise InvalidAddressError("name the devices to restore, or use --all")
@@ -484,14 +679,18 @@ def restore(
             if entry is None:
                 done.append(Restored(addr, sysfs.driver(addr), False, "pyvfio did not change it"))
                 continue
-            _restore_one(journal, entry, sysfs)
+            _restore_one(journal, entry, sysfs, timeout)
             gone = not sysfs.exists(f"{PCI_DEVICES}/{addr}")
             done.append(Restored(addr, entry.original_driver, True, "device gone" if gone else ""))
     return done
 
 
 def unbind_devices(
-    addresses: Sequence[str], *, sysfs: Sysfs = LIVE, journal_dir: Path | None = None
+    addresses: Sequence[str],
+    *,
+    sysfs: Sysfs = LIVE,
+    journal_dir: Path | None = None,
+    timeout: float = WRITE_TIMEOUT,
 ) -> list[Restored]:
     """Take devices off vfio-pci: journaled ones go back to their original driver;
     others have their override cleared and are offered to the host's drivers."""
@@ -504,16 +703,22 @@ def unbind_devices(
     out: list[Restored] = []
     for addr in named:
         if addr in entries:
-            out += restore([addr], sysfs=sysfs, journal_dir=journal_dir)
+            out += restore([addr], sysfs=sysfs, journal_dir=journal_dir, timeout=timeout)
             continue
         driver = sysfs.driver(addr)
         if not _is_vfio_driver(driver):
             out.append(Restored(addr, driver, False, f"not on vfio-pci ({driver or 'no driver'})"))
             continue
         require_root(sysfs, "unbinding devices")
+        refuse_held(addr, sysfs)
         dev = sysfs.device_dir(addr)
-        _write(sysfs, f"{dev}/driver_override", "\n", f"unbinding {addr}")
-        _write(sysfs, f"sys/bus/pci/drivers/{driver}/unbind", addr, f"unbinding {addr}")
-        _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}")
+        try:
+            _write(sysfs, f"{dev}/driver_override", "\n", f"unbinding {addr}", timeout)
+            _write(
+                sysfs, f"sys/bus/pci/drivers/{driver}/unbind", addr, f"unbinding {addr}", timeout
+            )
+            _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}", timeout)
+        except WriteTimeoutError as err:
+            raise UnbindTimeoutError.of(addr, driver, err, sysfs) from err
         out.append(Restored(addr, sysfs.driver(addr), True, ""))
     return out

@@ -13,11 +13,20 @@ What a process needs to drive a device through VFIO without root:
 :func:`grant` adds one POSIX ACL entry ``user:NAME:rw-`` to each node that user cannot
 open yet. An ACL leaves the owner, the mode's owner bits and every other user's access
 as they were, so several users can hold grants side by side; where the filesystem has
-no ACLs the node is chowned to the user instead. Before its first change to a node it
-records the node's owner, group, mode and ACL in ``grants.json`` beside the bind
-journal (``/run/pyvfio``, a tmpfs: device nodes do not survive a reboot, neither
-should a record of them). :func:`revoke` removes that user's entry and, once no grant
-needs the node, puts back exactly what was recorded.
+no ACLs the node is chowned to the user instead. The ACL's mask caps every entry of the
+group class (named users and groups, the owning group), so the mask grows for the
+grantee only after every other entry of that class is cut to what the old mask let it
+have: nobody else's effective rights change (:func:`acl_add_user`). Before its first
+change to a node it records the node's owner, group, mode and ACL in ``grants.json``
+beside the bind journal (``/run/pyvfio``, a tmpfs: device nodes do not survive a
+reboot, neither should a record of them). :func:`revoke` removes that user's entry
+and, once no grant needs the node, puts back exactly what was recorded.
+
+An ACL is checked when a node is opened, never afterwards: a process that opened the
+node while the grant lasted keeps the device (and its DMA) after the revoke, for as long
+as it holds the file descriptor. :func:`revoke` therefore names the user's processes
+that still hold one of the nodes or the device (:func:`pyvfio.host.usage.holders`) and,
+asked to (``kill``), ends them.
 
 A grant lives as long as the node: udev recreates ``/dev/vfio/N`` when the group goes
 away and comes back (the device leaves vfio-pci, a reboot) with its default owner and
@@ -35,11 +44,12 @@ import os
 import pwd
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pyvfio.errors import DeviceNotBoundError, HostError
+from pyvfio.host import usage
 from pyvfio.host.bind import require_root
 from pyvfio.host.journal import exclusive_lock, state_dir, write_json_atomically
 from pyvfio.host.sysfs import LIVE, Sysfs
@@ -79,6 +89,8 @@ ACL_UNDEFINED_ID = 0xFFFFFFFF
 _HEADER = struct.Struct("<I")
 _ENTRY = struct.Struct("<HHI")  # e_tag, e_perm, e_id
 RW = 0o6
+#: The entries the mask caps (acl(5): the group class).
+GROUP_CLASS = (ACL_USER, ACL_GROUP, ACL_GROUP_OBJ)
 
 
 @dataclass(frozen=True, order=True)
@@ -118,25 +130,47 @@ def acl_of_mode(mode: int) -> list[AclEntry]:
 
 
 def _with_mask(entries: list[AclEntry]) -> list[AclEntry]:
-    """Recompute the mask (the union of the group class), as ``setfacl`` does; an ACL
-    with no named entries needs none."""
+    """Recompute the mask as the union of the group class; an ACL with no named entries
+    needs none. Callers cut the group class to its effective rights first, so the union
+    widens nobody (``setfacl`` would: it recomputes the mask from the stored entries)."""
     rest = [e for e in entries if e.tag != ACL_MASK]
-    group_class = [e for e in rest if e.tag in (ACL_USER, ACL_GROUP, ACL_GROUP_OBJ)]
     if not any(e.tag in (ACL_USER, ACL_GROUP) for e in rest):
         return rest
     perm = 0
-    for e in group_class:
-        perm |= e.perm
+    for e in rest:
+        if e.tag in GROUP_CLASS:
+            perm |= e.perm
     return [*rest, AclEntry(ACL_MASK, ACL_UNDEFINED_ID, perm)]
 
 
+def effective(entries: Sequence[AclEntry]) -> list[AclEntry]:
+    """The entries with the rights they actually grant: a group-class entry's are
+    ``perm & mask`` (acl(5)); the owner's and others' are their own. No mask entry."""
+    mask = next((e.perm for e in entries if e.tag == ACL_MASK), 0o7)
+    return [
+        replace(e, perm=e.perm & mask) if e.tag in GROUP_CLASS else e
+        for e in entries
+        if e.tag != ACL_MASK
+    ]
+
+
 def acl_add_user(entries: Sequence[AclEntry], uid: int, perm: int = RW) -> list[AclEntry]:
-    kept = [e for e in entries if not (e.tag == ACL_USER and e.id == uid)]
-    return _with_mask([*kept, AclEntry(ACL_USER, uid, perm)])
+    """``entries`` plus ``user:uid:perm``, with nobody else's effective rights changed:
+    the mask must now let ``perm`` through, so each other group-class entry is cut to
+    what the old mask let it have before the mask is recomputed (a named user ``r-`` or
+    an owning group ``rw-`` under a mask ``r--`` stays ``r--``, not ``rw-``)."""
+    others = [e for e in effective(entries) if not (e.tag == ACL_USER and e.id == uid)]
+    return _with_mask([*others, AclEntry(ACL_USER, uid, perm)])
 
 
-def acl_remove_user(entries: Sequence[AclEntry], uid: int) -> list[AclEntry]:
-    return _with_mask([e for e in entries if not (e.tag == ACL_USER and e.id == uid)])
+def acl_remove_user(
+    entries: Sequence[AclEntry], uid: int, original: Sequence[AclEntry] = ()
+) -> list[AclEntry]:
+    """``entries`` without ``uid``'s entry, or with the one ``original`` (the ACL before
+    any grant) gave it, at the rights it had then; nobody else's rights change."""
+    kept = [e for e in effective(entries) if not (e.tag == ACL_USER and e.id == uid)]
+    kept += [e for e in effective(original) if e.tag == ACL_USER and e.id == uid]
+    return _with_mask(kept)
 
 
 def read_acl(path: str | os.PathLike[str]) -> bytes | None:
@@ -273,16 +307,6 @@ class NodeAccess:
         }
 
 
-def device_nodes(address: str, group: int, sysfs: Sysfs) -> list[str]:
-    """The device's own nodes (relative to the root): its group node, and its cdev
-    where the kernel offers iommufd."""
-    nodes = [f"dev/vfio/{group}"]
-    for name in sysfs.listdir(f"{sysfs.device_dir(address)}/vfio-dev"):
-        if sysfs.exists(f"dev/vfio/devices/{name}"):
-            nodes.append(f"dev/vfio/devices/{name}")
-    return nodes
-
-
 def open_to_all(mode: int) -> bool:
     return mode & 0o006 == 0o006
 
@@ -366,7 +390,8 @@ def _open_for(node: NodeState, uid: int) -> None:
 def _close_for(node: NodeState, uid: int) -> None:
     """Take one user's entry off a node others still need (ACL method only)."""
     path = Path(node.path)
-    entries = acl_remove_user(_current_acl(path, os.stat(path).st_mode), uid)
+    original = decode_acl(bytes.fromhex(node.acl)) if node.acl else []
+    entries = acl_remove_user(_current_acl(path, os.stat(path).st_mode), uid, original)
     os.setxattr(path, ACL_XATTR, encode_acl(entries), follow_symlinks=False)
 
 
@@ -552,7 +577,11 @@ class GrantResult:
 
 @dataclass(frozen=True)
 class RevokeResult:
-    """What ``pyvfio revoke`` did; ``revoked`` False: there was no such grant."""
+    """What ``pyvfio revoke`` did; ``revoked`` False: there was no such grant.
+
+    ``holders``: the user's processes that still held a node of the grant or the device
+    after the ACL changed (an open fd outlives the ACL); ``ended``: what ``kill`` did to
+    each. :attr:`remaining` are those that still hold it."""
 
     address: str
     user: str
@@ -561,6 +590,13 @@ class RevokeResult:
     narrowed: tuple[str, ...] = ()  # nodes others still need: only this user's entry went
     recreated: tuple[str, ...] = ()  # nodes udev made anew since: left alone
     reason: str = ""
+    holders: tuple[usage.Holder, ...] = ()
+    ended: tuple[usage.Ended, ...] = ()
+
+    @property
+    def remaining(self) -> tuple[usage.Holder, ...]:
+        gone = {e.pid for e in self.ended if e.gone}
+        return tuple(h for h in self.holders if h.pid not in gone)
 
     def __str__(self) -> str:
         if not self.revoked:
@@ -571,10 +607,30 @@ class RevokeResult:
             f"  {p}: {self.user}'s entry removed; other grants keep it" for p in self.narrowed
         ]
         lines += [f"  {p}: recreated since the grant; left as it is" for p in self.recreated]
+        outcome = {e.pid: e.outcome for e in self.ended}
+        for holder in self.holders:
+            if holder.pid in outcome:
+                lines.append(f"  {holder}: {outcome[holder.pid]}")
+            else:
+                lines.append(
+                    f"  still open by {holder}: an open fd outlives the ACL "
+                    f"(pyvfio revoke {self.address} --user {self.user} --kill ends it)"
+                )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "address": self.address,
+            "user": self.user,
+            "revoked": self.revoked,
+            "restored": list(self.restored),
+            "narrowed": list(self.narrowed),
+            "recreated": list(self.recreated),
+            "reason": self.reason,
+            "holders": [h.to_json() for h in self.holders],
+            "ended": [e.to_json() for e in self.ended],
+            "remaining": [h.pid for h in self.remaining],
+        }
 
 
 def _node_access(path: Path, action: str) -> NodeAccess:
@@ -608,7 +664,7 @@ def grant(
             f"{', '.join(members)} besides {addr}; pass --group to grant them all"
         )
     require_root(sysfs, "granting a device")
-    own = device_nodes(addr, number, sysfs)
+    own = usage.vfio_nodes(addr, number, sysfs)
     for rel in own:
         if not sysfs.exists(rel):
             raise HostError(
@@ -690,10 +746,23 @@ def _undo(store: GrantStore, node: NodeState, record: GrantRecord) -> str:
 
 
 def revoke(
-    address: str, user: str, *, sysfs: Sysfs = LIVE, state: Path | None = None
+    address: str,
+    user: str,
+    *,
+    kill: bool = False,
+    grace: float = 5.0,
+    sysfs: Sysfs = LIVE,
+    state: Path | None = None,
 ) -> RevokeResult:
     """Undo :func:`grant`: the user's access goes; nodes no other grant needs go back
-    to exactly their recorded owner, mode and ACL. No grant: ``revoked`` is False."""
+    to exactly their recorded owner, mode and ACL. No grant: ``revoked`` is False.
+
+    Then the user's processes that still hold what the grant opened (a node the user
+    no longer may open, or the device's fd) are listed in ``holders``: the ACL does not
+    reach a file already open. With ``kill`` they get SIGTERM, and SIGKILL ``grace``
+    seconds later; where the kernel does not say which device a VFIO device fd is (before
+    Linux 6.18), every process of the user holding one counts.
+    """
     addr = normalize(address)
     pw = _lookup_user(user)
     if GrantStore(state).find(addr, pw.pw_uid) is None:
@@ -708,13 +777,22 @@ def revoke(
             return RevokeResult(
                 addr, pw.pw_name, False, reason=f"{pw.pw_name} holds no grant on {addr}"
             )
+        lost = []  # nodes the user can no longer open, whatever holds them already
         for path in record.nodes:
+            if record.uid not in store.users_of(path, besides=record):
+                lost.append(path)
             node = store.nodes.get(path)
             if node is None:
                 continue
             outcome[_undo(store, node, record)].append(path)
         store.grants.remove(record)
         store.save()
+    found = [
+        h
+        for h in usage.holders(lost, device=addr, sysfs=sysfs)
+        if pw.pw_uid in h.uids  # real, effective, saved or filesystem uid
+    ]
+    ended = usage.end_processes(found, grace) if kill and found else []
     return RevokeResult(
         addr,
         pw.pw_name,
@@ -722,4 +800,6 @@ def revoke(
         tuple(outcome["restored"]),
         tuple(outcome["narrowed"]),
         tuple(outcome["recreated"]),
+        holders=tuple(found),
+        ended=tuple(ended),
     )

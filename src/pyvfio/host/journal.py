@@ -14,6 +14,12 @@ The journal lives in ``/run/pyvfio`` (a tmpfs: driver bindings do not survive a 
 so neither should a record of them); ``$PYVFIO_STATE_DIR`` moves it (tests, containers).
 Writers hold an exclusive ``flock`` on ``journal.lock`` so two pyvfio processes never
 interleave their changes.
+
+The file is root's (``/run/pyvfio`` is 0700), but pyvfio acts on what it says as root, so
+it is read as untrusted input all the same: anything but the shape :meth:`Journal.save`
+writes (a list, an entry that is not an object, a field of the wrong type, an address
+or driver name that is not one, truncated JSON, an empty file) is a :class:`JournalError`
+that names the file and how to repair it, and nothing is changed.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pyvfio.errors import HostError
+from pyvfio.errors import HostError, InvalidAddressError
+from pyvfio.pci.address import normalize
 
 STATE_DIR_ENV = "PYVFIO_STATE_DIR"
 DEFAULT_STATE_DIR = Path("/run/pyvfio")
@@ -43,8 +51,32 @@ CRASH_ENV = "PYVFIO_CRASH_AFTER_STEP"
 STEPS = ("planned", "override-set", "unbound", "bound")
 
 
+#: What a driver name in the journal may be: it becomes a path component below
+#: /sys/bus/pci/drivers (the kernel's own names are letters, digits, '_', '-', '.').
+_DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:-]{0,63}")
+
+
 def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+class JournalError(HostError, ValueError):
+    """The journal file cannot be read or trusted (bad input: exit 2, nothing changed)."""
+
+
+class JournalUnreadableError(JournalError):
+    """The journal is there but this user may not read it (``/run/pyvfio`` is root's)."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A sysfs write for the device that did not return in time: the kernel is still
+    doing it (vfio-pci's remove waits until every user closes the device) in process
+    ``pid`` (``start``: its start time in /proc/PID/stat, which tells a reused pid apart)."""
+
+    write: str  # what was written, e.g. "unbind from vfio-pci"
+    pid: int
+    start: int
 
 
 @dataclass(frozen=True)
@@ -56,13 +88,20 @@ class JournalEntry:
     original_override: str | None
     target: str
     step: str = "planned"
+    #: Set while a write to the device's driver waits in the kernel (see Waiting).
+    waiting: Waiting | None = None
 
     @property
     def done(self) -> bool:
-        return self.step == "bound"
+        return self.step == "bound" and self.waiting is None
 
     def __str__(self) -> str:
         was = self.original_driver or "no driver"
+        if self.waiting is not None:
+            return (
+                f"{self.address} waiting: the kernel has not finished '{self.waiting.write}' "
+                f"(pid {self.waiting.pid} waits until the device is closed; was {was})"
+            )
         if self.done:
             return f"{self.address} on {self.target} by pyvfio (was {was})"
         return f"{self.address} half-done: stopped after '{self.step}' (was {was})"
@@ -100,29 +139,100 @@ class Journal:
 
     def _load(self) -> dict[str, JournalEntry]:
         try:
-            raw = json.loads(self.path.read_text())
+            text = self.path.read_text()
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as err:
-            raise HostError(
-                f"cannot read the bind journal {self.path}: {err}; fix or remove it "
-                "after checking each device's driver by hand (lspci -k)"
+        except PermissionError as err:
+            raise JournalUnreadableError(
+                f"cannot read the bind journal {self.path}: permission denied; run as root"
             ) from err
+        except (OSError, ValueError) as err:  # ValueError: not UTF-8
+            raise self._damaged(str(err)) from err
+        return self._parse(text)
+
+    def _damaged(self, why: str) -> JournalError:
+        return JournalError(
+            f"cannot read the bind journal {self.path}: {why}; nothing was changed; to "
+            f"repair: read it (cat {self.path}), give each device it names back to its "
+            f"driver by hand (lspci -k shows them), then remove it (rm {self.path})"
+        )
+
+    def _parse(self, text: str) -> dict[str, JournalEntry]:
+        """The entries of the file's text: exactly the shape :meth:`save` writes."""
+        if not text.strip():
+            raise self._damaged("the file is empty (a write cut short?)")
+        try:
+            raw = json.loads(text)
+        except ValueError as err:
+            raise self._damaged(f"not JSON ({err})") from None
+        except RecursionError:  # the C scanner's answer to [[[[...]]]] nested too deep
+            raise self._damaged("not JSON (nested too deep)") from None
+        if not isinstance(raw, dict):
+            raise self._damaged(f"it holds a JSON {_kind(raw)}, not an object")
         if raw.get("version") != FORMAT_VERSION:
-            raise HostError(
+            raise JournalError(
                 f"{self.path} has journal format {raw.get('version')!r}, this pyvfio "
                 f"reads {FORMAT_VERSION}: restore with the pyvfio that wrote it"
             )
+        devices = raw.get("devices", {})
+        if not isinstance(devices, dict):
+            raise self._damaged(f"'devices' is a JSON {_kind(devices)}, not an object")
         entries = {}
-        for addr, data in raw.get("devices", {}).items():
-            entries[addr] = JournalEntry(
-                address=addr,
-                original_driver=data.get("original_driver"),
-                original_override=data.get("original_override"),
-                target=data.get("target") or "vfio-pci",
-                step=data.get("step") or "planned",
-            )
+        for addr, data in devices.items():
+            entries[addr] = self._entry(addr, data)
         return entries
+
+    def _entry(self, addr: str, data: object) -> JournalEntry:
+        def bad(why: str) -> JournalError:
+            return self._damaged(f"the entry {addr!r} {why}")
+
+        try:
+            canonical = normalize(addr)
+        except InvalidAddressError:
+            raise bad("is not a PCI address") from None
+        if canonical != addr:
+            raise bad(f"is not written as pyvfio writes it ({canonical})")
+        if not isinstance(data, dict):
+            raise bad(f"is a JSON {_kind(data)}, not an object")
+        if data.get("address", addr) != addr:
+            raise bad(f"names another device ({data.get('address')!r})")
+        names: dict[str, str | None] = {}
+        for key, optional in (
+            ("original_driver", True),
+            ("original_override", True),
+            ("target", False),
+        ):
+            value = data.get(key)
+            if value is None and optional:
+                names[key] = None
+                continue
+            if not isinstance(value, str) or not _DRIVER_NAME.fullmatch(value):
+                raise bad(f"has {key} {value!r}, not a driver name")
+            names[key] = value
+        step_name = data.get("step", "planned")
+        if step_name not in STEPS:
+            raise bad(f"has step {step_name!r}, not one of {', '.join(STEPS)}")
+        return JournalEntry(
+            address=addr,
+            original_driver=names["original_driver"],
+            original_override=names["original_override"],
+            target=names["target"] or "vfio-pci",
+            step=step_name,
+            waiting=self._waiting(data.get("waiting"), bad),
+        )
+
+    @staticmethod
+    def _waiting(value: object, bad: Any) -> Waiting | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise bad(f"has 'waiting' as a JSON {_kind(value)}, not an object")
+        write, pid, start = value.get("write"), value.get("pid"), value.get("start")
+        if not isinstance(write, str) or type(pid) is not int or type(start) is not int:
+            raise bad("has a 'waiting' without a write (text), a pid and a start (numbers)")
+        if pid <= 0 or start < 0:
+            raise bad(f"has a 'waiting' with pid {pid} and start {start}")
+        return Waiting(write, pid, start)
 
     @classmethod
     @contextlib.contextmanager
@@ -147,6 +257,11 @@ class Journal:
 
     def advance(self, address: str, new_step: str) -> None:
         self.entries[address] = replace(self.entries[address], step=new_step)
+        self.save()
+
+    def wait_on(self, address: str, waiting: Waiting | None) -> None:
+        """Record (or clear, with None) a write to the device the kernel has not finished."""
+        self.entries[address] = replace(self.entries[address], waiting=waiting)
         self.save()
 
     def forget(self, address: str) -> None:
@@ -195,8 +310,16 @@ def journal_dir_for(root: Path) -> Path:
 
 
 def read_journal(directory: Path | None = None) -> dict[str, JournalEntry]:
-    """The entries as they are now, without locking (for ``pyvfio ls``)."""
+    """The entries as they are now, without locking (for ``pyvfio ls``): none for a user
+    who may not read the journal (as everything pyvfio changed, it is root's), and
+    JournalError when the file is damaged (the caller decides what it can still say)."""
     try:
         return Journal(directory).entries
-    except HostError:
+    except JournalUnreadableError:
         return {}
+
+
+def _kind(value: object) -> str:
+    """JSON's name for a parsed value's type."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")

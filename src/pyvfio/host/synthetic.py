@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pyvfio.host.sysfs import IOMMU_GROUPS, PCI_DEVICES, Sysfs
+from pyvfio.host.sysfs import (
+    IOMMU_GROUPS,
+    PCI_DEVICES,
+    Sysfs,
+    WriteTimeoutError,
+    process_start,
+)
 
 BRIDGE_CLASS = 0x060400
 
@@ -238,6 +246,13 @@ class SyntheticHost:
         self.write(f"{where}/name", "simple\n")
         self.link(f"sys/class/graphics/{fb}", where)
 
+    def add_process(self, pid: int) -> None:
+        """A real process of this machine shows in the tree's ``proc`` as itself (its fds,
+        status, command line): the process holding a node of the tree open, in tests."""
+        link = self.path(f"proc/{pid}")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(f"/proc/{pid}")
+
 
 class SimulatedKernel(Sysfs):
     """A Sysfs over a synthetic tree whose driver writes act as the PCI core's do.
@@ -246,19 +261,45 @@ class SimulatedKernel(Sysfs):
     without an override (its ID table match).
     """
 
-    __slots__ = ("defaults", "host", "refuse", "writes")
+    __slots__ = ("defaults", "host", "hung", "locked", "refuse", "waiters", "writes")
 
     def __init__(self, host: SyntheticHost, defaults: dict[str, str] | None = None) -> None:
         super().__init__(host.root)
         self.host = host
         self.defaults = dict(defaults or {})
         self.refuse: set[tuple[str, str]] = set()  # (address, driver) probes that fail
+        #: Devices whose driver's remove waits for a user to close them, as vfio-pci's
+        #: does: an unbind drops the driver link and then does not return, and every
+        #: later write for the device waits behind it (``locked``: the device lock the
+        #: unbind holds), until release().
+        self.hung: set[str] = set()
+        self.locked: set[str] = set()
+        #: The writer processes still waiting, by hung device.
+        self.waiters: dict[str, list[int]] = {}
         self.writes: list[tuple[str, str]] = []
 
-    def write_attr(self, rel: str, value: str) -> None:
+    def write_attr(self, rel: str, value: str, *, timeout: float | None = None) -> None:
         self.writes.append((rel, value))
         parts = rel.strip("/").split("/")
         addr = value.strip()
+        device = parts[-2] if parts[-1] == "driver_override" else addr
+        if device in self.hung and parts[-1] == "unbind":
+            self.host.bind(addr, None)  # driver_sysfs_remove() comes before remove()
+            self.locked.add(device)
+        if device in self.locked:
+            if timeout is None:
+                raise AssertionError(f"a write for {device} would wait forever: no timeout")
+            # A real writer process waits on a FIFO nobody reads, as on the device lock.
+            fifo = self.path(f"hung/{device}")
+            if not fifo.exists():
+                fifo.parent.mkdir(parents=True, exist_ok=True)
+                os.mkfifo(fifo)
+            try:
+                Sysfs.write_attr(self, f"hung/{device}", value, timeout=timeout)
+            except WriteTimeoutError as err:
+                self.waiters.setdefault(device, []).append(err.pid)
+                raise
+            return
         if parts[-1] == "driver_override":
             text = value.strip() or "(null)"
             self.path(rel).write_text(text + "\n")
@@ -275,6 +316,26 @@ class SimulatedKernel(Sysfs):
                 self._probe(addr, wanted, explicit=False)
         else:
             super().write_attr(rel, value)
+
+    def release(self, address: str, timeout: float = 10.0) -> None:
+        """The user of a hung device closed it: the writes waiting for it return."""
+        self.hung.discard(address)
+        self.locked.discard(address)
+        fifo = self.path(f"hung/{address}")
+        if not fifo.exists():
+            return
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:  # a reader lets the writers' open() return; read until they are all gone
+            deadline = time.monotonic() + timeout
+            waiters = self.waiters.pop(address, [])
+            while any(process_start(pid) is not None for pid in waiters):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the writers {waiters} waiting on {fifo} stay")
+                if select.select([reader], [], [], 0.05)[0]:
+                    os.read(reader, 4096)
+        finally:
+            os.close(reader)
+        fifo.unlink()
 
     def _probe(self, addr: str, driver: str, *, explicit: bool) -> None:
         if self.driver(addr) is not None:
