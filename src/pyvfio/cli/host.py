@@ -45,7 +45,7 @@ def ls(
     """IOMMU groups as a tree: each device, its driver, and the group's verdict."""
     from pyvfio.cli.render import groups_tree
     from pyvfio.host.inventory import iommu_groups, listing_json
-    from pyvfio.host.journal import journal_dir_for, read_journal
+    from pyvfio.host.journal import journal_of
     from pyvfio.host.snapshot import open_root
     from pyvfio.noiommu import noiommu_groups
 
@@ -61,7 +61,7 @@ def ls(
         raise ValueError(f"--group {group}: IOMMU groups count from 0 (pyvfio ls lists them)")
     sysfs = open_root(root)
     groups = iommu_groups(sysfs)
-    journal = read_journal(journal_dir_for(sysfs.root))
+    journal = journal_of(sysfs)
     if group is not None:
         groups = [g for g in groups if g.number == group]
     if klass is not None or vendor_id is not None:
