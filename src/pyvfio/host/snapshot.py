@@ -457,8 +457,15 @@ def open_root(root: str | os.PathLike[str]) -> Sysfs:
         return Sysfs(path)
     if not path.exists():
         raise SnapshotError(f"no snapshot at {path}: give a folder or a .tar.gz")
-    if not path.is_file():  # a FIFO would hang the read below, a device never end
+    # Nothing is read before these: a FIFO would block for ever, and tarfile's xz probe
+    # reads zeros without end (/dev/zero, or a sparse file of a terabyte).
+    if not path.is_file():
         raise SnapshotError(f"{path} is not a snapshot: pyvfio snapshot writes a .tar.gz")
+    size = path.stat().st_size
+    if size > MAX_STREAM_BYTES:
+        raise SnapshotError(
+            f"{path} is {size >> 20} MiB: not a snapshot pyvfio wrote (a real one is a few MiB)"
+        )
     try:
         is_tar = tarfile.is_tarfile(path)
     except OSError as err:
