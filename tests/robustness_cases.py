@@ -669,6 +669,7 @@ CLI: list[CliCase] = [
     CliCase(("snapshot", ""), "out", "empty", 2, "name the tarball to write"),
     CliCase(("snapshot", "/nonexistent/dir/x.tar.gz"), "out", "folder missing", 2,
             "cannot write /nonexistent/dir/x.tar.gz"),
+    CliCase(("snapshot", "{tmp}"), "out", "a folder", 2, "is a folder: name the tarball"),
     CliCase(("persist", "--distro", "bogus", "00:10.0", "--root", "{tmp}"), "--distro",
             "unknown", 2, "use one of debian, fedora, arch"),
     CliCase(("persist", "--distro", "debian", "zz:00.0", "--root", "{tmp}"), "addresses",

@@ -59,7 +59,7 @@ def ls(
     """IOMMU groups as a tree: each device, its driver, and the group's verdict."""
     from pyvfio.cli.render import groups_tree
     from pyvfio.host.inventory import iommu_groups, listing_json
-    from pyvfio.host.journal import JournalError, journal_dir_for, read_journal
+    from pyvfio.host.journal import JournalError, journal_of
     from pyvfio.host.snapshot import open_root
     from pyvfio.noiommu import noiommu_groups
 
@@ -77,7 +77,7 @@ def ls(
     groups = iommu_groups(sysfs)
     damaged: JournalError | None = None
     try:
-        journal = read_journal(journal_dir_for(sysfs.root))
+        journal = journal_of(sysfs)
     except JournalError as err:  # the groups are still worth showing; then exit 2
         journal, damaged = {}, err
     if group is not None:

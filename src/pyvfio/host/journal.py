@@ -33,14 +33,19 @@ import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyvfio.errors import HostError, InvalidAddressError
 from pyvfio.pci.address import normalize
 
+if TYPE_CHECKING:
+    from pyvfio.host.sysfs import Sysfs
+
 STATE_DIR_ENV = "PYVFIO_STATE_DIR"
 DEFAULT_STATE_DIR = Path("/run/pyvfio")
 JOURNAL_NAME = "journal.json"
+#: Where a snapshot carries its copy of the journal, below its root.
+SNAPSHOT_JOURNAL = f"run/pyvfio/{JOURNAL_NAME}"
 FORMAT_VERSION = 1
 
 #: Test hook: ``PYVFIO_CRASH_AFTER_STEP=N`` makes the process SIGKILL itself right after
@@ -303,10 +308,16 @@ def write_json_atomically(path: Path, data: object) -> None:
         os.close(dirfd)
 
 
-def journal_dir_for(root: Path) -> Path:
-    """Where the journal of the host at ``root`` is: live, the state folder; a snapshot
-    carries its copy at ``run/pyvfio``."""
-    return state_dir() if root == Path("/") else root / "run/pyvfio"
+def journal_of(sysfs: Sysfs) -> dict[str, JournalEntry]:
+    """The entries of the host ``sysfs`` reads, without locking (for ``pyvfio ls``): live,
+    the state folder's; a snapshot, its copy, found inside it like every other file
+    (a recorded ``run -> ../../run`` would otherwise show this host's journal)."""
+    if sysfs.is_live:
+        return read_journal()
+    inside = sysfs.realpath(SNAPSHOT_JOURNAL)
+    if inside is None or os.path.basename(inside) != JOURNAL_NAME:
+        return {}
+    return read_journal(sysfs.root / os.path.dirname(inside))
 
 
 def read_journal(directory: Path | None = None) -> dict[str, JournalEntry]:

@@ -5,28 +5,49 @@ with sysfs's relative symlinks as they are, so ``--root OUT.tar.gz`` (or the fol
 unpacks to) gives every read-only command the same answers as the live host. Nothing
 private goes in: configuration space is cut to the standard header and the bytes of the
 capabilities pyvfio decodes (a Device Serial Number is zeroed), the kernel log to the
-IOMMU, interrupt-remapping and VFIO lines, and device nodes to their modes and owners.
+IOMMU, interrupt-remapping and VFIO lines, ``/proc/iomem`` to the lines over PCI
+resources (its "Kernel code" lines would give away where the kernel sits in physical
+memory), and device nodes to their modes and owners.
+
+A snapshot read back is somebody else's data, opened by root. :func:`open_root` unpacks
+it by hand, the same way on every Python (``tarfile``'s extraction filters arrived in
+3.11.4; Debian 12 has 3.11.2): folders and regular files first, each created below the
+folder without following a link, with fixed modes and the reader as owner; symlinks
+last, each refused if it is absolute or leads out, then all of them checked again once
+they all exist (a link can be made to lead out by one created after it); nothing else
+(hard links, devices, FIFOs); and limits on members and sizes checked before anything
+is written. The :class:`~pyvfio.host.sysfs.Sysfs` it returns then resolves every read
+inside the folder.
 """
 
 from __future__ import annotations
 
 import atexit
+import bisect
+import bz2
 import contextlib
+import errno
+import gzip
 import io
 import json
+import lzma
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pyvfio.errors import HostError
-from pyvfio.host.journal import state_dir
+from pyvfio.host.details import IORESOURCE_MEM
+from pyvfio.host.journal import SNAPSHOT_JOURNAL, state_dir
 from pyvfio.host.sysfs import IOMMU_GROUPS, LIVE, PCI_DEVICES, Sysfs
+from pyvfio.host.usage import iomem_line
 from pyvfio.pci.config import CapId, ExtCapId, parse_config
 
 #: Written into every snapshot: what it is, for whoever opens the tarball.
@@ -87,8 +108,28 @@ _EXT_LENGTH: dict[int, int] = {
 }
 
 
+#: Limits on a snapshot being unpacked, far above what a big host records and checked
+#: before anything is written, so a bomb stops early. The lab's main topology (21
+#: devices) records 634 members, 64 KiB in files and a 580 KiB tar stream: about 30
+#: members, 3 KiB of files and 28 KiB of stream per device, so each limit leaves room
+#: for more than 5,000 devices (a big host with SR-IOV VFs has a few thousand).
+MAX_MEMBERS = 200_000
+MAX_FILE_BYTES = 128 << 20
+MAX_STREAM_BYTES = 256 << 20
+#: Components in a member's name: sysfs nests a folder per bridge, a few dozen at most.
+MAX_DEPTH = 64
+
+#: How each compressed format the tar module reads starts, and what decompresses it.
+_DECOMPRESS = (
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
+)
+_DAMAGED = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
 class SnapshotError(HostError, ValueError):
-    """``--root`` names no snapshot (bad input: exit 2)."""
+    """``--root`` names no snapshot, or one that cannot be trusted (bad input: exit 2)."""
 
 
 def scrub_config(data: bytes) -> bytes:
@@ -148,9 +189,8 @@ class _Recorder:
     def link(self, rel: str) -> None:
         if rel in self.seen:
             return
-        try:
-            target = os.readlink(self.sysfs.path(rel))
-        except OSError:
+        target = self.sysfs.readlink(rel)
+        if target is None:
             return
         self._dirs(rel)
         self.seen.add(rel)
@@ -242,24 +282,93 @@ def device_nodes(sysfs: Sysfs = LIVE) -> dict[str, dict[str, int]]:
 def record(out: str | os.PathLike[str], sysfs: Sysfs = LIVE) -> int:
     """Write the snapshot tarball to ``out``; return how many devices it holds.
 
-    SnapshotError when ``out`` cannot be written; a tarball cut short by an error is
-    removed, so a half-written snapshot is never left behind.
+    The tarball is written to a new file beside ``out`` (created, never opened through
+    a link), fsynced, and renamed over ``out``: a rename replaces a symlink at ``out``
+    instead of writing where it points, and a snapshot cut short by an error is removed
+    before it ever has the name. SnapshotError when ``out`` cannot be written.
     """
-    if not os.fspath(out):
+    name = os.fspath(out)
+    if not name:
         raise SnapshotError("name the tarball to write, e.g. host.tar.gz")
+    if os.path.isdir(name) and not os.path.islink(name):
+        raise SnapshotError(f"{name} is a folder: name the tarball, e.g. {name}/host.tar.gz")
+    folder, base = os.path.split(os.path.abspath(name))
+    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        tar = tarfile.open(out, "w:gz")  # noqa: SIM115 - closed below, removed if cut short
+        fd = os.open(tmp, flags, 0o644)
     except OSError as err:
         raise SnapshotError(
-            f"cannot write {os.fspath(out)}: {err.strerror}; name a file in a folder you can write"
+            f"cannot write {name}: {err.strerror}; name a file in a folder you can write"
         ) from err
     try:
-        with tar:
-            return _record(tar, sysfs)
+        with open(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+                count = _record(tar, sysfs)
+            raw.flush()
+            os.fsync(raw.fileno())
+        try:
+            os.replace(tmp, name)
+        except OSError as err:
+            raise SnapshotError(
+                f"cannot write {name}: {err.strerror}; name a file in a folder you can write"
+            ) from err
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(out)
+            os.unlink(tmp)
         raise
+    _fsync_folder(folder)
+    return count
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` survive a crash."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pci_iomem(iomem: Iterable[str], resources: Iterable[tuple[int, int]]) -> list[str]:
+    """The /proc/iomem lines whose range overlaps a PCI resource (BARs, ROMs, bridge
+    windows: what the host tools look at, e.g. a boot framebuffer over a GPU's BAR).
+
+    The rest goes: "Kernel code", "System RAM" and the like would tell whoever reads a
+    bug report where the kernel sits in physical memory (physical KASLR). Lines read as
+    non-root are all zero and overlap nothing.
+    """
+    merged: list[list[int]] = []
+    for start, end in sorted(r for r in resources if r[1] > r[0]):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    starts = [m[0] for m in merged]
+    kept = []
+    for line in iomem:
+        parsed = iomem_line(line)
+        if parsed is None or parsed[1] <= 0:
+            continue
+        lo, hi, _ = parsed
+        at = bisect.bisect_right(starts, hi) - 1  # the last merged range starting <= hi
+        if at >= 0 and merged[at][1] >= lo:
+            kept.append(line)
+    return kept
+
+
+def _memory_resources(sysfs: Sysfs, addresses: Iterable[str]) -> list[tuple[int, int]]:
+    """(start, end) of every memory line of every device's ``resource`` file (BARs, ROM,
+    SR-IOV BARs, bridge windows). I/O port ranges are left out: port 0xc000 is no
+    address in /proc/iomem, where it would land in System RAM."""
+    out = []
+    for addr in addresses:
+        for line in sysfs.read_lines(f"{PCI_DEVICES}/{addr}/resource"):
+            with contextlib.suppress(ValueError):
+                start, end, flags = (int(p, 16) for p in line.split()[:3])
+                if flags & IORESOURCE_MEM:
+                    out.append((start, end))
+    return out
 
 
 def _record(tar: tarfile.TarFile, sysfs: Sysfs) -> int:
@@ -301,7 +410,6 @@ def _record(tar: tarfile.TarFile, sysfs: Sysfs) -> int:
         "proc/cmdline",
         "proc/mounts",
         "proc/swaps",
-        "proc/iomem",
         "proc/meminfo",
         "proc/net/route",
         "proc/net/if_inet6",
@@ -309,6 +417,8 @@ def _record(tar: tarfile.TarFile, sysfs: Sysfs) -> int:
         "proc/self/limits",
     ):
         rec.file(rel)
+    iomem = pci_iomem(sysfs.read_lines("proc/iomem"), _memory_resources(sysfs, addresses))
+    rec.data("proc/iomem", "".join(f"{line}\n" for line in iomem).encode())
     cpuinfo = sysfs.read_attr("proc/cpuinfo") or ""
     first = cpuinfo.split("\n\n", 1)[0]  # one CPU is enough: flags, vendor
     rec.data("proc/cpuinfo", (first + "\n").encode())
@@ -326,7 +436,7 @@ def _record(tar: tarfile.TarFile, sysfs: Sysfs) -> int:
     rec.data(NODES, json.dumps(device_nodes(sysfs), indent=1).encode())
     journal = state_dir() / "journal.json"
     if sysfs.is_live and journal.exists():
-        rec.data("run/pyvfio/journal.json", journal.read_bytes())
+        rec.data(SNAPSHOT_JOURNAL, journal.read_bytes())
     meta = {
         "format": 1,
         "devices": len(addresses),
@@ -340,44 +450,265 @@ def _record(tar: tarfile.TarFile, sysfs: Sysfs) -> int:
 
 def open_root(root: str | os.PathLike[str]) -> Sysfs:
     """A Sysfs for ``--root``: ``/``, a snapshot folder, or a snapshot tarball (unpacked
-    to a temporary folder removed at exit)."""
+    to a private temporary folder removed at exit; SnapshotError, with nothing left
+    behind, for one that is not safe to unpack)."""
     path = Path(root)
     if path == Path("/") or path.is_dir():
         return Sysfs(path)
     if not path.exists():
         raise SnapshotError(f"no snapshot at {path}: give a folder or a .tar.gz")
-    if not tarfile.is_tarfile(path):
+    # Nothing is read before these: a FIFO would block for ever, and tarfile's xz probe
+    # reads zeros without end (/dev/zero, or a sparse file of a terabyte).
+    if not path.is_file():
         raise SnapshotError(f"{path} is not a snapshot: pyvfio snapshot writes a .tar.gz")
-    where = Path(tempfile.mkdtemp(prefix="pyvfio-root-"))
+    size = path.stat().st_size
+    if size > MAX_STREAM_BYTES:
+        raise SnapshotError(
+            f"{path} is {size >> 20} MiB: not a snapshot pyvfio wrote (a real one is a few MiB)"
+        )
+    try:
+        is_tar = tarfile.is_tarfile(path)
+    except OSError as err:
+        raise SnapshotError(f"cannot read {path}: {err.strerror}") from err
+    if not is_tar:
+        raise SnapshotError(f"{path} is not a snapshot: pyvfio snapshot writes a .tar.gz")
+    where = Path(tempfile.mkdtemp(prefix="pyvfio-root-"))  # 0700: nobody else gets in
+    try:
+        _extract_safely(path, where)
+    except BaseException:
+        shutil.rmtree(where, ignore_errors=True)
+        raise
     atexit.register(shutil.rmtree, where, True)
-    with tarfile.open(path) as tar:
-        _extract_safely(tar, where, path)
     return Sysfs(where)
 
 
-def _extract_safely(tar: tarfile.TarFile, where: Path, path: Path) -> None:
-    """Unpack a snapshot without letting a member escape ``where``.
+def _extract_safely(path: Path, where: Path) -> None:
+    """Unpack the tarball at ``path`` into the empty folder ``where``, or SnapshotError.
 
-    Python 3.11.4+ has the "data" filter for this; Debian 12's 3.11.2 does not, so
-    there the same rules are checked by hand: plain files, folders and symlinks
-    only, no absolute names or "..", links that stay inside.
+    Written by hand and used on every Python: see the module's docstring. Where
+    ``tarfile.data_filter`` exists it is asked as well, after these checks, as a second
+    opinion (its refusals are SnapshotErrors too).
     """
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(where, filter="data")
-        return
-    root = where.resolve()
-    for member in tar.getmembers():
-        target = (root / member.name).resolve()
-        link_ok = True
-        if member.issym():
-            link_ok = (target.parent / member.linkname).resolve().is_relative_to(root)
-        if (
-            member.name.startswith("/")
-            or not target.is_relative_to(root)
-            or not link_ok
-            or not (member.isfile() or member.isdir() or member.issym())
-        ):
+    try:
+        with _decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            unpacker = _Unpacker(path, where)
+            try:
+                unpacker.unpack(tar)
+            finally:
+                unpacker.close()
+    except SnapshotError:
+        raise
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SnapshotError(f"cannot unpack {path} into {where}: {err.strerror}") from err
+        raise SnapshotError(f"{path} is damaged or not a snapshot: {err}") from err
+    except _DAMAGED as err:
+        raise SnapshotError(f"{path} is damaged or not a snapshot: {err}") from err
+
+
+@contextlib.contextmanager
+def _decompressed(path: Path) -> Iterator[io.BufferedReader]:
+    """The tar stream inside ``path`` (gzip, bzip2, xz or none), cut off with a
+    SnapshotError past MAX_STREAM_BYTES (a small bomb inflates to fill any disk)."""
+    with open(path, "rb") as raw:
+        magic = raw.read(6)
+        raw.seek(0)
+        opener = next((o for m, o in _DECOMPRESS if magic.startswith(m)), None)
+        inner: io.BufferedIOBase = opener(raw) if opener is not None else raw
+        try:
+            yield io.BufferedReader(_Capped(inner, path))
+        finally:
+            inner.close()
+
+
+class _Capped(io.RawIOBase):
+    """Reads a stream until MAX_STREAM_BYTES, then refuses it."""
+
+    def __init__(self, inner: io.BufferedIOBase, path: Path) -> None:
+        super().__init__()
+        self.inner, self.path, self.count = inner, path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.inner.read(len(buffer))
+        self.count += len(data)
+        if self.count > MAX_STREAM_BYTES:
             raise SnapshotError(
-                f"{path} has an unsafe member {member.name!r}: not a snapshot pyvfio wrote"
+                f"{self.path} unpacks to more than {MAX_STREAM_BYTES >> 20} MiB: "
+                "not a snapshot pyvfio wrote (a real one is a few MiB)"
             )
-    tar.extractall(where)  # every member was checked above
+        buffer[: len(data)] = data
+        return len(data)
+
+
+_KINDS = {
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Unpacker:
+    """Creates members below one folder, each reached from the folder's own fd one
+    component at a time with O_NOFOLLOW, so no name can pass through a link."""
+
+    def __init__(self, path: Path, where: Path) -> None:
+        self.path = path
+        self.where = where
+        self.top = os.open(where, _DIR_FLAGS)
+        self.cached: tuple[tuple[str, ...], int] | None = None  # the last folder reached
+        self.members = 0
+        self.entries = 0
+        self.file_bytes = 0
+        self.links: list[tuple[str, tuple[str, ...], str]] = []
+        self.tree = Sysfs(where)
+        self.data_filter = getattr(tarfile, "data_filter", None)
+
+    def close(self) -> None:
+        if self.cached is not None:
+            os.close(self.cached[1])
+            self.cached = None
+        if self.top >= 0:
+            os.close(self.top)
+            self.top = -1
+
+    def refuse(self, name: str, why: str) -> SnapshotError:
+        return SnapshotError(
+            f"{self.path} has an unsafe member {name!r}: {why}; not a snapshot pyvfio wrote"
+        )
+
+    def unpack(self, tar: tarfile.TarFile) -> None:
+        for member in tar:
+            self.members += 1
+            if self.members > MAX_MEMBERS:
+                raise self.refuse(member.name, f"more than {MAX_MEMBERS} members")
+            parts = self.parts(member)
+            if member.issym():
+                self.leads_inside(member.name, parts, member.linkname)
+            if self.data_filter is not None:
+                self.second_opinion(member)
+            if member.isdir():
+                self.folder(member.name, parts)
+            elif member.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                self.file(member, parts, tar)
+            else:  # symlinks: validated now, made once every folder and file is there
+                self.links.append((member.name, parts, member.linkname))
+        for name, parts, target in self.links:
+            self.link(name, parts, target)
+        for name, parts, target in self.links:
+            if self.tree.resolve("/".join(parts)) is None:
+                raise self.refuse(name, f"the link to {target!r} leads out once all links exist")
+
+    def parts(self, member: tarfile.TarInfo) -> tuple[str, ...]:
+        """The member's name as components, or SnapshotError for anything unsafe in it."""
+        name = member.name
+        if member.type == tarfile.SYMTYPE:
+            if not member.linkname or member.linkname.startswith("/"):
+                why = "an absolute link" if member.linkname else "an empty link"
+                raise self.refuse(name, f"{why} {member.linkname!r} (it would lead to this host)")
+        elif member.type in _KINDS:
+            raise self.refuse(name, f"{_KINDS[member.type]}: snapshots hold files, folders, links")
+        elif not (member.isdir() or member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)):
+            raise self.refuse(name, f"an entry of type {member.type!r}")
+        if name.startswith("/"):
+            raise self.refuse(name, "an absolute name")
+        parts = tuple(p for p in name.split("/") if p not in ("", "."))
+        if ".." in parts:
+            raise self.refuse(name, "a name that climbs out with '..'")
+        if len(parts) > MAX_DEPTH:
+            raise self.refuse(name, f"more than {MAX_DEPTH} folders deep")
+        if not parts and not member.isdir():
+            raise self.refuse(name, "an empty name")
+        return parts
+
+    def leads_inside(self, name: str, parts: tuple[str, ...], target: str) -> None:
+        """Refuse a link that leads out through the tree as it is now (no links yet, so
+        by its text alone); where a later link changes that, :meth:`unpack` finds it."""
+        if self.tree.resolve("/".join((*parts[:-1], target))) is None:
+            raise self.refuse(name, f"the link to {target!r} leads out of the snapshot (or loops)")
+
+    def second_opinion(self, member: tarfile.TarInfo) -> None:
+        """tarfile's own "data" filter, where this Python has it: an extra layer only."""
+        assert self.data_filter is not None
+        try:
+            self.data_filter(member, os.fspath(self.where))
+        except tarfile.TarError as err:
+            raise self.refuse(member.name, f"tarfile's data filter refuses it ({err})") from err
+
+    def reach(self, name: str, parts: tuple[str, ...]) -> int:
+        """An fd of the folder ``parts`` (made 0755 where missing), never through a link."""
+        if self.cached is not None and self.cached[0] == parts:
+            return self.cached[1]
+        fd = os.dup(self.top)
+        try:
+            for part in parts:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    made = True
+                    self.count(name)
+                except FileExistsError:
+                    made = False
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as err:  # ELOOP (a link) or ENOTDIR (a file)
+                    raise self.refuse(name, f"{part!r} on its way is not a folder") from err
+                os.close(fd)
+                fd = child
+                if made:
+                    os.fchmod(fd, 0o755)  # whatever the umask
+        except BaseException:
+            os.close(fd)
+            raise
+        if self.cached is not None:
+            os.close(self.cached[1])
+        self.cached = (parts, fd)
+        return fd
+
+    def count(self, name: str) -> None:
+        """One more folder, file or link made: the folders a name implies count too."""
+        self.entries += 1
+        if self.entries > MAX_MEMBERS:
+            raise self.refuse(name, f"more than {MAX_MEMBERS} files, folders and links")
+
+    def folder(self, name: str, parts: tuple[str, ...]) -> None:
+        if parts:
+            self.reach(name, parts)
+
+    def file(self, member: tarfile.TarInfo, parts: tuple[str, ...], tar: tarfile.TarFile) -> None:
+        self.file_bytes += member.size
+        if self.file_bytes > MAX_FILE_BYTES:
+            raise self.refuse(
+                member.name, f"its {member.size} bytes pass {MAX_FILE_BYTES >> 20} MiB in all"
+            )
+        parent = self.reach(member.name, parts[:-1])
+        self.count(member.name)
+        try:
+            fd = os.open(parts[-1], _FILE_FLAGS, 0o644, dir_fd=parent)
+        except FileExistsError as err:
+            raise self.refuse(member.name, "a second entry of that name") from err
+        try:
+            os.fchmod(fd, 0o644)  # no setuid, setgid or sticky bit, whatever the member says
+            source = tar.extractfile(member)
+            assert source is not None  # a regular member has data
+            while chunk := source.read(1 << 16):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def link(self, name: str, parts: tuple[str, ...], target: str) -> None:
+        parent = self.reach(name, parts[:-1])
+        self.count(name)
+        try:
+            os.symlink(target, parts[-1], dir_fd=parent)
+        except FileExistsError as err:
+            raise self.refuse(name, "a second entry of that name") from err
+        self.leads_inside(name, parts, target)

@@ -264,7 +264,8 @@ class SimulatedKernel(Sysfs):
     __slots__ = ("defaults", "host", "hung", "locked", "refuse", "waiters", "writes")
 
     def __init__(self, host: SyntheticHost, defaults: dict[str, str] | None = None) -> None:
-        super().__init__(host.root)
+        # A tree the tests build (its proc links to real processes): not confined.
+        super().__init__(host.root, confined=False)
         self.host = host
         self.defaults = dict(defaults or {})
         self.refuse: set[tuple[str, str]] = set()  # (address, driver) probes that fail

@@ -7,14 +7,22 @@ pyudev's Attributes).
 Writes that may wait in the kernel (a driver's unbind waits, uninterruptibly, until
 every user has closed the device) run in a child process with a deadline: see
 :meth:`Sysfs.write_attr`.
+
+A snapshot is somebody else's data: below any root but ``/`` every path is resolved
+inside the root first (:func:`resolve_inside`), its links followed by reading their
+text, and a path that leads out (a ``..`` above the root, an absolute link) reads as
+absent, so a recorded ``proc -> ../../proc`` can never make a replay answer from the
+live host. The live host keeps the plain joins: ``ls`` walks thousands of devices.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pyvfio.errors import DeviceNotFoundError, HostError
@@ -23,23 +31,99 @@ from pyvfio.pci.address import normalize
 PCI_DEVICES = "sys/bus/pci/devices"
 IOMMU_GROUPS = "sys/kernel/iommu_groups"
 
+#: Symlinks followed in one lookup before it counts as a loop (the kernel's MAXSYMLINKS).
+MAX_LINK_HOPS = 40
+#: Components walked in one lookup, links' included: a sysfs lookup takes a few dozen;
+#: the cap keeps a snapshot's 40 hops of 2,000-component links from costing minutes.
+MAX_LOOKUP_STEPS = 256
+
+
+def resolve_inside(rel: str, readlink: Callable[[str], str | None]) -> str | None:
+    """Where ``rel`` leads in a tree once its symlinks are followed: a path relative to
+    the tree's top ("" is the top itself), or None where it would leave the tree.
+
+    ``readlink(path)`` gives the text of the symlink at ``path`` (relative to the top,
+    with every folder before its last component already resolved), or None where there
+    is no link. Only link texts are read, and ``..`` is taken off the resolved path, as
+    the kernel does: a ``..`` above the top or an absolute link is refused where it
+    appears, so a link that climbs out and comes back in is refused as well, and so is a
+    loop (more than :data:`MAX_LINK_HOPS` links or :data:`MAX_LOOKUP_STEPS` components).
+    A missing component is kept as a name: the lookup fails there, inside the tree.
+    """
+    pending = rel.split("/")[::-1]
+    done: list[str] = []
+    hops = steps = 0
+    while pending:
+        steps += 1
+        if steps > MAX_LOOKUP_STEPS:
+            return None
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not done:
+                return None
+            done.pop()
+            continue
+        done.append(part)
+        target = readlink("/".join(done))
+        if target is None:
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS or target.startswith("/"):
+            return None
+        done.pop()
+        pending += target.split("/")[::-1]
+    return "/".join(done)
+
 
 class Sysfs:
-    """Reads below ``root`` (``/`` on a live host)."""
+    """Reads below ``root`` (``/`` on a live host; anywhere else, only inside ``root``)."""
 
-    __slots__ = ("_prefix", "root")
+    __slots__ = ("_confined", "_nofollow", "_prefix", "root")
 
-    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+    def __init__(self, root: str | os.PathLike[str] = "/", *, confined: bool | None = None) -> None:
+        """``confined``: resolve every path inside ``root`` (the default for any root but
+        ``/``); False only for a tree its maker trusts, such as the tests' simulated
+        kernel, whose ``proc`` links into this machine's ``/proc`` on purpose."""
         self.root = Path(root)
         # Plain strings on the hot path: pathlib's joins cost more than the reads
         # when ``ls`` walks thousands of devices.
         self._prefix = os.path.join(os.fspath(self.root), "")
+        self._confined = not self.is_live if confined is None else confined
+        # A resolved path's last component is no link; O_NOFOLLOW keeps it so.
+        self._nofollow = os.O_NOFOLLOW if self._confined else 0
 
     def path(self, rel: str) -> Path:
+        """The plain join below the root (for the live host's writers; reads resolve)."""
         return self.root / rel.lstrip("/")
 
-    def _os_path(self, rel: str) -> str:
-        return self._prefix + rel.lstrip("/")
+    def resolve(self, rel: str) -> str | None:
+        """Where ``rel`` leads inside the root after its links (see :func:`resolve_inside`),
+        whether it exists or not; None where it leads out of the root."""
+        return resolve_inside(rel, self._readlink_below)
+
+    def _readlink_below(self, rel: str) -> str | None:
+        try:
+            return os.readlink(self._prefix + rel)
+        except OSError:
+            return None
+
+    def _os_path(self, rel: str, *, follow: bool = True) -> str | None:
+        """What to open for ``rel``: on the live host the plain join; below any other root
+        the place ``rel`` leads inside it (``follow=False``: the link itself, its folder
+        resolved), or None where it leads out."""
+        if not self._confined:
+            return self._prefix + rel.lstrip("/")
+        if not follow:
+            head, _, leaf = rel.strip("/").rpartition("/")
+            if leaf not in ("", ".", ".."):
+                folder = self.resolve(head)
+                if folder is None:
+                    return None
+                return self._prefix + (f"{folder}/{leaf}" if folder else leaf)
+        inside = self.resolve(rel)
+        return None if inside is None else self._prefix + inside
 
     def read_attr(self, rel: str) -> str | None:
         """The stripped text of a file, or None where it is absent or unreadable."""
@@ -61,8 +145,11 @@ class Sysfs:
         Raw ``os.read`` calls: sysfs attributes are a page at most, and buffered text
         files cost more than the read when ``ls`` walks thousands of devices.
         """
+        path = self._os_path(rel)
+        if path is None:
+            return None
         try:
-            fd = os.open(self._os_path(rel), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | self._nofollow)
         except OSError:
             return None
         try:
@@ -75,26 +162,39 @@ class Sysfs:
         finally:
             os.close(fd)
 
+    def readlink(self, rel: str) -> str | None:
+        """The text of the symlink at ``rel`` as recorded (sysfs's are relative), or None.
+
+        Only the link's folder is resolved: the text is what is asked for, wherever it
+        points (the snapshot recorder copies it as it is).
+        """
+        path = self._os_path(rel, follow=False)
+        if path is None:
+            return None
+        try:
+            return os.readlink(path)
+        except OSError:
+            return None
+
     def link_name(self, rel: str) -> str | None:
         """The last component of a symlink's target (a driver's or group's name)."""
-        try:
-            return os.path.basename(os.readlink(self._os_path(rel)))
-        except OSError:
-            return None
+        target = self.readlink(rel)
+        return None if target is None else os.path.basename(target)
 
     def listdir(self, rel: str) -> list[str]:
+        path = self._os_path(rel)
+        if path is None:
+            return []
         try:
-            return sorted(os.listdir(self._os_path(rel)))
+            if not self._confined:
+                return sorted(os.listdir(path))
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                return sorted(os.listdir(fd))
+            finally:
+                os.close(fd)
         except OSError:
             return []
-
-    def readlink(self, rel: str) -> str | None:
-        """A symlink's target as the kernel shows it (``/proc/PID/fd/N``: the path opened,
-        or ``anon_inode:[vfio-device]``), None where it is absent or unreadable."""
-        try:
-            return os.readlink(self._os_path(rel))
-        except OSError:
-            return None
 
     def write_attr(self, rel: str, value: str, *, timeout: float | None = None) -> None:
         """Write one sysfs attribute; OSError propagates for the caller to explain.
@@ -105,14 +205,22 @@ class Sysfs:
         not returned by then, :class:`WriteTimeoutError` names the child, which goes on
         waiting (the kernel finishes the write when the users let go), on its own.
         """
-        if timeout is None:
-            with open(self.path(rel), "w") as f:
-                f.write(value)
+        path = self._os_path(rel)
+        if path is None:
+            raise FileNotFoundError(errno.ENOENT, f"{rel} leads out of {self.root}")
+        if timeout is not None:
+            _write_in_child(path, value.encode(), timeout)
             return
-        _write_in_child(self._os_path(rel), value.encode(), timeout)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | self._nofollow
+        with open(os.open(path, flags, 0o644), "w") as f:
+            f.write(value)
 
     def exists(self, rel: str) -> bool:
-        return os.path.exists(self._os_path(rel))
+        path = self._os_path(rel)
+        if path is None:
+            return False
+        # Resolved, the path's last component is no link: lexists does not follow one.
+        return os.path.lexists(path) if self._confined else os.path.exists(path)
 
     def read_lines(self, rel: str) -> list[str]:
         """The lines of a text file (procfs tables), empty where it is absent."""
@@ -125,6 +233,11 @@ class Sysfs:
         sysfs links are relative (``../../devices/pci0000:00/...``), so a recorded tree
         resolves inside its own folder.
         """
+        if self._confined:
+            inside = self.resolve(rel)
+            if inside is None or not os.path.lexists(self._prefix + inside):
+                return None
+            return inside or "."
         try:
             real = Path(os.path.realpath(self.path(rel), strict=True))
             return str(real.relative_to(self.root.resolve()))
@@ -132,8 +245,11 @@ class Sysfs:
             return None
 
     def stat(self, rel: str) -> os.stat_result | None:
+        path = self._os_path(rel)
+        if path is None:
+            return None
         try:
-            return os.stat(self.path(rel))
+            return os.stat(path, follow_symlinks=not self._confined)
         except OSError:
             return None
 

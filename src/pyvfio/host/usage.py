@@ -151,17 +151,20 @@ def device_users(address: str, sysfs: Sysfs = LIVE) -> tuple[str, ...]:
 BOOT_FRAMEBUFFERS = ("BOOTFB", "efifb", "vesafb", "simple-framebuffer", "simplefb")
 
 
+def iomem_line(line: str) -> tuple[int, int, str] | None:
+    """(start, end, name) of one /proc/iomem line (``  fe000000-fe0fffff : 0000:04:00.0``),
+    None for a line that is not one."""
+    span, _, name = line.strip().partition(" : ")
+    start, _, end = span.partition("-")
+    try:
+        return int(start, 16), int(end, 16), name.strip()
+    except ValueError:
+        return None
+
+
 def iomem_ranges(sysfs: Sysfs = LIVE) -> list[tuple[int, int, str]]:
     """(start, end, name) of every /proc/iomem line (all zero when read as non-root)."""
-    out = []
-    for line in sysfs.read_lines("proc/iomem"):
-        span, _, name = line.strip().partition(" : ")
-        start, _, end = span.partition("-")
-        try:
-            out.append((int(start, 16), int(end, 16), name.strip()))
-        except ValueError:
-            continue
-    return out
+    return [r for r in map(iomem_line, sysfs.read_lines("proc/iomem")) if r is not None]
 
 
 def bar_ranges(address: str, sysfs: Sysfs = LIVE) -> list[tuple[int, int, int]]:
