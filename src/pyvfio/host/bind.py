@@ -41,8 +41,8 @@ from pyvfio.errors import HostError, InvalidAddressError
 from pyvfio.host import inventory, usage
 from pyvfio.host.journal import Journal, JournalEntry, Waiting, begin_steps, step
 from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs, WriteTimeoutError, process_start
-from pyvfio.iommu import _is_vfio_driver
 from pyvfio.pci.address import normalize
+from pyvfio.viability import is_vfio_driver
 
 VFIO_PCI = "vfio-pci"
 #: Seconds a sysfs write may take before pyvfio stops waiting for it. Unbinding a host
@@ -105,7 +105,7 @@ def bind_to(
     before = sysfs.driver(addr)
     if before == driver:
         return before
-    if _is_vfio_driver(before):
+    if is_vfio_driver(before):
         refuse_held(addr, sysfs)
     if driver == VFIO_PCI:
         load_module(VFIO_PCI, sysfs)
@@ -163,7 +163,7 @@ def give_back(
     addr = normalize(address)
     dev = sysfs.device_dir(addr)
     current = sysfs.driver(addr)
-    if _is_vfio_driver(current) and current != original:
+    if is_vfio_driver(current) and current != original:
         refuse_held(addr, sysfs)
     try:
         _write(
@@ -706,7 +706,7 @@ def unbind_devices(
             out += restore([addr], sysfs=sysfs, journal_dir=journal_dir, timeout=timeout)
             continue
         driver = sysfs.driver(addr)
-        if not _is_vfio_driver(driver):
+        if not is_vfio_driver(driver):
             out.append(Restored(addr, driver, False, f"not on vfio-pci ({driver or 'no driver'})"))
             continue
         require_root(sysfs, "unbinding devices")

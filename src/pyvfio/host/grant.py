@@ -48,14 +48,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pyvfio.errors import DeviceNotBoundError, HostError
+from pyvfio.errors import HostError
 from pyvfio.host import usage
 from pyvfio.host.bind import require_root
 from pyvfio.host.journal import exclusive_lock, state_dir, write_json_atomically
 from pyvfio.host.sysfs import LIVE, Sysfs
-from pyvfio.iommu import _is_vfio_driver
 from pyvfio.noiommu import is_noiommu_group
 from pyvfio.pci.address import normalize
+from pyvfio.viability import bound_group
 
 GRANTS_NAME = "grants.json"
 FORMAT_VERSION = 1
@@ -323,16 +323,7 @@ def _lookup_user(name: str) -> pwd.struct_passwd:
 
 def _check_device(address: str, sysfs: Sysfs) -> int:
     """The device's IOMMU group; refusals for a device no user could open."""
-    driver = sysfs.driver(address)
-    if not _is_vfio_driver(driver):
-        raise DeviceNotBoundError(
-            f"{address} is {'on ' + driver if driver else 'on no driver'}, not vfio-pci: "
-            f"bind it first (pyvfio bind {address}), then grant it",
-            device=address,
-        )
-    group = sysfs.iommu_group(address)
-    if group is None:
-        raise HostError(f"{address} has no IOMMU group: the IOMMU is off (pyvfio doctor)")
+    group = bound_group(address, sysfs, then=", then grant it")
     if is_noiommu_group(group, sysfs):
         raise HostError(
             f"{address} is in VFIO's unsafe no-IOMMU group {group}: the kernel lets only "

@@ -12,8 +12,8 @@ from typing import Any
 
 from pyvfio.host.journal import JournalEntry
 from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs
-from pyvfio.iommu import VIABLE_DRIVERS, _is_vfio_driver
 from pyvfio.pci import ids
+from pyvfio.viability import blocks_group
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,7 @@ class PciDeviceInfo:
     @property
     def blocks_group(self) -> bool:
         """Bound to a host driver that claims DMA, so its group is not viable."""
-        driver = self.driver
-        return driver is not None and driver not in VIABLE_DRIVERS and not _is_vfio_driver(driver)
+        return blocks_group(self.driver)
 
     def __str__(self) -> str:
         name = " ".join(filter(None, (self.vendor_name, self.device_name))) or "unknown device"
