@@ -10,6 +10,7 @@ vfio-user socket. Offsets and widths are checked before any system call.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -105,16 +106,7 @@ class Region:
             if whole:
                 base = _mem.map_memory(size, prot, mmap.MAP_SHARED, fd, self.info.offset)
             else:
-                base = _mem.map_memory(size, _mem.PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                for area in areas:
-                    _mem.map_memory(
-                        area.size,
-                        prot,
-                        mmap.MAP_SHARED | _mem.MAP_FIXED,
-                        fd,
-                        self.info.offset + area.offset,
-                        address=base + area.offset,
-                    )
+                base = self._map_areas(areas, size, prot, fd)
         except OSError as err:
             raise VfioError(
                 f"mmap of {self.name} of {self._device.bdf} failed: {err.strerror}",
@@ -125,6 +117,27 @@ class Region:
         self._whole = base if whole else 0
         self._view = _mem.view(base, self.size)
         return self._view
+
+    def _map_areas(self, areas: tuple[SparseArea, ...], size: int, prot: int, fd: int) -> int:
+        """Reserve ``size`` bytes and lay each area over its place; the reservation's
+        address. Unmapping the reservation unmaps the areas laid into it too, so a
+        failure part-way gives all of it back."""
+        base = _mem.map_memory(size, _mem.PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            for area in areas:
+                _mem.map_memory(
+                    area.size,
+                    prot,
+                    mmap.MAP_SHARED | _mem.MAP_FIXED,
+                    fd,
+                    self.info.offset + area.offset,
+                    address=base + area.offset,
+                )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                _mem.unmap_memory(base, size)
+            raise
+        return base
 
     def unmap(self) -> None:
         """Drop the mapping (idempotent); later accesses fall back to pread/pwrite."""

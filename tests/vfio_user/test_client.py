@@ -30,9 +30,11 @@ from rawserver import (
 )
 
 import pyvfio
+from pyvfio import _mem
 from pyvfio._uapi import vfio as v
 from pyvfio.errors import (
     ClosedError,
+    VfioError,
     VfioUserDisconnectedError,
     VfioUserProtocolError,
     VfioUserRemoteError,
@@ -392,6 +394,69 @@ def test_mmap_areas_the_server_shares_are_the_fast_path(tmp_path: Path) -> None:
         bar2.write32(0x1FFC, 7)
         assert bar2._whole and bar2.read32(0x1FFC) == 7
         assert device.bar2.memory[0x1FFC] == 7
+
+
+class TwoAreas(PciDevice):
+    """BAR0: four pages, of which the client may map the first and the third."""
+
+    def __init__(self) -> None:
+        super().__init__(vendor_id=0x1234, device_id=0x0002, name="two-areas")
+        self.bar0 = self.add_bar(
+            0, 0x4000, mmap_areas=[MmapArea(0x0, 0x1000), MmapArea(0x2000, 0x1000)]
+        )
+
+
+def _mapped_over(start: int, size: int) -> list[str]:
+    """The lines of /proc/self/maps that overlap ``size`` bytes at ``start``."""
+    lines = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            low, high = (int(x, 16) for x in line.split()[0].split("-"))
+            if low < start + size and start < high:
+                lines.append(line.strip())
+    return lines
+
+
+def test_a_sparse_map_that_fails_part_way_gives_back_all_it_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Region.map reserves the region, then lays each area into it: when the second
+    area's mmap fails, the reservation and the first area are unmapped again."""
+    device = TwoAreas()
+    device.bar0.memory[0x2000:0x2004] = (0xA5A5A5A5).to_bytes(4, "little")
+    made: list[tuple[int, int, int]] = []  # (address, length, flags) of each mmap
+    real_map = _mem.map_memory
+
+    def second_area_fails(
+        length: int,
+        prot: int,
+        flags: int,
+        fd: int = -1,
+        offset: int = 0,
+        address: int | None = None,
+    ) -> int:
+        if flags & _mem.MAP_FIXED and sum(f & _mem.MAP_FIXED for _, _, f in made):
+            raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        got = real_map(length, prot, flags, fd, offset, address)
+        made.append((got, length, flags))
+        return got
+
+    with (
+        running(device, tmp_path / "two.sock") as server,
+        pyvfio.open(f"vfio-user:{server.path}") as dev,
+    ):
+        bar0 = dev.bar(0)
+        assert bar0.info.sparse_areas == (SparseArea(0x0, 0x1000), SparseArea(0x2000, 0x1000))
+        monkeypatch.setattr(_mem, "map_memory", second_area_fails)
+        with pytest.raises(VfioError, match=r"mmap of BAR0 of .* failed") as info:
+            bar0.map()
+        monkeypatch.undo()
+        assert info.value.errno == errno.ENOMEM and not bar0.mapped
+        (reserved, size, _), (first, _, _) = made  # the reservation, then the first area
+        assert size == 0x4000 and first == reserved
+        assert _mapped_over(reserved, size) == []  # nothing left behind
+        # The next access maps it for good and reads the server's memory.
+        assert bar0.read32(0x2000) == 0xA5A5A5A5 and bar0.mapped
 
 
 def test_a_refused_unmap_still_fences_the_memory(sock_path: Path, peers: list[Peer]) -> None:
