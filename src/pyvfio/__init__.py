@@ -14,7 +14,7 @@
         ...
 """
 
-from pyvfio.device import Config, Device, open
+from pyvfio.device import Config, Device
 from pyvfio.dma import DmaBuffer, DmaMapping
 from pyvfio.errors import (
     ClosedError,
@@ -33,7 +33,7 @@ from pyvfio.errors import (
     VfioError,
 )
 from pyvfio.interrupt import Interrupt
-from pyvfio.iommu import Iommu
+from pyvfio.iommu import Iommu, open
 from pyvfio.region import Region
 
 __version__ = "0.1.0"

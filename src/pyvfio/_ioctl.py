@@ -1,8 +1,14 @@
 """One function per VFIO/iommufd ioctl: plain values in, plain values out.
 
-This is the only module that issues ioctls, and :func:`call` is the one place where
-an errno becomes a pyvfio exception (pyroute2's ``IoctlEthtool.ioctl``, pyusb's
-``_check``). The libc ``ioctl`` is called through ctypes rather than
+This is the only module that issues ioctls, and the one place where an errno
+becomes a pyvfio exception (pyroute2's ``IoctlEthtool.ioctl``, pyusb's ``_check``):
+:func:`call` for every ioctl, :func:`open_node` for opening a VFIO or iommufd node,
+and :func:`os_error` for the other system calls the core makes on a device (``mmap``
+of a region, ``pread``/``pwrite`` at its offset), which `Region` hands it. (A
+failed allocation of DMA memory is Python's ``MemoryError``, raised in `pyvfio.dma`;
+the vfio-user client maps its socket's errors in `pyvfio.vfio_user.client`.)
+
+The libc ``ioctl`` is called through ctypes rather than
 ``fcntl.ioctl`` because VFIO returns new file descriptors as the ioctl's *return
 value* (``VFIO_GROUP_GET_DEVICE_FD``), which ``fcntl.ioctl`` drops when it is given
 a buffer.
@@ -10,6 +16,7 @@ a buffer.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as E
 import os
@@ -134,6 +141,19 @@ def open_node(path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
         raise VfioError(
             f"cannot open {path}: {err.strerror}", errno=err.errno or 0, device=path
         ) from err
+
+
+def close_node(fd: int) -> None:
+    """Close a node's fd; an error is dropped (the fd is gone whatever close answers)."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def os_error(err: OSError, doing: str, device: str | None = None) -> VfioError:
+    """The `VfioError` for a system call on a device other than an ioctl (``mmap`` of
+    a region, ``pread``/``pwrite`` at its offset, opening a node): ``doing`` says what
+    failed ("reading 4 bytes at 0x10 of BAR0 of 0000:00:10.0"), the errno goes with it."""
+    return VfioError(f"{doing} failed: {err.strerror}", errno=err.errno or 0, device=device)
 
 
 # -- capability chains ----------------------------------------------------------------
@@ -468,15 +488,21 @@ def ioas_iova_ranges(iommufd: int, ioas: int) -> tuple[tuple[IovaRange, ...], in
     )
 
 
+#: What ioas_map and ioas_copy ask by default: the caller's IOVA, read and write.
+_FIXED_READ_WRITE = (
+    ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_FIXED_IOVA
+    | ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_READABLE
+    | ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_WRITEABLE
+)
+
+
 def ioas_map(
     iommufd: int,
     ioas: int,
     vaddr: int,
     iova: int,
     size: int,
-    flags: int = ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_FIXED_IOVA
-    | ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_READABLE
-    | ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_WRITEABLE,
+    flags: int = _FIXED_READ_WRITE,
 ) -> int:
     m = ufd.iommu_ioas_map(
         size=ctypes.sizeof(ufd.iommu_ioas_map),
@@ -508,9 +534,7 @@ def ioas_copy(
     src_ioas: int,
     src_iova: int,
     size: int,
-    flags: int = ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_FIXED_IOVA
-    | ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_READABLE
-    | ufd.IommuIoasMapFlag.IOMMU_IOAS_MAP_WRITEABLE,
+    flags: int = _FIXED_READ_WRITE,
 ) -> int:
     c = ufd.iommu_ioas_copy(
         size=ctypes.sizeof(ufd.iommu_ioas_copy),

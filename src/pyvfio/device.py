@@ -1,10 +1,18 @@
-"""A PCI device opened through VFIO: config space, regions, interrupts, DMA, reset."""
+"""A PCI device opened through VFIO: config space, regions, interrupts, DMA, reset.
+
+A `Device` is made by `pyvfio.Iommu.open` (or `pyvfio.open`), which hands it the
+device's transport and two hooks of the Iommu's: what to call once it is closed, and
+the group fds a bus reset names. It calls nothing else of the Iommu but its public
+methods, and imports nothing of it: its regions and interrupts, in turn, see it only
+through the small owner protocols of `pyvfio.region` and `pyvfio.interrupt`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno as E
 import weakref
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -36,12 +44,17 @@ def _close_transport(transport: DeviceTransport) -> None:
         transport.close()
 
 
+def _no_group_fds() -> Mapping[int, int]:
+    return {}
+
+
 class RemovalRequest(Interrupt):
     """vfio-pci's request interrupt (``VFIO_PCI_REQ_IRQ_INDEX``): the host wants the
     device back. Seeing it fire (wait, poll, wait_async) marks the device's
     ``removal_requested``, whoever consumed the eventfd's count."""
 
     __slots__ = ()
+    _device: Device  # this module's own: it marks the device's request itself
 
     def poll(self) -> int:
         count = super().poll()
@@ -119,7 +132,11 @@ class Device:
         group: int | None,
         *,
         owns_iommu: bool = False,
+        on_close: Callable[[Device], None] | None = None,
+        group_fds: Callable[[], Mapping[int, int]] = _no_group_fds,
     ) -> None:
+        """``on_close(device)`` once the device is closed (the Iommu lets go of it);
+        ``group_fds()``: the Iommu's open group fds by number, for ``hot_reset``."""
         self.bdf = bdf
         self.iommu = iommu
         self.group = group
@@ -127,7 +144,8 @@ class Device:
         self._transport: DeviceTransport = transport
         self._fd = transport.fileno()
         self._owns_iommu = owns_iommu
-        self._auto_map = True
+        self._on_close = on_close
+        self._group_fds = group_fds
         self._regions: dict[int, Region] = {}
         self._irqs: dict[str, list[Interrupt]] = {}
         self._removal_requested = False
@@ -337,7 +355,7 @@ class Device:
                 )
             transport.hot_reset([])
             return
-        groups = getattr(self.iommu._backend, "groups", {})
+        groups = self._group_fds()
         missing = [d for d in dependents if d.group_id not in groups]
         if missing:
             raise UnsupportedError(
@@ -345,21 +363,28 @@ class Device:
                 "them in the same Iommu first",
                 device=self.bdf,
             )
-        transport.hot_reset([groups[d.group_id].fd for d in dependents])
+        transport.hot_reset([groups[d.group_id] for d in dependents if d.group_id is not None])
 
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """IRQs off, regions unmapped, device fd closed; then the Iommu if it is ours."""
+        """IRQs off, regions unmapped, device fd closed (idempotent).
+
+        A device with an Iommu of its own (``pyvfio.open``) closes that Iommu, which
+        frees its DMA first, then closes this device, then the container.
+        """
         if self._fd < 0:
+            return
+        if self._owns_iommu:
+            self._owns_iommu = False
+            try:
+                self.iommu.close()  # comes back here for the device's own part
+            finally:
+                self.close()  # a no-op once the Iommu's close() has done it
             return
         removed = False
         try:
             removed = self.removal_requested
-            if self._owns_iommu:
-                for buf in list(self.iommu._buffers):
-                    with contextlib.suppress(VfioError):
-                        buf.free()
             for kind in list(self._irqs):
                 with contextlib.suppress(VfioError):
                     self.disable_irqs(kind)
@@ -369,9 +394,8 @@ class Device:
         finally:
             self._fd, self._removed = -1, removed
             self._finalizer()
-            self.iommu._forget(self)
-            if self._owns_iommu:
-                self.iommu.close()
+            if self._on_close is not None:
+                self._on_close(self)
 
     def __enter__(self) -> Device:
         return self
@@ -380,18 +404,4 @@ class Device:
         self.close()
 
 
-def open(address: str, backend: str = "auto") -> Device:
-    """Open a device already bound to vfio-pci, in an IOMMU address space of its own."""
-    from pyvfio.iommu import Iommu
-
-    iommu = Iommu(backend)
-    try:
-        device = iommu.open(address)
-    except BaseException:
-        iommu.close()
-        raise
-    device._owns_iommu = True
-    return device
-
-
-__all__ = ["CONFIG_SPACE_SIZE", "IRQ_KINDS", "Config", "Device", "RemovalRequest", "open"]
+__all__ = ["CONFIG_SPACE_SIZE", "IRQ_KINDS", "Config", "Device", "RemovalRequest"]

@@ -7,13 +7,10 @@ import ctypes
 import os
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pyvfio import _mem
 from pyvfio.errors import ClosedError
-
-if TYPE_CHECKING:
-    from pyvfio.iommu import Iommu
 
 
 @dataclass(frozen=True)
@@ -26,6 +23,19 @@ class DmaMapping:
 
     def __str__(self) -> str:
         return f"iova {self.iova:#x} -> va {self.vaddr:#x} ({self.size:#x} bytes)"
+
+
+class DmaOwner(Protocol):
+    """What a DmaBuffer needs of its Iommu (a `~pyvfio.Iommu` is one): mapping its
+    memory, and being told when the buffer is freed, to unmap it (unless the Iommu
+    is closed: then nothing is mapped any more). The underscored member is the
+    Iommu's side for its buffers, not for its callers."""
+
+    def map(
+        self, address: int, size: int, /, *, max_iova: int | None, align: int, fd: int | None
+    ) -> DmaMapping: ...
+
+    def _unmap_buffer(self, buf: DmaBuffer) -> None: ...
 
 
 def _release(address: int, size: int, memfd: int) -> None:
@@ -59,7 +69,7 @@ class DmaBuffer:
 
     def __init__(
         self,
-        iommu: Iommu,
+        iommu: DmaOwner,
         size: int,
         *,
         max_iova: int | None = None,

@@ -7,18 +7,14 @@ times it fired since the last read.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pyvfio.errors import ClosedError
-
-if TYPE_CHECKING:
-    from pyvfio.device import Device
 
 #: Interrupt kinds and their vfio-pci index (VFIO_PCI_*_IRQ_INDEX).
 IRQ_KINDS = {"intx": 0, "msi": 1, "msix": 2, "err": 3, "req": 4}
@@ -29,12 +25,24 @@ def _close_fd(fd: int) -> None:
         os.close(fd)
 
 
+class InterruptOwner(Protocol):
+    """What an Interrupt needs of its device (a `~pyvfio.Device` is one): the address
+    its errors name, and unmasking a vector, which only the device can ask of the
+    kernel. The underscored member is the device's side for its interrupts, not for
+    its callers."""
+
+    @property
+    def bdf(self) -> str: ...
+
+    def _unmask_irq(self, irq: Interrupt) -> None: ...
+
+
 class Interrupt:
     """One vector of one interrupt index, wired to an eventfd."""
 
     __slots__ = ("__weakref__", "_device", "_fd", "_finalizer", "index", "kind", "vector")
 
-    def __init__(self, device: Device, kind: str, vector: int) -> None:
+    def __init__(self, device: InterruptOwner, kind: str, vector: int) -> None:
         self._device = device
         self.kind = kind
         self.index = IRQ_KINDS[kind]
@@ -85,6 +93,8 @@ class Interrupt:
 
     async def wait_async(self, timeout: float | None = None) -> int:
         """``await`` the interrupt (``loop.add_reader`` on the eventfd)."""
+        import asyncio  # here: a synchronous driver never pays for importing it
+
         fd = self.fileno()
         count = self.poll()
         if count:
@@ -139,4 +149,4 @@ def check_kind(kind: str) -> int:
     return IRQ_KINDS[kind]
 
 
-__all__ = ["IRQ_KINDS", "Interrupt", "check_kind"]
+__all__ = ["IRQ_KINDS", "Interrupt", "InterruptOwner", "check_kind"]

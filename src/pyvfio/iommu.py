@@ -18,10 +18,15 @@ device's server, with the memory's fd when it has one.
 ``/dev/iommu`` and the first device's cdev exist, type1 otherwise. IOVAs come from
 pyvfio's allocator, which honours the ranges the kernel reports and a per-allocation
 ``max_iova`` (the device's DMA mask).
+
+Each interface is a module of `pyvfio.backends` behind its ``Backend`` protocol (the
+vfio-user one imported only when first used); :func:`open` is ``pyvfio.open``, a
+device in an Iommu of its own.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import errno as E
@@ -29,95 +34,37 @@ import functools
 import os
 import resource
 import weakref
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from pyvfio import _ioctl, _mem
-from pyvfio._uapi import vfio as v
+from pyvfio import _mem, backends
+from pyvfio.backends import UNSAFE_NOIOMMU, Backend, IommufdBackend, Type1Backend
+from pyvfio.device import Device
 from pyvfio.dma import DmaBuffer, DmaMapping
 from pyvfio.errors import (
     ClosedError,
-    DeviceNotBoundError,
-    GroupNotViableError,
     MemlockLimitError,
-    Peer,
     PermissionDeniedError,
     UnsupportedError,
     VfioError,
 )
-from pyvfio.host.sysfs import LIVE, Sysfs
-from pyvfio.info import IommuInfo, IovaRange
+from pyvfio.info import IommuInfo
 from pyvfio.iova import IovaAllocator
-from pyvfio.noiommu import UNSAFE_NOIOMMU, NoIommuBackend, check_backend
+from pyvfio.noiommu import check_backend
 from pyvfio.pci.address import normalize
-from pyvfio.vfio_user.client import SCHEME, VfioUserClient, is_vfio_user, socket_path
+from pyvfio.sysfs import LIVE, Sysfs
+from pyvfio.vfio_user import SCHEME, is_vfio_user, socket_path
+from pyvfio.viability import VIABLE_DRIVERS, blocking_peers, bound_group, not_viable_error
 
 if TYPE_CHECKING:
     import mmap
 
-    from pyvfio.device import Device
+    from pyvfio._transport import DeviceTransport
 
     #: What map() accepts besides an address: writable, contiguous memory.
     Buffer = bytearray | memoryview | mmap.mmap | ctypes.Array[Any]
 
 #: ``unsafe-noiommu`` is the explicit opt-in for VFIO's no-IOMMU mode (pyvfio.noiommu).
-BACKENDS = ("auto", "type1", "iommufd", "vfio-user", UNSAFE_NOIOMMU)
-#: Drivers that leave a group viable: vfio's own, and those the kernel marks
-#: driver_managed_dma (pci-stub, and pcieport for bridges and ports).
-VIABLE_DRIVERS = frozenset({"vfio-pci", "pci-stub", "pcieport"})
-
-
-def _is_vfio_driver(driver: str | None) -> bool:
-    return driver is not None and (driver == "vfio-pci" or driver.endswith("-vfio-pci"))
-
-
-def _close(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def blocking_peers(group: int, sysfs: Sysfs = LIVE) -> tuple[Peer, ...]:
-    """Members of ``group`` on a driver that makes the group not viable."""
-    peers = []
-    for addr in sysfs.group_devices(group):
-        driver = sysfs.link_name(f"sys/bus/pci/devices/{addr}/driver")
-        if driver is not None and driver not in VIABLE_DRIVERS and not _is_vfio_driver(driver):
-            peers.append(Peer(addr, driver))
-    return tuple(peers)
-
-
-def not_viable_error(
-    address: str, group: int, sysfs: Sysfs = LIVE, ioctl: str | None = None
-) -> GroupNotViableError:
-    peers = blocking_peers(group, sysfs)
-    named = ", ".join(map(str, peers)) or "a member on a host driver"
-    return GroupNotViableError(
-        f"IOMMU group {group} of {address} is not viable: {named}; bind them to vfio-pci "
-        f"or unbind them (pyvfio bind --group {address})",
-        peers=peers,
-        group=group,
-        ioctl=ioctl,
-        device=address,
-    )
-
-
-def _check_bound(address: str, sysfs: Sysfs) -> int:
-    """The device's IOMMU group; DeviceNotBoundError/UnsupportedError saying what to do."""
-    sysfs.device_dir(address)
-    driver = sysfs.driver(address)
-    if not _is_vfio_driver(driver):
-        raise DeviceNotBoundError(
-            f"{address} is {'bound to ' + driver if driver else 'not bound to any driver'}, "
-            f"not vfio-pci: bind it first (pyvfio bind {address})",
-            device=address,
-        )
-    group = sysfs.iommu_group(address)
-    if group is None:
-        raise UnsupportedError(
-            f"{address} has no IOMMU group: the IOMMU is off; enable VT-d/AMD-Vi in the "
-            "firmware and boot with intel_iommu=on or amd_iommu=on (pyvfio doctor)",
-            device=address,
-        )
-    return group
+BACKENDS = ("auto", *backends.NAMES)
 
 
 def _has_cap_ipc_lock() -> bool:
@@ -135,7 +82,7 @@ def _has_cap_ipc_lock() -> bool:
 @functools.cache
 def _cap_ipc_lock_for(euid: int) -> bool:
     try:
-        with open("/proc/self/status") as f:
+        with builtins.open("/proc/self/status") as f:  # this module's open() is pyvfio's
             for line in f:
                 if line.startswith("CapEff:"):
                     return bool(int(line.split()[1], 16) & (1 << 14))
@@ -163,292 +110,7 @@ def _not_granted(address: str, err: PermissionDeniedError) -> PermissionDeniedEr
     )
 
 
-class _Backend(Protocol):
-    name: str
-
-    def attach(self, address: str, group: int) -> int: ...
-    def detach(self, address: str) -> None: ...
-    def info(self) -> IommuInfo: ...
-    def map(self, vaddr: int, iova: int, size: int) -> None: ...
-    def unmap(self, iova: int, size: int) -> None: ...
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-
-
-class _Group:
-    """An open ``/dev/vfio/N`` attached to the container, and its open devices."""
-
-    __slots__ = ("devices", "fd", "number")
-
-    def __init__(self, number: int, fd: int) -> None:
-        self.number, self.fd, self.devices = number, fd, set[str]()
-
-
-class Type1Backend:
-    """``/dev/vfio/vfio`` with ``VFIO_TYPE1v2_IOMMU``."""
-
-    name = "type1"
-
-    def __init__(self, sysfs: Sysfs, path: str = "/dev/vfio/vfio") -> None:
-        self.sysfs = sysfs
-        if not os.path.exists(path):
-            raise UnsupportedError(
-                f"{path} does not exist: load the vfio module (modprobe vfio-pci)", device=path
-            )
-        self.fd = _ioctl.open_node(path)
-        self.groups: dict[int, _Group] = {}
-        self.iommu_set = False
-        try:
-            version = _ioctl.get_api_version(self.fd)
-            if version != v.VFIO_API_VERSION:
-                raise UnsupportedError(
-                    f"{path} speaks VFIO API {version}, pyvfio {v.VFIO_API_VERSION}", device=path
-                )
-            if not _ioctl.check_extension(self.fd, v.VfioExtension.VFIO_TYPE1v2_IOMMU):
-                raise UnsupportedError(
-                    "this kernel's VFIO has no TYPE1v2 IOMMU (modprobe vfio_iommu_type1)",
-                    device=path,
-                )
-        except BaseException:
-            _close(self.fd)
-            raise
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def attach(self, address: str, group: int) -> int:
-        grp = self.groups.get(group)
-        if grp is None:
-            grp = self._open_group(address, group)
-        fd = _ioctl.group_get_device_fd(grp.fd, address)
-        grp.devices.add(address)
-        return fd
-
-    def _open_group(self, address: str, group: int) -> _Group:
-        path = f"/dev/vfio/{group}"
-        if not os.path.exists(path):
-            raise DeviceNotBoundError(
-                f"{path} is missing although {address} is on vfio-pci; is this a no-IOMMU group?",
-                device=address,
-            )
-        fd = _ioctl.open_node(path)
-        try:
-            status = _ioctl.group_get_status(fd, address)
-            if not status & v.VfioGroupFlag.VFIO_GROUP_FLAGS_VIABLE:
-                raise not_viable_error(address, group, self.sysfs, "VFIO_GROUP_GET_STATUS")
-            _ioctl.group_set_container(fd, self.fd, address)
-            if not self.iommu_set:
-                _ioctl.set_iommu(self.fd, v.VfioExtension.VFIO_TYPE1v2_IOMMU)
-                self.iommu_set = True
-        except BaseException:
-            with contextlib.suppress(VfioError):
-                _ioctl.group_unset_container(fd, address)
-            _close(fd)
-            raise
-        grp = _Group(group, fd)
-        self.groups[group] = grp
-        return grp
-
-    def detach(self, address: str) -> None:
-        for number, grp in list(self.groups.items()):
-            if address in grp.devices:
-                grp.devices.discard(address)
-                if not grp.devices:
-                    del self.groups[number]
-                    with contextlib.suppress(VfioError):
-                        _ioctl.group_unset_container(grp.fd, address)
-                    _close(grp.fd)
-
-    def info(self) -> IommuInfo:
-        return _ioctl.iommu_get_info(self.fd)
-
-    def map(self, vaddr: int, iova: int, size: int) -> None:
-        _ioctl.iommu_map_dma(self.fd, vaddr, iova, size)
-
-    def unmap(self, iova: int, size: int) -> None:
-        _ioctl.iommu_unmap_dma(self.fd, iova, size)
-
-    def close(self) -> None:
-        for grp in list(self.groups.values()):
-            for address in list(grp.devices):
-                self.detach(address)
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            _close(fd)
-
-
-class IommufdBackend:
-    """``/dev/iommu`` with one IOAS, devices through their ``/dev/vfio/devices/vfioN``."""
-
-    name = "iommufd"
-
-    def __init__(self, sysfs: Sysfs, path: str = "/dev/iommu") -> None:
-        self.sysfs = sysfs
-        if not os.path.exists(path):
-            raise UnsupportedError(
-                f"{path} does not exist: this kernel has no IOMMUFD (use backend='type1')",
-                device=path,
-            )
-        self.fd = _ioctl.open_node(path)
-        try:
-            self.ioas = _ioctl.ioas_alloc(self.fd)
-        except BaseException:
-            _close(self.fd)
-            raise
-        self.devices: dict[str, int] = {}
-        self.alignment = 0
-
-    def fileno(self) -> int:
-        return self.fd
-
-    @staticmethod
-    def cdev_of(address: str, sysfs: Sysfs) -> str | None:
-        names = sysfs.listdir(f"sys/bus/pci/devices/{address}/vfio-dev")
-        return f"/dev/vfio/devices/{names[0]}" if names else None
-
-    def attach(self, address: str, group: int) -> int:
-        cdev = self.cdev_of(address, self.sysfs)
-        if cdev is None or not os.path.exists(cdev):
-            raise UnsupportedError(
-                f"{address} has no VFIO device cdev: this kernel lacks "
-                "CONFIG_VFIO_DEVICE_CDEV (use backend='type1')",
-                device=address,
-            )
-        fd = _ioctl.open_node(cdev)
-        try:
-            try:
-                _ioctl.device_bind_iommufd(fd, self.fd, address)
-            except VfioError as err:
-                # iommu_device_claim_dma_owner: -EPERM while a kernel driver owns DMA
-                # for a member of the group (owner_cnt set by another owner), -EBUSY
-                # while the group is attached to a domain other than its default.
-                if err.errno in (E.EPERM, E.EBUSY) and blocking_peers(group, self.sysfs):
-                    raise not_viable_error(
-                        address, group, self.sysfs, "VFIO_DEVICE_BIND_IOMMUFD"
-                    ) from err
-                raise
-            _ioctl.device_attach_iommufd_pt(fd, self.ioas, address)
-        except BaseException:
-            _close(fd)
-            raise
-        self.devices[address] = fd
-        return fd
-
-    def detach(self, address: str) -> None:
-        # Closing the device fd unbinds it from the iommufd; the device owns the fd.
-        self.devices.pop(address, None)
-
-    def info(self) -> IommuInfo:
-        ranges, self.alignment = _ioctl.ioas_iova_ranges(self.fd, self.ioas)
-        return IommuInfo(_mem.PAGE_SIZE, ranges)
-
-    def map(self, vaddr: int, iova: int, size: int) -> None:
-        _ioctl.ioas_map(self.fd, self.ioas, vaddr, iova, size)
-
-    def unmap(self, iova: int, size: int) -> None:
-        _ioctl.ioas_unmap(self.fd, self.ioas, iova, size)
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            with contextlib.suppress(VfioError):
-                _ioctl.iommufd_destroy(fd, self.ioas)
-            _close(fd)
-
-
-class VfioUserBackend:
-    """Devices behind vfio-user sockets: DMA mappings are messages to each server.
-
-    Every mapping goes to every connected device, and a device opened later gets the
-    mappings that exist (what a type1 container does for a group that joins). With
-    ``share_memory`` (the default), memory with an fd (a DmaBuffer's memfd) is passed
-    so the server maps it; otherwise, or for memory without an fd, the server reaches
-    it through DMA_READ/WRITE messages the client answers (the spec's choice for a
-    client that does not trust the server with its memory: an mmap cannot be revoked).
-    """
-
-    name = "vfio-user"
-
-    def __init__(self, *, share_memory: bool = True, timeout: float | None = None) -> None:
-        self.share_memory = share_memory
-        self.timeout = timeout
-        self.clients: dict[str, VfioUserClient] = {}
-        #: iova -> (vaddr, size, fd, fd offset), replayed to devices that join later.
-        self.maps: dict[int, tuple[int, int, int, int]] = {}
-
-    def fileno(self) -> int:
-        raise UnsupportedError(
-            "a vfio-user Iommu has no kernel fd (each device has its socket: dev.fileno())"
-        )
-
-    def connect(self, address: str) -> VfioUserClient:
-        """Connect to ``vfio-user:PATH`` and give it every live mapping."""
-        client = (
-            VfioUserClient(address)
-            if self.timeout is None
-            else VfioUserClient(address, timeout=self.timeout)
-        )
-        try:
-            for iova, (vaddr, size, fd, offset) in self.maps.items():
-                client.dma_map(iova, size, vaddr, fd, offset)
-        except BaseException:
-            client.close()
-            raise
-        self.clients[client.address] = client
-        return client
-
-    def attach(self, address: str, group: int) -> int:
-        raise UnsupportedError(
-            f"{address} is a PCI device on this host: a vfio-user Iommu opens only "
-            "vfio-user:PATH devices (open it in Iommu('auto'))",
-            device=address,
-        )
-
-    def detach(self, address: str) -> None:
-        self.clients.pop(address, None)  # the device closes its client
-
-    def info(self) -> IommuInfo:
-        pgsizes = _mem.PAGE_SIZE
-        avail = 65535
-        for client in self.clients.values():
-            pgsizes = (pgsizes & client.server.pgsizes) or pgsizes
-            avail = min(avail, client.server.max_dma_maps)
-        return IommuInfo(pgsizes, (IovaRange(0, (1 << 64) - 1),), max(0, avail - len(self.maps)))
-
-    def map(self, vaddr: int, iova: int, size: int, fd: int = -1, fd_offset: int = 0) -> None:
-        if not self.share_memory:
-            fd, fd_offset = -1, 0
-        done: list[VfioUserClient] = []
-        try:
-            for client in self.clients.values():
-                client.dma_map(iova, size, vaddr, fd, fd_offset)
-                done.append(client)
-        except BaseException:
-            for client in done:
-                with contextlib.suppress(VfioError):
-                    client.dma_unmap(iova, size)
-            raise
-        self.maps[iova] = (vaddr, size, fd, fd_offset)
-
-    def unmap(self, iova: int, size: int) -> None:
-        self.maps.pop(iova, None)
-        failed: VfioError | None = None
-        for client in self.clients.values():
-            try:
-                client.dma_unmap(iova, size)
-            except VfioError as err:
-                failed = failed or err
-        if failed is not None:
-            raise failed
-
-    def close(self) -> None:
-        for client in list(self.clients.values()):
-            client.close()
-        self.clients.clear()
-        self.maps.clear()
-
-
-def _finalize_backend(backend: _Backend) -> None:
+def _finalize_backend(backend: Backend) -> None:
     with contextlib.suppress(Exception):
         backend.close()
 
@@ -476,8 +138,8 @@ class Iommu:
         self._sysfs = sysfs
         self._share_memory = share_memory
         self._timeout = timeout
-        self._backend: _Backend | None = None
-        self._finalizer: weakref.finalize[[_Backend], Iommu] | None = None
+        self._backend: Backend | None = None
+        self._finalizer: weakref.finalize[[Backend], Iommu] | None = None
         self._allocator: IovaAllocator | None = None
         self._info: IommuInfo | None = None
         self._mappings: dict[int, DmaMapping] = {}
@@ -489,16 +151,10 @@ class Iommu:
         if backend != "auto":
             self._start(backend)
 
-    def _start(self, name: str) -> _Backend:
-        backend: _Backend
-        if name == "type1":
-            backend = Type1Backend(self._sysfs)
-        elif name == "iommufd":
-            backend = IommufdBackend(self._sysfs)
-        elif name == UNSAFE_NOIOMMU:
-            backend = NoIommuBackend(self._sysfs)
-        else:
-            backend = VfioUserBackend(share_memory=self._share_memory, timeout=self._timeout)
+    def _start(self, name: str) -> Backend:
+        backend = backends.start(
+            name, self._sysfs, share_memory=self._share_memory, timeout=self._timeout
+        )
         self._backend = backend
         self._finalizer = weakref.finalize(self, _finalize_backend, backend)
         return backend
@@ -523,7 +179,7 @@ class Iommu:
     def fileno(self) -> int:
         return self._require_backend().fileno()
 
-    def _require_backend(self) -> _Backend:
+    def _require_backend(self) -> Backend:
         if self._closed:
             raise ClosedError("the Iommu is closed")
         if self._backend is None:
@@ -533,41 +189,75 @@ class Iommu:
             )
         return self._backend
 
-    def _choose(self, address: str) -> _Backend:
-        if self._backend is not None:
-            return self._backend
-        cdev = IommufdBackend.cdev_of(address, self._sysfs)
-        # A user granted only the type1 nodes (or none: then type1 names pyvfio grant)
-        # must not be sent to an iommufd they cannot open.
-        use_iommufd = cdev is not None and all(
-            os.access(p, os.R_OK | os.W_OK, effective_ids=True) for p in ("/dev/iommu", cdev)
-        )
-        return self._start("iommufd" if use_iommufd else "type1")
-
     # -- devices ----------------------------------------------------------------------
 
     def open(self, address: str) -> Device:
         """Open a device (already bound to vfio-pci) into this address space."""
-        from pyvfio.device import Device
+        return self._open(address)
 
+    def _open(self, address: str, *, owns_iommu: bool = False) -> Device:
         if self._closed:
             raise ClosedError("the Iommu is closed")
         if is_vfio_user(address):
-            return self._open_vfio_user(address)
-        if isinstance(self._backend, VfioUserBackend):
+            addr, group = SCHEME + socket_path(address), None
+            backend = self._vfio_user_backend(addr)
+            self._check_not_open(addr)
+            transport = backend.attach(addr, None)
+        else:
+            addr, group, backend = self._pci_backend(address)
+            transport = self._attach_pci(backend, addr, group)
+        try:
+            device = Device(
+                self,
+                addr,
+                transport,
+                group,
+                owns_iommu=owns_iommu,
+                on_close=self._forget,
+                group_fds=backend.group_fds,
+            )
+        except BaseException:  # the Device closed its transport
+            backend.detach(addr)
+            raise
+        self._devices[addr] = device
+        return device
+
+    def _check_not_open(self, addr: str) -> None:
+        if addr in self._devices:
+            raise VfioError(f"{addr} is already open in this Iommu", errno=E.EBUSY, device=addr)
+
+    def _vfio_user_backend(self, addr: str) -> Backend:
+        if self._backend is None:
+            return self._start("vfio-user")
+        if self._backend.name != "vfio-user":
+            raise UnsupportedError(
+                f"{addr} is a vfio-user device but this Iommu is {self.backend}: open it "
+                "with pyvfio.open or in Iommu('vfio-user')",
+                device=addr,
+            )
+        return self._backend
+
+    def _pci_backend(self, address: str) -> tuple[str, int, Backend]:
+        """The device's address, its group (checked: bound to vfio, the backend allowed
+        for it) and the backend, started for it under ``auto``."""
+        if self._backend is not None and self._backend.name == "vfio-user":
             raise UnsupportedError(
                 f"this Iommu serves vfio-user devices ({SCHEME}PATH), not {address}: open "
                 "it in an Iommu of its own (pyvfio.open)",
                 device=address,
             )
         addr = normalize(address)
-        if addr in self._devices:
-            raise VfioError(f"{addr} is already open in this Iommu", errno=E.EBUSY, device=addr)
-        group = _check_bound(addr, self._sysfs)
+        self._check_not_open(addr)
+        group = bound_group(addr, self._sysfs)
         check_backend(addr, group, self.requested, self._sysfs)
-        backend = self._choose(addr)
+        if self._backend is None:
+            return addr, group, self._start(backends.choose(addr, self._sysfs))
+        return addr, group, self._backend
+
+    @staticmethod
+    def _attach_pci(backend: Backend, addr: str, group: int) -> DeviceTransport:
         try:
-            fd = backend.attach(addr, group)
+            return backend.attach(addr, group)
         except PermissionDeniedError as err:
             raise _not_granted(addr, err) from err
         except VfioError as err:
@@ -579,34 +269,6 @@ class Iommu:
                     device=addr,
                 ) from err
             raise
-        device = Device(self, addr, fd, group)
-        self._devices[addr] = device
-        return device
-
-    def _open_vfio_user(self, address: str) -> Device:
-        from pyvfio.device import Device
-
-        addr = SCHEME + socket_path(address)
-        if self._backend is None:
-            self._start("vfio-user")
-        backend = self._backend
-        if not isinstance(backend, VfioUserBackend):
-            raise UnsupportedError(
-                f"{addr} is a vfio-user device but this Iommu is {self.backend}: open it "
-                "with pyvfio.open or in Iommu('vfio-user')",
-                device=addr,
-            )
-        if addr in self._devices:
-            raise VfioError(f"{addr} is already open in this Iommu", errno=E.EBUSY, device=addr)
-        client = backend.connect(addr)
-        try:
-            device = Device(self, addr, client, None)
-        except BaseException:
-            backend.detach(addr)
-            client.close()
-            raise
-        self._devices[addr] = device
-        return device
 
     def _forget(self, device: Device) -> None:
         if self._devices.pop(device.bdf, None) is not None and self._backend is not None:
@@ -695,7 +357,7 @@ class Iommu:
                 f"DMA mappings must be page aligned: address {vaddr:#x} and "
                 f"size {size:#x} must both be multiples of {page:#x}"
             )
-        if not isinstance(backend, VfioUserBackend):  # a vfio-user server pins nothing
+        if backend.pins_memory:
             self._check_memlock(size)
         if iova is None:
             iova = allocator.allocate(size, align=align, max_iova=max_iova)
@@ -704,10 +366,7 @@ class Iommu:
                 raise ValueError(f"iova {iova:#x} + {size:#x} ends above max_iova {max_iova:#x}")
             allocator.reserve(iova, size)
         try:
-            if isinstance(backend, VfioUserBackend):
-                backend.map(vaddr, iova, size, -1 if fd is None else fd, fd_offset)
-            else:
-                backend.map(vaddr, iova, size)
+            backend.map(vaddr, iova, size, -1 if fd is None else fd, fd_offset)
         except BaseException:
             allocator.free(iova)
             raise
@@ -743,8 +402,9 @@ class Iommu:
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"DMA buffer size must be a positive int, not {size!r}")
         backend = self._require_backend()
-        memfd = isinstance(backend, VfioUserBackend) and backend.share_memory
-        buf = DmaBuffer(self, size, max_iova=max_iova, hugepages=hugepages, memfd=memfd)
+        buf = DmaBuffer(
+            self, size, max_iova=max_iova, hugepages=hugepages, memfd=backend.share_memory
+        )
         self._buffers.add(buf)
         return buf
 
@@ -782,3 +442,36 @@ class Iommu:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open(address: str, backend: str = "auto") -> Device:
+    """Open a device already bound to vfio-pci, in an IOMMU address space of its own."""
+    iommu = Iommu(backend)
+    try:
+        return iommu._open(address, owns_iommu=True)
+    except BaseException:
+        iommu.close()
+        raise
+
+
+def __getattr__(name: str) -> Any:
+    """``VfioUserBackend``, importable from here as before, without importing the
+    vfio-user client with this module."""
+    if name == "VfioUserBackend":
+        from pyvfio.backends.vfio_user import VfioUserBackend
+
+        return VfioUserBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "BACKENDS",
+    "UNSAFE_NOIOMMU",
+    "VIABLE_DRIVERS",
+    "Iommu",
+    "IommufdBackend",
+    "Type1Backend",
+    "blocking_peers",
+    "not_viable_error",
+    "open",
+]

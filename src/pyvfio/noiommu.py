@@ -13,21 +13,18 @@ pyvfio opens such a device only through ``backend="unsafe-noiommu"``
 refuses the other backends with :class:`~pyvfio.errors.UnsafeNoIommuError`. With the
 opt-in, config space, BARs, interrupts and reset work; DMA mapping raises
 :class:`~pyvfio.errors.UnsupportedError`.
+
+This module is the rule (is the mode on, which groups are no-IOMMU ones, may this
+backend open that group); the backend itself is `pyvfio.backends.noiommu`, whose
+names are importable from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+from pyvfio.backends.noiommu import UNSAFE_NOIOMMU, NoIommuBackend
+from pyvfio.errors import UnsafeNoIommuError, UnsupportedError
+from pyvfio.sysfs import LIVE, Sysfs
 
-from pyvfio import _ioctl
-from pyvfio._uapi import vfio as v
-from pyvfio.errors import UnsafeNoIommuError, UnsupportedError, VfioError
-from pyvfio.host.sysfs import LIVE, Sysfs
-from pyvfio.info import IommuInfo
-
-#: The opt-in: a backend name that says what it costs.
-UNSAFE_NOIOMMU = "unsafe-noiommu"
 #: The vfio module's parameter (Y/N); absent when the kernel lacks CONFIG_VFIO_NOIOMMU.
 MODE_PARAM = "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
 #: The name vfio_noiommu_group_alloc() gives its fake groups.
@@ -66,73 +63,13 @@ def check_backend(address: str, group: int, requested: str, sysfs: Sysfs = LIVE)
         )
 
 
-class NoIommuBackend:
-    """``/dev/vfio/vfio`` with ``VFIO_NOIOMMU_IOMMU``: devices open, DMA maps nothing."""
-
-    name = UNSAFE_NOIOMMU
-
-    def __init__(self, sysfs: Sysfs, path: str = "/dev/vfio/vfio") -> None:
-        self.sysfs = sysfs
-        if not os.path.exists(path):
-            raise UnsupportedError(
-                f"{path} does not exist: load the vfio module (modprobe vfio-pci)", device=path
-            )
-        self.fd = _ioctl.open_node(path)
-        self.groups: dict[int, tuple[int, set[str]]] = {}
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def attach(self, address: str, group: int) -> int:
-        if group not in self.groups:
-            fd = _ioctl.open_node(f"/dev/vfio/noiommu-{group}")
-            try:
-                _ioctl.group_set_container(fd, self.fd, address)
-                if not self.groups:
-                    _ioctl.set_iommu(self.fd, v.VfioExtension.VFIO_NOIOMMU_IOMMU)
-            except BaseException:
-                with contextlib.suppress(VfioError):
-                    _ioctl.group_unset_container(fd, address)
-                os.close(fd)
-                raise
-            self.groups[group] = (fd, set())
-        fd, devices = self.groups[group]
-        device_fd = _ioctl.group_get_device_fd(fd, address)
-        devices.add(address)
-        return device_fd
-
-    def detach(self, address: str) -> None:
-        for group, (fd, devices) in list(self.groups.items()):
-            devices.discard(address)
-            if not devices:
-                del self.groups[group]
-                with contextlib.suppress(VfioError):
-                    _ioctl.group_unset_container(fd, address)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def _no_dma(self) -> UnsupportedError:
-        return UnsupportedError(
-            "no DMA mapping in VFIO's no-IOMMU mode: there is no IOMMU to map through, "
-            "the device would need physical addresses of pinned memory, which pyvfio does "
-            "not hand out",
-            ioctl="VFIO_IOMMU_MAP_DMA",
-        )
-
-    def info(self) -> IommuInfo:
-        raise self._no_dma()
-
-    def map(self, vaddr: int, iova: int, size: int) -> None:
-        raise self._no_dma()
-
-    def unmap(self, iova: int, size: int) -> None:
-        raise self._no_dma()
-
-    def close(self) -> None:
-        for group in list(self.groups):
-            for address in list(self.groups[group][1]):
-                self.detach(address)
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+__all__ = [
+    "GROUP_NAME",
+    "MODE_PARAM",
+    "UNSAFE_NOIOMMU",
+    "NoIommuBackend",
+    "check_backend",
+    "is_noiommu_group",
+    "noiommu_groups",
+    "noiommu_mode",
+]

@@ -14,17 +14,29 @@ import contextlib
 import ctypes
 import errno
 import mmap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from pyvfio import _mem
+from pyvfio import _ioctl, _mem
 from pyvfio.errors import UnsupportedError, VfioError
 from pyvfio.info import RegionInfo, SparseArea
 
 if TYPE_CHECKING:
-    from pyvfio.device import Device
+    from pyvfio._transport import DeviceTransport
 
 _CTYPES = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
 _U32, _U64 = ctypes.c_uint32, ctypes.c_uint64
+
+
+class RegionOwner(Protocol):
+    """What a Region needs of its device (a `~pyvfio.Device` is one): the address its
+    errors name, and the transport, which raises `ClosedError` (or
+    `DeviceRemovedError`) once the device is closed. The underscored member is the
+    device's side for its regions, not for its callers."""
+
+    @property
+    def bdf(self) -> str: ...
+
+    def _require_transport(self) -> DeviceTransport: ...
 
 
 class Region:
@@ -43,7 +55,7 @@ class Region:
         "name",
     )
 
-    def __init__(self, device: Device, info: RegionInfo, name: str) -> None:
+    def __init__(self, device: RegionOwner, info: RegionInfo, name: str) -> None:
         self._device = device
         self.info = info
         self.name = name
@@ -108,11 +120,8 @@ class Region:
             else:
                 base = self._map_areas(areas, size, prot, fd)
         except OSError as err:
-            raise VfioError(
-                f"mmap of {self.name} of {self._device.bdf} failed: {err.strerror}",
-                errno=err.errno or 0,
-                device=self._device.bdf,
-            ) from err
+            bdf = self._device.bdf
+            raise _ioctl.os_error(err, f"mmap of {self.name} of {bdf}", bdf) from err
         self._base, self._areas = base, areas
         self._whole = base if whole else 0
         self._view = _mem.view(base, self.size)
@@ -151,7 +160,7 @@ class Region:
     def _mapped_address(self, offset: int, width: int) -> int:
         """The address of ``offset`` if a mapped area holds all ``width`` bytes, else 0."""
         if not self._base:
-            if self.info.mmap_allowed and self._device._auto_map:
+            if self.info.mmap_allowed:
                 try:
                     self.map()
                 except VfioError:
@@ -289,12 +298,9 @@ class Region:
         except VfioError:
             raise
         except OSError as err:
-            raise VfioError(
-                f"reading {length} bytes at {offset:#x} of {self.name} of "
-                f"{self._device.bdf} failed: {err.strerror}",
-                errno=err.errno or 0,
-                device=self._device.bdf,
-            ) from err
+            bdf = self._device.bdf
+            doing = f"reading {length} bytes at {offset:#x} of {self.name} of {bdf}"
+            raise _ioctl.os_error(err, doing, bdf) from err
         if len(data) != length:
             raise VfioError(
                 f"short read of {self.name} at {offset:#x}: {len(data)} of {length} bytes",
@@ -312,12 +318,9 @@ class Region:
         except VfioError:
             raise
         except OSError as err:
-            raise VfioError(
-                f"writing {len(data)} bytes at {offset:#x} of {self.name} of "
-                f"{self._device.bdf} failed: {err.strerror}",
-                errno=err.errno or 0,
-                device=self._device.bdf,
-            ) from err
+            bdf = self._device.bdf
+            doing = f"writing {len(data)} bytes at {offset:#x} of {self.name} of {bdf}"
+            raise _ioctl.os_error(err, doing, bdf) from err
         if done != len(data):
             raise VfioError(
                 f"short write to {self.name} at {offset:#x}: {done} of {len(data)} bytes",

@@ -76,6 +76,19 @@ def test_with_the_opt_in_config_bars_and_polling_work_and_dma_is_unsupported(
         assert edu.bar0.read32(edu_mod.REG_ID) == 0x010000ED  # still usable after
 
 
+@pytest.mark.lab(devices=("edu@rootport",), viommu=False, kernel="iommufd")
+def test_a_bus_reset_passes_the_no_iommu_group_fd(noiommu_edu: tuple[str, int]) -> None:
+    """Below a root port edu can be bus-reset; the reset names its group by the fd of
+    /dev/vfio/noiommu-N, which the no-IOMMU backend keeps as type1 keeps its groups'
+    (it raised AttributeError when they were kept as tuples)."""
+    address, group = noiommu_edu
+    with Edu(pyvfio.open(address, backend="unsafe-noiommu")) as edu:
+        (dependent,) = edu.device.hot_reset_dependents()
+        assert (dependent.address, dependent.group_id) == (address, group)
+        edu.device.hot_reset()
+        assert edu.bar0.read32(edu_mod.REG_ID) == 0x010000ED  # config restored, decoding
+
+
 def test_doctor_ls_and_grant_say_so(
     noiommu_edu: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

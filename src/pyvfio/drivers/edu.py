@@ -25,11 +25,11 @@ from __future__ import annotations
 import time
 
 from pyvfio.device import Device
-from pyvfio.device import open as open_device
 from pyvfio.dma import DmaBuffer
 from pyvfio.errors import ClosedError, UnsupportedError
 from pyvfio.interrupt import Interrupt
 from pyvfio.iommu import Iommu
+from pyvfio.iommu import open as open_device
 
 VENDOR_ID, DEVICE_ID = 0x1234, 0x11E8
 REG_ID, REG_LIVENESS, REG_FACTORIAL = 0x00, 0x04, 0x08

@@ -34,7 +34,6 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from pyvfio.device import Device
-from pyvfio.device import open as open_device
 from pyvfio.dma import DmaBuffer
 from pyvfio.drivers import nvme_spec as spec
 from pyvfio.drivers.nvme_spec import (
@@ -53,6 +52,7 @@ from pyvfio.drivers.nvme_spec import (
 from pyvfio.errors import UnsupportedError
 from pyvfio.interrupt import Interrupt
 from pyvfio.iommu import Iommu
+from pyvfio.iommu import open as open_device
 from pyvfio.region import Region
 
 __all__ = [

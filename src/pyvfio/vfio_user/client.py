@@ -53,13 +53,12 @@ from pyvfio.errors import (
     VfioUserTimeoutError,
 )
 from pyvfio.info import DependentDevice, DeviceInfo, IrqInfo, RegionInfo
+from pyvfio.vfio_user import SCHEME, is_vfio_user, socket_path
 from pyvfio.vfio_user import protocol as p
 from pyvfio.vfio_user.protocol import Command, Message
 
 log = logging.getLogger("pyvfio.vfio_user")
 
-#: ``pyvfio.open("vfio-user:/path/to.sock")``: the address form of a vfio-user device.
-SCHEME = "vfio-user:"
 #: Seconds a reply may take before the call gives up (a device reset may be slow).
 DEFAULT_TIMEOUT = 10.0
 #: The largest transfer this client accepts in one DMA_READ/WRITE request.
@@ -75,18 +74,6 @@ _READ, _WRITE = Command.VFIO_USER_REGION_READ, Command.VFIO_USER_REGION_WRITE
 # Plain ints for the per-message tests: IntFlag arithmetic was a tenth of a round trip.
 _TYPE, _REPLY = int(p.MessageFlag.VFIO_USER_TYPE), int(p.MessageFlag.VFIO_USER_REPLY)
 _ERROR = int(p.MessageFlag.VFIO_USER_ERROR)
-
-
-def is_vfio_user(address: str) -> bool:
-    return isinstance(address, str) and address.startswith(SCHEME)
-
-
-def socket_path(address: str) -> str:
-    """The socket path of ``vfio-user:PATH`` (absolute, so the address names one device)."""
-    path = address[len(SCHEME) :] if is_vfio_user(address) else address
-    if not path:
-        raise ValueError(f"{address!r} names no socket: use vfio-user:/path/to.sock")
-    return os.path.abspath(path)
 
 
 @dataclasses.dataclass(frozen=True)

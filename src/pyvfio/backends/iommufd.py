@@ -1,0 +1,111 @@
+"""The iommufd backend: ``/dev/iommu`` with one IOAS, each device through its cdev.
+
+``VFIO_DEVICE_BIND_IOMMUFD`` binds a device's ``/dev/vfio/devices/vfioN`` to the
+iommufd, ``VFIO_DEVICE_ATTACH_IOMMUFD_PT`` attaches it to the IOAS; mappings are
+``IOMMU_IOAS_MAP``/``UNMAP``. There are no group fds: the kernel checks a bus reset's
+ownership through the iommufd itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as E
+import os
+from collections.abc import Mapping
+
+from pyvfio import _ioctl, _mem
+from pyvfio._transport import DeviceTransport, KernelTransport
+from pyvfio.errors import UnsupportedError, VfioError
+from pyvfio.info import IommuInfo
+from pyvfio.sysfs import Sysfs
+from pyvfio.viability import blocking_peers, not_viable_error
+
+
+def cdev_of(address: str, sysfs: Sysfs) -> str | None:
+    """The device's VFIO cdev (``/dev/vfio/devices/vfioN``), None without one."""
+    names = sysfs.listdir(f"sys/bus/pci/devices/{address}/vfio-dev")
+    return f"/dev/vfio/devices/{names[0]}" if names else None
+
+
+class IommufdBackend:
+    """``/dev/iommu`` with one IOAS, devices through their ``/dev/vfio/devices/vfioN``."""
+
+    name = "iommufd"
+    pins_memory = True
+    share_memory = False
+    cdev_of = staticmethod(cdev_of)
+
+    def __init__(self, sysfs: Sysfs, path: str = "/dev/iommu") -> None:
+        self.sysfs = sysfs
+        if not os.path.exists(path):
+            raise UnsupportedError(
+                f"{path} does not exist: this kernel has no IOMMUFD (use backend='type1')",
+                device=path,
+            )
+        self.fd = _ioctl.open_node(path)
+        try:
+            self.ioas = _ioctl.ioas_alloc(self.fd)
+        except BaseException:
+            _ioctl.close_node(self.fd)
+            raise
+        self.devices: dict[str, int] = {}
+        self.alignment = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def attach(self, address: str, group: int | None) -> DeviceTransport:
+        cdev = cdev_of(address, self.sysfs)
+        if cdev is None or not os.path.exists(cdev):
+            raise UnsupportedError(
+                f"{address} has no VFIO device cdev: this kernel lacks "
+                "CONFIG_VFIO_DEVICE_CDEV (use backend='type1')",
+                device=address,
+            )
+        fd = _ioctl.open_node(cdev)
+        try:
+            try:
+                _ioctl.device_bind_iommufd(fd, self.fd, address)
+            except VfioError as err:
+                # iommu_device_claim_dma_owner: -EPERM while a kernel driver owns DMA
+                # for a member of the group (owner_cnt set by another owner), -EBUSY
+                # while the group is attached to a domain other than its default.
+                if (
+                    group is not None
+                    and err.errno in (E.EPERM, E.EBUSY)
+                    and blocking_peers(group, self.sysfs)
+                ):
+                    raise not_viable_error(
+                        address, group, self.sysfs, "VFIO_DEVICE_BIND_IOMMUFD"
+                    ) from err
+                raise
+            _ioctl.device_attach_iommufd_pt(fd, self.ioas, address)
+        except BaseException:
+            _ioctl.close_node(fd)
+            raise
+        self.devices[address] = fd
+        return KernelTransport(fd, address)
+
+    def detach(self, address: str) -> None:
+        # Closing the device fd unbinds it from the iommufd; the device owns the fd.
+        self.devices.pop(address, None)
+
+    def group_fds(self) -> Mapping[int, int]:
+        return {}
+
+    def info(self) -> IommuInfo:
+        ranges, self.alignment = _ioctl.ioas_iova_ranges(self.fd, self.ioas)
+        return IommuInfo(_mem.PAGE_SIZE, ranges)
+
+    def map(self, vaddr: int, iova: int, size: int, fd: int = -1, fd_offset: int = 0) -> None:
+        _ioctl.ioas_map(self.fd, self.ioas, vaddr, iova, size)
+
+    def unmap(self, iova: int, size: int) -> None:
+        _ioctl.ioas_unmap(self.fd, self.ioas, iova, size)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(VfioError):
+                _ioctl.iommufd_destroy(fd, self.ioas)
+            _ioctl.close_node(fd)
