@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pyvfio._sizes import size_text
 from pyvfio.host import inventory, usage
 from pyvfio.host.inventory import PciDeviceInfo
 from pyvfio.host.sysfs import LIVE, Sysfs
@@ -58,7 +59,7 @@ class Resource:
 
     def __str__(self) -> str:
         pf = ", prefetchable" if self.prefetchable else ""
-        return f"{self.name}: {self.kind} at {self.start:#x}, {_size(self.size)}{pf}"
+        return f"{self.name}: {self.kind} at {self.start:#x}, {size_text(self.size)}{pf}"
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "name": self.name}
@@ -201,14 +202,6 @@ class DeviceDetails:
             "in_use": list(self.in_use),
             "notes": list(self.notes),
         }
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or size % 1024:
-            return f"{size} {unit}"
-        size //= 1024
-    return f"{size} PiB"
 
 
 def resources(address: str, sysfs: Sysfs = LIVE) -> tuple[Resource, ...]:

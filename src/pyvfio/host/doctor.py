@@ -8,16 +8,16 @@ hint saying what to do. The checks read only through :class:`~pyvfio.host.sysfs.
 from __future__ import annotations
 
 import enum
-import json
-import os
 import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pyvfio._limits import memlock_limits
+from pyvfio._sizes import size_text
 from pyvfio.host import bind, inventory, usage
-from pyvfio.host.snapshot import META, device_nodes, kernel_log
+from pyvfio.host.snapshot import device_nodes, euid_of, kernel_log
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.noiommu import (
     MODE_PARAM,
@@ -293,13 +293,6 @@ def check_modules(sysfs: Sysfs) -> CheckResult:
     return CheckResult("VFIO modules", Status.PASS, "vfio, vfio_pci, vfio_iommu_type1 loaded")
 
 
-def _euid(sysfs: Sysfs) -> int:
-    if sysfs.is_live:
-        return os.geteuid()
-    meta = sysfs.read_attr(META)
-    return int(json.loads(meta).get("euid", 0)) if meta else 0
-
-
 def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
     nodes = {k: v for k, v in device_nodes(sysfs).items() if k.startswith("dev/vfio/")}
     if "dev/vfio/vfio" not in nodes:
@@ -316,7 +309,7 @@ def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
         if v["uid"] == 0 and not v["mode"] & (stat.S_IRWXG | stat.S_IRWXO)
     ]
     text = f"container node present, {len(groups)} group node(s)"
-    if closed and _euid(sysfs) != 0:
+    if closed and euid_of(sysfs) != 0:
         return CheckResult(
             "/dev/vfio",
             Status.WARN,
@@ -368,35 +361,24 @@ def check_noiommu(sysfs: Sysfs) -> CheckResult:
 
 def memlock_limit(sysfs: Sysfs) -> int | None:
     """The soft RLIMIT_MEMLOCK in bytes (None: unlimited), from /proc/self/limits."""
-    for line in sysfs.read_lines("proc/self/limits"):
-        if line.startswith("Max locked memory"):
-            soft = line[26:].split()[0]
-            return None if soft == "unlimited" else int(soft)
-    return None
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n} {unit}"
-        n //= 1024
-    return f"{n} TiB"
+    limits = memlock_limits(sysfs.read_lines("proc/self/limits"))
+    return None if limits is None else limits[0]
 
 
 def check_memlock(sysfs: Sysfs, need: int) -> CheckResult:
     limit = memlock_limit(sysfs)
-    if _euid(sysfs) == 0:
-        shown = "unlimited" if limit is None else _size(limit)
+    if euid_of(sysfs) == 0:
+        shown = "unlimited" if limit is None else size_text(limit)
         return CheckResult(
             "RLIMIT_MEMLOCK", Status.PASS, f"{shown}, but root pins without limit (CAP_IPC_LOCK)"
         )
     if limit is None or limit >= need:
-        shown = "unlimited" if limit is None else _size(limit)
-        return CheckResult("RLIMIT_MEMLOCK", Status.PASS, f"{shown}, enough for {_size(need)}")
+        shown = "unlimited" if limit is None else size_text(limit)
+        return CheckResult("RLIMIT_MEMLOCK", Status.PASS, f"{shown}, enough for {size_text(need)}")
     return CheckResult(
         "RLIMIT_MEMLOCK",
         Status.FAIL,
-        f"{_size(limit)}: less than the {_size(need)} to pin",
+        f"{size_text(limit)}: less than the {size_text(need)} to pin",
         "raise it: 'ulimit -l unlimited' in a root shell, LimitMEMLOCK= in a systemd unit, "
         "or '@USER hard memlock unlimited' in /etc/security/limits.conf",
     )

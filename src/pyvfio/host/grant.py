@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pyvfio._limits import memlock_kib
+from pyvfio._sizes import size_text
 from pyvfio.errors import DeviceNotBoundError, HostError
 from pyvfio.host import usage
 from pyvfio.host.bind import require_root
@@ -435,19 +437,19 @@ class MemlockAdvice:
 
     @property
     def limits_lines(self) -> tuple[str, str]:
-        kib = (self.need + 1023) // 1024
+        kib = memlock_kib(self.need)
         return (f"{self.user} soft memlock {kib}", f"{self.user} hard memlock {kib}")
 
     def __str__(self) -> str:
         lines = "\n    ".join(self.limits_lines)
         head = (
-            f"memlock: {self.user} pins up to {_size(self.need)} for DMA, so needs "
-            f"RLIMIT_MEMLOCK >= {_size(self.need)} (KiB in limits.conf)"
+            f"memlock: {self.user} pins up to {size_text(self.need)} for DMA, so needs "
+            f"RLIMIT_MEMLOCK >= {size_text(self.need)} (KiB in limits.conf)"
         )
         if self.enough:
             return f"{head}: enough already ({self.source})"
         now = (
-            f"now {_size(self.soft) if self.soft is not None else 'unlimited'} ({self.source})"
+            f"now {size_text(self.soft) if self.soft is not None else 'unlimited'} ({self.source})"
             if self.source
             else "not set in /etc/security/limits.conf, so a login gets the default"
         )
@@ -464,14 +466,6 @@ class MemlockAdvice:
             "enough": self.enough,
             "limits_conf": list(self.limits_lines),
         }
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or n % 1024:
-            return f"{n} {unit}"
-        n //= 1024
-    return f"{n} TiB"
 
 
 def _limit_bytes(value: str) -> int | None:

@@ -262,6 +262,15 @@ def kernel_log(sysfs: Sysfs = LIVE) -> str:
     return _kernel_log(sysfs)
 
 
+def euid_of(sysfs: Sysfs = LIVE) -> int:
+    """Who runs pyvfio: this process's effective uid, or the one of whoever recorded the
+    snapshot (root where it does not say)."""
+    if sysfs.is_live:
+        return os.geteuid()
+    meta = sysfs.read_attr(META)
+    return int(json.loads(meta).get("euid", 0)) if meta else 0
+
+
 def device_nodes(sysfs: Sysfs = LIVE) -> dict[str, dict[str, int]]:
     """Mode, owner and group of /dev/kvm, /dev/iommu and every /dev/vfio node."""
     recorded = sysfs.read_attr(NODES)

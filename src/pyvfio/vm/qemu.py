@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import pwd
 import re
@@ -34,13 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pyvfio import _sizes
+from pyvfio._limits import CAP_IPC_LOCK as CAP_IPC_LOCK  # where it was defined before
+from pyvfio._limits import holds_cap_ipc_lock, memlock_limits
+from pyvfio._sizes import size_text
 from pyvfio.errors import HostError, MemlockLimitError, PyvfioError
 from pyvfio.host import accel as host_accel
 from pyvfio.host import bind, doctor
 from pyvfio.host.accel import QEMU as QEMU  # the binary; callers name it vm.qemu.QEMU
 from pyvfio.host.bind import Restored
 from pyvfio.host.doctor import CheckResult, Status
-from pyvfio.host.snapshot import META
+from pyvfio.host.snapshot import euid_of
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.vm.layout import PassedDevice, layout
 from pyvfio.vm.qmp import GuestPciDevice, Monitor, QmpError, walk_query_pci
@@ -64,21 +67,11 @@ class QemuError(PyvfioError):
 
 
 def parse_size(text: str) -> int:
-    """``"4G"``, ``"512M"``, ``"2GiB"`` -> bytes (QEMU's ``-m`` units, binary)."""
-    units = {"": MIB, "K": 1 << 10, "M": MIB, "G": GIB, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in units and not t[-1:].isdigit() else ""
-    try:
-        size = int(float(t[: len(t) - len(unit)]) * units[unit])
-    except (ValueError, OverflowError):  # OverflowError: "inf"
-        raise ValueError(f"{text!r} is not a size like 512M or 4G") from None
+    """``"4G"``, ``"512M"``, ``"2GiB"`` -> bytes (QEMU's ``-m`` units: binary, MiB bare)."""
+    size = _sizes.parse_size(text, unit=MIB, examples="512M or 4G")
     if size < 16 * MIB or size % MIB:
         raise ValueError(f"{text!r}: guest memory is a whole number of MiB, at least 16M")
     return size
-
-
-def _size(n: int) -> str:
-    return f"{n // GIB} GiB" if n % GIB == 0 else f"{n // MIB} MiB"
 
 
 # -- Values inside QEMU option strings -----------------------------------------------------
@@ -139,9 +132,9 @@ class Memlock:
 
     def __str__(self) -> str:
         def shown(v: int | None) -> str:
-            return "unlimited" if v is None else _size(v)
+            return "unlimited" if v is None else size_text(v)
 
-        text = f"QEMU needs RLIMIT_MEMLOCK >= {_size(self.need)} (guest RAM + 1 GiB); "
+        text = f"QEMU needs RLIMIT_MEMLOCK >= {size_text(self.need)} (guest RAM + 1 GiB); "
         text += f"now {shown(self.soft)} soft, {shown(self.hard)} hard"
         if self.privileged:
             return text + "; with CAP_IPC_LOCK the limit does not apply"
@@ -162,38 +155,10 @@ class Memlock:
         }
 
 
-def _limit(text: str) -> int | None:
-    return None if text == "unlimited" else int(text)
-
-
 def memlock_for(memory: int, sysfs: Sysfs = LIVE) -> Memlock:
-    need = memory + MEMLOCK_SLACK
-    soft = hard = None
-    for line in sysfs.read_lines("proc/self/limits"):
-        if line.startswith("Max locked memory"):
-            fields = line[26:].split()
-            soft, hard = _limit(fields[0]), _limit(fields[1])
-    return Memlock(need, soft, hard, _ipc_lock(sysfs))
-
-
-#: include/uapi/linux/capability.h
-CAP_IPC_LOCK = 14
-
-
-def _euid(sysfs: Sysfs) -> int:
-    """Who runs pyvfio: this process, or whoever recorded the snapshot (root if unsaid)."""
-    if sysfs.is_live:
-        return os.geteuid()
-    meta = sysfs.read_attr(META)
-    return int(json.loads(meta).get("euid", 0)) if meta else 0
-
-
-def _ipc_lock(sysfs: Sysfs) -> bool:
-    """Whether this process holds CAP_IPC_LOCK (CapEff in /proc/self/status; else root)."""
-    for line in sysfs.read_lines("proc/self/status"):
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
-    return _euid(sysfs) == 0
+    soft, hard = memlock_limits(sysfs.read_lines("proc/self/limits")) or (None, None)
+    privileged = holds_cap_ipc_lock(sysfs.read_lines("proc/self/status"), euid_of(sysfs))
+    return Memlock(memory + MEMLOCK_SLACK, soft, hard, privileged)
 
 
 @dataclass(frozen=True)
@@ -557,7 +522,7 @@ def build(
         qemu_features(qemu) if features is None else features,
         run_as=run_as,
         sandbox=sandbox,
-        euid=_euid(sysfs),
+        euid=euid_of(sysfs),
     )
     if gpu.any and not any(d.is_gpu for d in devices):
         raise ValueError(
@@ -696,7 +661,7 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
             CheckResult(
                 "hugepages",
                 Status.PASS if ok else Status.FAIL,
-                f"{_size(free)} free in hugepages, guest RAM {_size(plan.memory)}"
+                f"{size_text(free)} free in hugepages, guest RAM {size_text(plan.memory)}"
                 + ("" if mounted else "; no hugetlbfs is mounted"),
                 ""
                 if ok
