@@ -23,7 +23,7 @@ import pytest
 
 from pyvfio._uapi import ABI, Abi, KernelStruct, iommufd, vfio
 from pyvfio._uapi._base import members
-from pyvfio._uapi.headers import KernelHeaders, kernel_headers
+from pyvfio.lab.headers import KernelHeaders, kernel_headers
 
 # ---- the Python side, flattened -------------------------------------------------------
 

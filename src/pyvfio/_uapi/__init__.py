@@ -6,7 +6,7 @@ Import names from the header's module, spelled as in the kernel::
     from pyvfio._uapi.iommufd import IOMMU_IOAS_MAP, IommuIoasMapFlag, iommu_ioas_map
 
 `ABI` lists everything mirrored; ``tests/unit/test_abi.py`` compiles it against the
-kernel headers that `pyvfio._uapi.headers.kernel_headers` finds.
+kernel headers that `pyvfio.lab.headers.kernel_headers` finds.
 """
 
 from typing import Final
