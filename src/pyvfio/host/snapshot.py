@@ -33,7 +33,6 @@ import json
 import lzma
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import tarfile
@@ -45,6 +44,7 @@ from pathlib import Path
 
 from pyvfio.errors import HostError
 from pyvfio.host.details import IORESOURCE_MEM
+from pyvfio.host.durable import Replacement
 from pyvfio.host.journal import SNAPSHOT_JOURNAL, state_dir
 from pyvfio.host.sysfs import IOMMU_GROUPS, LIVE, PCI_DEVICES, Sysfs
 from pyvfio.host.usage import iomem_line
@@ -301,42 +301,24 @@ def record(out: str | os.PathLike[str], sysfs: Sysfs = LIVE) -> int:
         raise SnapshotError("name the tarball to write, e.g. host.tar.gz")
     if os.path.isdir(name) and not os.path.islink(name):
         raise SnapshotError(f"{name} is a folder: name the tarball, e.g. {name}/host.tar.gz")
-    folder, base = os.path.split(os.path.abspath(name))
-    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o644)
-    except OSError as err:
-        raise SnapshotError(
+
+    def unwritable(err: OSError) -> SnapshotError:
+        return SnapshotError(
             f"cannot write {name}: {err.strerror}; name a file in a folder you can write"
-        ) from err
+        )
+
     try:
-        with open(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                count = _record(tar, sysfs)
-            raw.flush()
-            os.fsync(raw.fileno())
+        new = Replacement(Path(os.path.abspath(name)), mode=0o644)
+    except OSError as err:
+        raise unwritable(err) from err
+    with new:
+        with tarfile.open(fileobj=new.file, mode="w:gz") as tar:
+            count = _record(tar, sysfs)
         try:
-            os.replace(tmp, name)
+            new.commit()
         except OSError as err:
-            raise SnapshotError(
-                f"cannot write {name}: {err.strerror}; name a file in a folder you can write"
-            ) from err
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+            raise unwritable(err) from err
     return count
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make a rename in ``folder`` survive a crash."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def pci_iomem(iomem: Iterable[str], resources: Iterable[tuple[int, int]]) -> list[str]:
