@@ -16,7 +16,7 @@ from typing import Any
 
 from pyvfio._limits import memlock_limits
 from pyvfio._sizes import size_text
-from pyvfio.host import bind, inventory, usage
+from pyvfio.host import bind, inventory, kcmdline, usage
 from pyvfio.host.snapshot import device_nodes, euid_of, kernel_log
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.noiommu import (
@@ -92,9 +92,8 @@ def _is_amd(sysfs: Sysfs) -> bool:
 
 
 def _iommu_option(sysfs: Sysfs) -> str:
-    """What to add to the command line: AMD-Vi is on whenever the firmware enables it,
-    Intel VT-d needs intel_iommu=on unless the kernel was built with it on by default."""
-    return "iommu=pt" if _is_amd(sysfs) else "intel_iommu=on iommu=pt"
+    """What to add to the command line (:func:`pyvfio.host.kcmdline.iommu_options`)."""
+    return " ".join(kcmdline.iommu_options(_is_amd(sysfs)))
 
 
 def iommu_units(sysfs: Sysfs) -> list[str]:

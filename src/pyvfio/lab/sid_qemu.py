@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from pyvfio.errors import LabUnavailableError
+from pyvfio.host import accel
 from pyvfio.lab.debian import DEBIAN_KEYRING, DEBIAN_MIRROR, cache_dir
 
 SUITE: Final = "sid"
-PACKAGES: Final = ("qemu-system-x86",)
-QEMU: Final = "/usr/bin/qemu-system-x86_64"
+PACKAGES: Final = (accel.QEMU_PACKAGE,)
+QEMU: Final = f"/usr/bin/{accel.QEMU}"
 STAMP: Final = "sid-qemu.json"
 _DEBOOTSTRAP_TIMEOUT: Final = 1800
 _QEMU_TIMEOUT: Final = 60

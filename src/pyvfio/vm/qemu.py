@@ -41,6 +41,7 @@ from pyvfio.errors import HostError, MemlockLimitError, PyvfioError
 from pyvfio.host import accel as host_accel
 from pyvfio.host import bind, doctor
 from pyvfio.host.accel import QEMU as QEMU  # the binary; callers name it vm.qemu.QEMU
+from pyvfio.host.accel import QEMU_PACKAGE
 from pyvfio.host.bind import Restored
 from pyvfio.host.doctor import CheckResult, Status
 from pyvfio.host.snapshot import euid_of
@@ -637,7 +638,7 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
                 "QEMU",
                 Status.FAIL,
                 f"{plan.argv[0]} is not on PATH",
-                "Debian: apt-get install qemu-system-x86",
+                f"Debian: apt-get install {QEMU_PACKAGE}",
             )
         )
     results.append(plan.confinement.check())
@@ -1045,7 +1046,7 @@ def run(
         except OSError as err:
             raise QemuError(
                 f"cannot start {argv[0]}: {err.strerror} (Debian: apt-get install "
-                "qemu-system-x86); the devices were given back"
+                f"{QEMU_PACKAGE}); the devices were given back"
             ) from err
         assert proc.stderr is not None
         stderr = _Stderr(proc.stderr, echo=echo_stderr)
