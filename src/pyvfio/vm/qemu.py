@@ -28,8 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -981,6 +981,136 @@ def _stop(proc: subprocess.Popen[bytes], monitor: Monitor | None) -> int:
     return proc.wait()
 
 
+@contextlib.contextmanager
+def _bound_devices(
+    addresses: Sequence[str], sysfs: Sysfs, journal_dir: Path | None
+) -> Iterator[list[Restored]]:
+    """The devices on vfio-pci for the block (journaled); after it, whatever happened,
+    those pyvfio moved go back to their original drivers (devices already on vfio-pci
+    stay). The list yielded holds what was given back once the block is over."""
+    bplan = bind.plan_bind(addresses, sysfs=sysfs)
+    changed = bind.bind_devices(bplan, sysfs=sysfs, journal_dir=journal_dir)
+    restored: list[Restored] = []
+    try:
+        yield restored
+    finally:
+        if changed:
+            restored += bind.restore(
+                [a.address for a in changed], sysfs=sysfs, journal_dir=journal_dir
+            )
+
+
+class _Qemu:
+    """A QEMU that :func:`run` started: the process, its stderr, its QMP monitor."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], echo_stderr: bool) -> None:
+        assert proc.stderr is not None
+        self.proc = proc
+        self.stderr = _Stderr(proc.stderr, echo=echo_stderr)
+        self.monitor: Monitor | None = None
+
+    def connect(self, path: Path, deadline: float) -> Monitor:
+        self.monitor = Monitor(
+            str(path),
+            timeout=max(deadline - time.monotonic(), 1),
+            alive=lambda: self.proc.poll() is None,
+        )
+        return self.monitor
+
+    def exit_error(self) -> str | None:
+        """Why QEMU is gone, in its own last words (None: it still runs)."""
+        status = self.proc.poll()
+        if status is None:
+            return None
+        error = f"QEMU exited with status {status} before it was confirmed: " + (
+            self.stderr.tail() or "no message"
+        )
+        if status == -signal.SIGSYS:
+            error += (
+                " (killed by its seccomp filter: a system call it made is denied by "
+                "-sandbox, e.g. spawn=deny stops -netdev tap scripts and the bridge "
+                "helper; --no-sandbox runs it without the filter)"
+            )
+        return error
+
+    def stop(self) -> int:
+        """Ask QEMU to quit over QMP, then SIGTERM, then SIGKILL; its exit status."""
+        return _stop(self.proc, self.monitor)
+
+    def run_on(self, resumed: bool) -> int:
+        """The guest runs (``cont``, unless its CPUs run already) until QEMU exits, or
+        until Ctrl-C stops it; QEMU's exit status."""
+        assert self.monitor is not None
+        try:
+            if not resumed:
+                self.monitor.execute("cont")
+            return self.proc.wait()
+        except KeyboardInterrupt:
+            return self.stop()
+
+
+@contextlib.contextmanager
+def _qemu_process(
+    argv: Sequence[str], *, check: bool, memlock: int, echo_stderr: bool
+) -> Iterator[_Qemu]:
+    """QEMU started with ``argv`` (RLIMIT_MEMLOCK raised to ``memlock`` where it can be);
+    after the block its monitor is closed and, if it still runs, it is stopped."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL if check else None,
+            stdout=subprocess.DEVNULL if check else None,
+            stderr=subprocess.PIPE,
+            preexec_fn=_raise_memlock(memlock),  # before the stderr thread starts
+        )
+    except OSError as err:
+        raise QemuError(
+            f"cannot start {argv[0]}: {err.strerror} (Debian: apt-get install "
+            f"{QEMU_PACKAGE}); the devices were given back"
+        ) from err
+    qemu = _Qemu(proc, echo_stderr)
+    try:
+        yield qemu
+    finally:
+        if qemu.monitor is not None:
+            qemu.monitor.close()
+        if proc.poll() is None:
+            _stop(proc, None)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What QEMU showed before :func:`run` stops it or lets the guest run."""
+
+    started: bool  # QMP answered and QEMU still ran
+    confirmations: tuple[Confirmation, ...] = ()
+    process: QemuProcess | None = None
+    error: str | None = None
+    resumed: bool = False  # the CPUs run already (see query_devices)
+
+
+def _ask(qemu: _Qemu, plan: QemuPlan, qmp_path: Path, deadline: float, timeout: float) -> _Answer:
+    """Wait for QMP (until ``deadline``, ``timeout`` after the start), confirm the
+    devices over it, and read how QEMU runs."""
+    _wait_for_socket(qemu.proc, qmp_path, deadline)
+    answer = _Answer(started=False)
+    if qemu.proc.poll() is None and qmp_path.exists():
+        try:
+            monitor = qemu.connect(qmp_path, deadline)
+            pci, resumed = query_devices(monitor, plan.devices, deadline)
+            process = read_process(qemu.proc.pid)
+            problems = "; ".join(process.problems(plan.confinement)) or None
+            answer = _Answer(True, confirm(plan.devices, pci), process, problems, resumed)
+        except QmpError as err:
+            answer = _Answer(True, error=str(err))
+    exited = qemu.exit_error()
+    if exited is not None:
+        return replace(answer, started=False, error=exited)
+    if not answer.started:
+        return replace(answer, error=f"QEMU did not open its QMP socket in {timeout:.0f} s")
+    return answer
+
+
 def run(
     plan: QemuPlan,
     *,
@@ -1013,108 +1143,31 @@ def run(
     lock = plan.memlock
     if not lock.can_raise:  # pre-flight failed above; kept for callers of run() alone
         raise MemlockLimitError(str(lock), limit=lock.hard or 0, requested=lock.need)
-    workdir = Path(tempfile.mkdtemp(prefix="pyvfio-vm-"))
-    qmp_path = workdir / "qmp.sock"
-    try:
+    with tempfile.TemporaryDirectory(prefix="pyvfio-vm-", ignore_cleanup_errors=True) as work:
+        qmp_path = Path(work) / "qmp.sock"
         # -S: the CPUs wait while QMP confirms the devices (they are realized by then).
-        argv = [*plan.argv, *qmp_args(qmp_path), "-S"]
+        argv = [*plan.argv, *qmp_args(qmp_path), "-S"]  # a refused TMPDIR: nothing bound
         if check:
             argv += ["-nodefaults", "-display", "none"]
-        bplan = bind.plan_bind(plan.addresses, sysfs=sysfs)
-        changed = bind.bind_devices(bplan, sysfs=sysfs, journal_dir=journal_dir)
-    except BaseException:  # a refused TMPDIR or a failed bind: nothing is left behind
-        with contextlib.suppress(OSError):
-            workdir.rmdir()
-        raise
-    process = None
-    confirmations: tuple[Confirmation, ...] = ()
-    resumed = False
-    error = None
-    started = False
-    status: int | None = None
-    restored: list[Restored] = []
-    monitor = None
-    try:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL if check else None,
-                stdout=subprocess.DEVNULL if check else None,
-                stderr=subprocess.PIPE,
-                preexec_fn=_raise_memlock(lock.need),  # before the stderr thread starts
-            )
-        except OSError as err:
-            raise QemuError(
-                f"cannot start {argv[0]}: {err.strerror} (Debian: apt-get install "
-                f"{QEMU_PACKAGE}); the devices were given back"
-            ) from err
-        assert proc.stderr is not None
-        stderr = _Stderr(proc.stderr, echo=echo_stderr)
-        try:
-            deadline = began + timeout
-            _wait_for_socket(proc, qmp_path, deadline)
-            if proc.poll() is None and qmp_path.exists():
-                started = True
-                try:
-                    monitor = Monitor(
-                        str(qmp_path),
-                        timeout=max(deadline - time.monotonic(), 1),
-                        alive=lambda: proc.poll() is None,
-                    )
-                    answer, resumed = query_devices(monitor, plan.devices, deadline)
-                    confirmations = confirm(plan.devices, answer)
-                    process = read_process(proc.pid)
-                    error = "; ".join(process.problems(plan.confinement)) or None
-                except QmpError as err:
-                    error = str(err)
-            if proc.poll() is not None:
-                status = proc.returncode
-                error = f"QEMU exited with status {status} before it was confirmed: " + (
-                    stderr.tail() or "no message"
-                )
-                if status == -signal.SIGSYS:
-                    error += (
-                        " (killed by its seccomp filter: a system call it made is denied by "
-                        "-sandbox, e.g. spawn=deny stops -netdev tap scripts and the bridge "
-                        "helper; --no-sandbox runs it without the filter)"
-                    )
-                started = False
-            elif not started:
-                error = f"QEMU did not open its QMP socket in {timeout:.0f} s"
-            if check or error is not None or not all(c.ok for c in confirmations):
-                status = _stop(proc, monitor)
+        with (
+            _bound_devices(plan.addresses, sysfs, journal_dir) as restored,
+            _qemu_process(argv, check=check, memlock=lock.need, echo_stderr=echo_stderr) as qemu,
+        ):
+            answer = _ask(qemu, plan, qmp_path, began + timeout, timeout)
+            if check or answer.error is not None or not all(c.ok for c in answer.confirmations):
+                status = qemu.stop()
             else:
-                try:
-                    assert monitor is not None
-                    if not resumed:
-                        monitor.execute("cont")
-                    status = proc.wait()
-                except KeyboardInterrupt:
-                    status = _stop(proc, monitor)
-        finally:
-            if monitor is not None:
-                monitor.close()
-            if proc.poll() is None:
-                status = _stop(proc, None)
-    finally:
-        with contextlib.suppress(OSError):
-            qmp_path.unlink()
-        with contextlib.suppress(OSError):
-            workdir.rmdir()
-        if changed:
-            restored = bind.restore(
-                [a.address for a in changed], sysfs=sysfs, journal_dir=journal_dir
-            )
+                status = qemu.run_on(answer.resumed)
     return PassthroughReport(
         checks,
-        confirmations,
-        started,
-        error,
+        answer.confirmations,
+        answer.started,
+        answer.error,
         tuple(restored),
         status,
         time.monotonic() - began,
         tuple(argv),
         notes=plan.notes,
         accel=plan.accel,
-        process=process,
+        process=answer.process,
     )
