@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from pyvfio._sizes import parse_size
-from pyvfio.cli.common import app, handle_errors, print_json
+from pyvfio.cli.common import JsonOpt, RootOpt, app, handle_errors, print_json
 
 if TYPE_CHECKING:
     from pyvfio.host.bind import Restored
@@ -27,10 +27,6 @@ CLASS_FILTERS = {
 }
 
 UNSAFE_VERDICT = "UNSAFE no-IOMMU group: nothing confines its DMA (backend='unsafe-noiommu')"
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-RootOpt = Annotated[
-    str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
-]
 Addresses = Annotated[list[str], typer.Argument(help="PCI addresses, e.g. 0000:00:1f.2")]
 TimeoutOpt = Annotated[
     float,
