@@ -263,9 +263,13 @@ def acs_path(address: str, sysfs: Sysfs = LIVE) -> tuple[AcsHop, ...]:
     return tuple(hops)
 
 
+def reset_methods(address: str, sysfs: Sysfs = LIVE) -> tuple[str, ...]:
+    """The resets the kernel offers for the device, in the order it tries them."""
+    return tuple((sysfs.read_attr(f"{sysfs.device_dir(address)}/reset_method") or "").split())
+
+
 def reset_info(address: str, space: ConfigSpace | None, sysfs: Sysfs = LIVE) -> Reset:
-    rel = sysfs.device_dir(address)
-    methods = tuple((sysfs.read_attr(f"{rel}/reset_method") or "").split())
+    methods = reset_methods(address, sysfs)
     flr = pm = False
     if space is not None:
         flr = space.flr_capable  # PCIe DevCap FLR, or the AF capability

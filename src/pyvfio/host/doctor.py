@@ -16,7 +16,7 @@ from typing import Any
 
 from pyvfio._limits import memlock_limits
 from pyvfio._sizes import size_text
-from pyvfio.host import bind, inventory, kcmdline, usage
+from pyvfio.host import bind, details, inventory, kcmdline, usage
 from pyvfio.host.snapshot import device_nodes, euid_of, kernel_log
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.noiommu import (
@@ -417,6 +417,19 @@ def check_boot_framebuffer(sysfs: Sysfs) -> CheckResult:
     return CheckResult("boot framebuffer", Status.PASS, "no firmware framebuffer on a GPU BAR")
 
 
+def check_reset(
+    address: str,
+    sysfs: Sysfs,
+    hint: str = "the device keeps its state between users; a VM may need a host reboot "
+    "to get it clean (pyvfio show lists what the capabilities allow)",
+) -> CheckResult:
+    """PASS with the resets the kernel offers for the device; WARN (``hint``) for none."""
+    methods = details.reset_methods(address, sysfs)
+    if methods:
+        return CheckResult(f"{address} reset", Status.PASS, " ".join(methods))
+    return CheckResult(f"{address} reset", Status.WARN, "the kernel offers no reset method", hint)
+
+
 def device_checks(address: str, sysfs: Sysfs) -> list[CheckResult]:
     addr = normalize(address)
     sysfs.device_dir(addr)
@@ -452,19 +465,7 @@ def device_checks(address: str, sysfs: Sysfs) -> list[CheckResult]:
                 f"bind the whole group: pyvfio bind --group {addr}",
             )
         )
-    methods = (sysfs.read_attr(f"{sysfs.device_dir(addr)}/reset_method") or "").split()
-    if methods:
-        out.append(CheckResult(f"{addr} reset", Status.PASS, " ".join(methods)))
-    else:
-        out.append(
-            CheckResult(
-                f"{addr} reset",
-                Status.WARN,
-                "the kernel offers no reset method",
-                "the device keeps its state between users; a VM may need a host reboot "
-                "to get it clean (pyvfio show lists what the capabilities allow)",
-            )
-        )
+    out.append(check_reset(addr, sysfs))
     users = usage.device_users(addr, sysfs)
     if users:
         out.append(

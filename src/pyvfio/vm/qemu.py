@@ -609,18 +609,6 @@ def _group_checks(plan: QemuPlan, sysfs: Sysfs) -> list[CheckResult]:
     return out
 
 
-def _reset_check(dev: PassedDevice, sysfs: Sysfs) -> CheckResult:
-    methods = (sysfs.read_attr(f"{sysfs.device_dir(dev.address)}/reset_method") or "").split()
-    if methods:
-        return CheckResult(f"{dev.address} reset", Status.PASS, " ".join(methods))
-    return CheckResult(
-        f"{dev.address} reset",
-        Status.WARN,
-        "the kernel offers no reset method",
-        "the device keeps its state from one VM to the next",
-    )
-
-
 def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
     """What must hold before anything is bound: the host's IOMMU, the groups, memlock."""
     results = [
@@ -671,7 +659,10 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
             )
         )
     results += _group_checks(plan, sysfs)
-    results += [_reset_check(d, sysfs) for d in plan.devices]
+    results += [
+        doctor.check_reset(d.address, sysfs, "the device keeps its state from one VM to the next")
+        for d in plan.devices
+    ]
     return results
 
 
