@@ -1,6 +1,6 @@
 """pyvfio vm qemu without a host: argv golden files, pre-flight, QMP matching, a fake QEMU.
 
-The hosts are the hand-made sysfs trees of :mod:`pyvfio.host.synthetic`; the golden
+The hosts are the hand-made sysfs trees of :mod:`pyvfio.testing`; the golden
 files in tests/data/vm/ are the reviewed argv (``PYVFIO_UPDATE_GOLDEN=1`` rewrites them).
 """
 
@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from pyvfio import testing as synthetic
 from pyvfio.cli import app
-from pyvfio.host import journal, synthetic
-from pyvfio.host.synthetic import SimulatedKernel
+from pyvfio.host import journal
+from pyvfio.testing import SimulatedKernel
 from pyvfio.vm import qemu
 from pyvfio.vm.layout import layout
 from pyvfio.vm.qmp import Monitor, walk_query_pci

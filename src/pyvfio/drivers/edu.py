@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from pyvfio._uapi.pci_regs import PCI_DEVICE_ID, PCI_VENDOR_ID
 from pyvfio.device import Device
 from pyvfio.device import open as open_device
 from pyvfio.dma import DmaBuffer
@@ -85,7 +86,7 @@ class Edu:
 
     def __init__(self, device: Device) -> None:
         cfg = device.config
-        ids = (cfg.read16(0), cfg.read16(2))
+        ids = (cfg.read16(PCI_VENDOR_ID), cfg.read16(PCI_DEVICE_ID))
         if ids != (VENDOR_ID, DEVICE_ID):
             raise UnsupportedError(
                 f"{device.bdf} is {ids[0]:04x}:{ids[1]:04x}, not QEMU's edu (1234:11e8)",

@@ -48,7 +48,25 @@ from pyvfio.host.durable import Replacement
 from pyvfio.host.journal import SNAPSHOT_JOURNAL, state_dir
 from pyvfio.host.sysfs import IOMMU_GROUPS, LIVE, PCI_DEVICES, Sysfs
 from pyvfio.host.usage import iomem_line
-from pyvfio.pci.config import CapId, ExtCapId, parse_config
+from pyvfio.pci.capabilities import (
+    AF_LAYOUT,
+    EXP_LAYOUT,
+    MSI_LAYOUT,
+    MSIX_LAYOUT,
+    PM_LAYOUT,
+    SSVID_LAYOUT,
+)
+from pyvfio.pci.config import parse_config
+from pyvfio.pci.extended import (
+    ACS_LAYOUT,
+    AER_LAYOUT,
+    ARI_LAYOUT,
+    ATS_LAYOUT,
+    PASID_LAYOUT,
+    PRI_LAYOUT,
+    REBAR_LAYOUT,
+    SRIOV_LAYOUT,
+)
 
 #: Written into every snapshot: what it is, for whoever opens the tarball.
 META = "pyvfio/snapshot.json"
@@ -86,25 +104,26 @@ DEVICE_FILES = (
 )
 DEVICE_LINKS = ("driver", "iommu_group", "physfn")
 
-#: Bytes kept of each standard capability (after its 2-byte header), by ID.
+#: Bytes kept of each standard capability, by ID: all of it (its size in the register
+#: tables) for the ones the spec defines whole; others keep their 2-byte header only.
 _CAP_LENGTH: dict[int, int] = {
-    CapId.PM: 8,
-    CapId.MSI: 24,
-    CapId.MSIX: 12,
-    CapId.EXP: 60,
-    CapId.AF: 6,
-    CapId.SSVID: 8,
+    layout.id: layout.size
+    for layout in (PM_LAYOUT, MSI_LAYOUT, MSIX_LAYOUT, EXP_LAYOUT, AF_LAYOUT, SSVID_LAYOUT)
 }
-#: Bytes kept of each extended capability, by ID (others: the 4-byte header only).
+#: The same for extended capabilities (others, the serial number and vendor-specific
+#: ones among them, keep the 4-byte header only).
 _EXT_LENGTH: dict[int, int] = {
-    ExtCapId.ERR: 0x48,
-    ExtCapId.ACS: 8,
-    ExtCapId.ARI: 8,
-    ExtCapId.ATS: 8,
-    ExtCapId.SRIOV: 0x40,
-    ExtCapId.REBAR: 0x34,
-    ExtCapId.PASID: 8,
-    ExtCapId.PRI: 0x10,
+    layout.id: layout.size
+    for layout in (
+        AER_LAYOUT,
+        ACS_LAYOUT,
+        ARI_LAYOUT,
+        ATS_LAYOUT,
+        SRIOV_LAYOUT,
+        REBAR_LAYOUT,
+        PASID_LAYOUT,
+        PRI_LAYOUT,
+    )
 }
 
 

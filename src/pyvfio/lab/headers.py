@@ -1,6 +1,7 @@
 """Find Linux UAPI headers that define everything `pyvfio._uapi` mirrors.
 
-The ABI test compiles the mirrors against ``<linux/vfio.h>`` and ``<linux/iommufd.h>``.
+The ABI test compiles the mirrors against ``<linux/vfio.h>``, ``<linux/iommufd.h>`` and
+``<linux/pci_regs.h>``.
 Debian bookworm's own ``linux-libc-dev`` (6.1) has no ``iommufd.h`` and no vfio device
 cdev ioctls, so when the system's headers lack any mirrored name this fetches
 ``linux-libc-dev`` from bookworm-backports (6.12) with the lab's private apt setup
@@ -30,7 +31,7 @@ from pyvfio.lab.debian import DEBIAN_MIRROR, DEBIAN_SUITE, cache_dir, run, updat
 
 HEADERS_ENV: Final = "PYVFIO_KERNEL_HEADERS"
 SYSTEM_INCLUDE: Final = Path("/usr/include")
-UAPI_HEADERS: Final = ("linux/vfio.h", "linux/iommufd.h")
+UAPI_HEADERS: Final = ("linux/vfio.h", "linux/iommufd.h", "linux/pci_regs.h")
 
 PACKAGE: Final = "linux-libc-dev"
 
@@ -79,7 +80,7 @@ def kernel_headers(
     cache_dir: Path | None = None,
     refresh: bool = False,
 ) -> KernelHeaders:
-    """Headers whose ``vfio.h`` and ``iommufd.h`` define every name in ``required``.
+    """Headers whose ``vfio.h``, ``iommufd.h`` and ``pci_regs.h`` define every name in ``required``.
 
     ``required`` defaults to every name `pyvfio._uapi.ABI` mirrors.  Tried in order:
     ``$PYVFIO_KERNEL_HEADERS``, the system's ``/usr/include``, a package already
