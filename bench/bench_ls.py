@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/bench_ls.py [--out bench/results/ls.json]``.
 
 For each size (200 ... 2,000 functions, 4 per IOMMU group) a synthetic sysfs tree is
-written with :func:`pyvfio.host.synthetic.large_host`; then, best and median of
+written with :func:`pyvfio.testing.large_host`; then, best and median of
 ``ROUNDS`` runs each:
 
 * ``pyvfio ls --json --root TREE`` as a command (Python start and imports included);
@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyvfio.host.inventory import iommu_groups, listing_json
-from pyvfio.host.synthetic import large_host
 from pyvfio.host.sysfs import Sysfs
+from pyvfio.testing import large_host
 
 SIZES = (200, 500, 1000, 2000)
 ROUNDS = 9

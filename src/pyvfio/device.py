@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from pyvfio._transport import DeviceTransport, KernelTransport
 from pyvfio._uapi import vfio as v
+from pyvfio._uapi.pci_regs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
+from pyvfio._uapi.pci_regs import PCI_COMMAND_INTX_DISABLE as PCI_COMMAND_INTX_DISABLE
 from pyvfio.errors import ClosedError, DeviceRemovedError, UnsupportedError, VfioError
 from pyvfio.info import DependentDevice, DeviceInfo, IrqInfo, RegionInfo
 from pyvfio.interrupt import IRQ_KINDS, Interrupt, check_kind
@@ -27,11 +29,6 @@ from pyvfio.region import Region
 if TYPE_CHECKING:
     from pyvfio.dma import DmaBuffer
     from pyvfio.iommu import Iommu
-
-PCI_COMMAND = 0x04
-PCI_COMMAND_MEMORY = 0x2
-PCI_COMMAND_MASTER = 0x4
-PCI_COMMAND_INTX_DISABLE = 0x400
 
 _SET = v.VfioIrqSetFlag
 _TRIGGER_EVENTFD = _SET.VFIO_IRQ_SET_DATA_EVENTFD | _SET.VFIO_IRQ_SET_ACTION_TRIGGER

@@ -37,6 +37,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from pyvfio import _mem, backends
+from pyvfio._limits import holds_cap_ipc_lock, memlock_kib
 from pyvfio.backends import UNSAFE_NOIOMMU, Backend, IommufdBackend, Type1Backend
 from pyvfio.device import Device
 from pyvfio.dma import DmaBuffer, DmaMapping
@@ -83,12 +84,9 @@ def _has_cap_ipc_lock() -> bool:
 def _cap_ipc_lock_for(euid: int) -> bool:
     try:
         with builtins.open("/proc/self/status") as f:  # this module's open() is pyvfio's
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 14))
+            return holds_cap_ipc_lock(f, euid)
     except OSError:
-        pass
-    return euid == 0
+        return holds_cap_ipc_lock((), euid)
 
 
 def _not_granted(address: str, err: PermissionDeniedError) -> PermissionDeniedError:
@@ -307,7 +305,7 @@ class Iommu:
             raise MemlockLimitError(
                 f"mapping {size} bytes for DMA would pin {self._pinned + size} bytes, over "
                 f"RLIMIT_MEMLOCK of {soft} bytes: raise it (ulimit -l "
-                f"{(self._pinned + size + 1023) // 1024}, or memlock in "
+                f"{memlock_kib(self._pinned + size)}, or memlock in "
                 "/etc/security/limits.conf; pyvfio grant says what a user needs)",
                 limit=soft,
                 requested=size,

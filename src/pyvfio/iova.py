@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain, islice
 from typing import Protocol
 
+from pyvfio._sizes import size_text
 from pyvfio.errors import IovaExhaustedError
 
 __all__ = ["IovaAllocator"]
@@ -62,19 +63,7 @@ def _is_power_of_two(n: int) -> bool:
 
 def _size_text(n: int) -> str:
     """``0x200000 (2 MiB)``: hex for comparing with IOVAs, binary units for reading."""
-    for shift, unit in (
-        (60, "EiB"),
-        (50, "PiB"),
-        (40, "TiB"),
-        (30, "GiB"),
-        (20, "MiB"),
-        (10, "KiB"),
-    ):
-        if n >= 1 << shift:
-            value = n / (1 << shift)
-            shown = f"{value:.0f}" if n % (1 << shift) == 0 else f"{value:.1f}"
-            return f"{n:#x} ({shown} {unit})"
-    return f"{n:#x} ({n} bytes)"
+    return f"{n:#x} ({n} bytes)" if n < 1024 else f"{n:#x} ({size_text(n, exact=False)})"
 
 
 def _span_text(start: int, size: int) -> str:

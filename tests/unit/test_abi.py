@@ -1,9 +1,10 @@
 """The ctypes mirrors in `pyvfio._uapi` against the kernel's own C headers.
 
 A C program generated from `pyvfio._uapi.ABI` prints, as gcc sees them in
-``<linux/vfio.h>`` and ``<linux/iommufd.h>``: each struct's size and alignment, each
-member's offset, size and signedness, and each ioctl number, macro and enumerator.
-Every difference from the Python side fails, and all of them are listed.
+``<linux/vfio.h>``, ``<linux/iommufd.h>`` and ``<linux/pci_regs.h>``: each struct's size
+and alignment, each member's offset, size and signedness, each ioctl number, macro and
+enumerator, and what each field-extracting macro (``PCI_ARI_CAP_NFN(x)``) makes of a few
+register values. Every difference from the Python side fails, and all of them are listed.
 
 The headers come from `kernel_headers`, which fetches Debian's bookworm-backports
 ``linux-libc-dev`` when the system's lack iommufd (bookworm's own are 6.1).  Nothing
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from pyvfio._uapi import ABI, Abi, KernelStruct, iommufd, vfio
+from pyvfio._uapi import ABI, Abi, FieldMask, KernelStruct, iommufd, vfio
 from pyvfio._uapi._base import members
-from pyvfio._uapi.headers import KernelHeaders, kernel_headers
+from pyvfio.lab.headers import UAPI_HEADERS, KernelHeaders, kernel_headers
 
 # ---- the Python side, flattened -------------------------------------------------------
 
@@ -74,8 +75,7 @@ def generate_c(abi: Abi) -> str:
     lines = [
         "#include <stddef.h>",
         "#include <stdio.h>",
-        "#include <linux/vfio.h>",
-        "#include <linux/iommufd.h>",
+        *(f"#include <{header}>" for header in UAPI_HEADERS),
         "",
         "#define SIGNED(expr) ((__typeof__(expr))-1 < 0)",
         "",
@@ -112,8 +112,23 @@ def generate_c(abi: Abi) -> str:
                 f'\tprintf("C\\t%s\\t%llu\\t%zu\\n", "{name}", '
                 f"(unsigned long long)({name}), sizeof({name}));"
             )
+    for name, mask in abi.field_masks.items():
+        for register in field_probes(mask):
+            lines.append(
+                f'\tprintf("X\\t%s\\t%llu\\t%llu\\n", "{name}", {register}ULL, '
+                f"(unsigned long long)({name}({register}U)));"
+            )
     lines += ["\treturn 0;", "}", ""]
     return "\n".join(lines)
+
+
+# Register values each field macro is applied to: all ones, alternate bits, and each
+# mask and its complement (below), enough to tell any two contiguous masks apart.
+FIELD_PROBES = (0xFFFFFFFF, 0x55555555, 0xAAAAAAAA, 0x12345678)
+
+
+def field_probes(mask: FieldMask) -> tuple[int, ...]:
+    return (*FIELD_PROBES, int(mask), ~mask & 0xFFFFFFFF)
 
 
 @dataclass
@@ -124,6 +139,7 @@ class CLayout:
     fields: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
     integers: dict[str, tuple[int, int]] = field(default_factory=dict)  # value, sizeof
     strings: dict[str, str] = field(default_factory=dict)
+    extracted: dict[tuple[str, int], int] = field(default_factory=dict)  # (macro, x): F(x)
 
 
 def parse_output(output: str) -> CLayout:
@@ -138,6 +154,8 @@ def parse_output(output: str) -> CLayout:
             layout.integers[rest[0]] = (int(rest[1]), int(rest[2]))
         elif kind == "T":
             layout.strings[rest[0]] = rest[1]
+        elif kind == "X":
+            layout.extracted[rest[0], int(rest[1])] = int(rest[2])
     return layout
 
 
@@ -241,6 +259,20 @@ def test_enum_members_match_c(c_layout: CLayout, headers: KernelHeaders) -> None
         for family in ABI.enums
         for name, member in family.__members__.items()
     ]
+    fail_on(mismatches, headers)
+
+
+def test_field_masks_extract_what_the_macros_do(c_layout: CLayout, headers: KernelHeaders) -> None:
+    mismatches: list[str | None] = []
+    for name, mask in ABI.field_masks.items():
+        for register in field_probes(mask):
+            python = (register & mask) >> mask.shift
+            c_value = c_layout.extracted[name, register]
+            if python != c_value:
+                mismatches.append(
+                    f"{name}({register:#010x}): {python:#x} by the mask {mask:#x} in Python, "
+                    f"{c_value:#x} in C"
+                )
     fail_on(mismatches, headers)
 
 

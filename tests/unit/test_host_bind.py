@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from pyvfio.errors import DeviceNotFoundError, HostError, InvalidAddressError
 from pyvfio.host import bind, inventory, journal
-from pyvfio.host.synthetic import SimulatedKernel, q35_lab
 from pyvfio.host.sysfs import Sysfs, WriteTimeoutError
 from pyvfio.host.sysfs import process_start as sysfs_process_start
+from pyvfio.testing import SimulatedKernel, q35_lab
 
 EDU, NVME, NINEP = "0000:00:10.0", "0000:00:11.0", "0000:00:01.0"
 CHIPSET = ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")

@@ -22,8 +22,8 @@ from pyvfio.errors import DeviceNotBoundError, HostError, UnsafeNoIommuError, Un
 from pyvfio.host import doctor
 from pyvfio.host import grant as g
 from pyvfio.host.journal import STATE_DIR_ENV
-from pyvfio.host.synthetic import SimulatedKernel, q35_lab
 from pyvfio.iommu import Iommu
+from pyvfio.testing import SimulatedKernel, q35_lab
 
 EDU, EDU_GROUP = "0000:00:10.0", 2
 NOBODY = pwd.getpwnam("nobody").pw_uid

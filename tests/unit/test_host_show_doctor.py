@@ -13,8 +13,8 @@ from pyvfio.host import bind, details, doctor, snapshot
 from pyvfio.host.doctor import Status
 from pyvfio.host.inventory import devices as inventory_devices
 from pyvfio.host.inventory import iommu_groups
-from pyvfio.host.synthetic import SimulatedKernel, amd_desktop, intel_server, q35_lab
 from pyvfio.host.sysfs import Sysfs
+from pyvfio.testing import SimulatedKernel, amd_desktop, intel_server, q35_lab
 
 runner = CliRunner()
 
@@ -177,7 +177,7 @@ def test_a_snapshot_replays_the_same_answers(tmp_path: Path, build) -> None:
 
 
 def test_snapshot_keeps_capabilities_and_drops_the_rest_of_config_space() -> None:
-    from pyvfio.host.synthetic import config_bytes, pcie_cap, pm_cap
+    from pyvfio.testing import config_bytes, pcie_cap, pm_cap
 
     data = bytearray(config_bytes(0x8086, 0x1234, 0x020000, capabilities=[pm_cap(), pcie_cap(0)]))
     data[0xF0:0xF4] = b"\xde\xad\xbe\xef"  # a device-specific register, not a capability

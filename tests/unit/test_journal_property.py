@@ -2,7 +2,7 @@
 wherever it is killed (SIGKILL after any of its steps, a sysfs write or a journal write),
 ``restore --all`` gives every device back its original driver and ``driver_override``.
 
-The host is the simulated q35 lab kernel (pyvfio.host.synthetic), whose driver writes act
+The host is the simulated q35 lab kernel (pyvfio.testing), whose driver writes act
 as the PCI core's; each example starts from random original overrides, may have a device
 that refuses vfio-pci (so a bind rolls back), and runs in a forked child that the
 journal's crash hook kills after step N of the whole sequence.
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from pyvfio.errors import HostError
 from pyvfio.host import bind, journal
-from pyvfio.host.synthetic import Q35_LAB, SimulatedKernel, q35_lab
+from pyvfio.testing import Q35_LAB, SimulatedKernel, q35_lab
 
 ORIGINAL = {addr: driver for addr, _, _, _, driver, _, _ in Q35_LAB}
 #: Devices a user might name: endpoints on the root bus, behind a root port, behind a

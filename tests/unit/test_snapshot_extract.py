@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 from pyvfio.cli import app
 from pyvfio.host import journal, snapshot, usage
 from pyvfio.host.snapshot import SnapshotError
-from pyvfio.host.synthetic import amd_desktop, intel_server
 from pyvfio.host.sysfs import PCI_DEVICES, Sysfs, resolve_inside
+from pyvfio.testing import amd_desktop, intel_server
 
 LAB_SNAPSHOT = Path(__file__).parents[1] / "data/snapshots/lab-main.tar.gz"
 REAL_FILTER = getattr(tarfile, "data_filter", None)

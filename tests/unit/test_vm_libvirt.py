@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pyvfio import testing as synthetic
 from pyvfio.cli import app
-from pyvfio.host import synthetic
-from pyvfio.host.synthetic import SimulatedKernel
+from pyvfio.testing import SimulatedKernel
 from pyvfio.vm import libvirt
 from pyvfio.vm.qemu import GpuOptions
 

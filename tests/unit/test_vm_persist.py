@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from pyvfio import testing as synthetic
 from pyvfio.cli import app
-from pyvfio.host import synthetic
 from pyvfio.vm import persist
 
 DATA = Path(__file__).parent.parent / "data" / "vm"

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pyvfio import testing as synthetic
 from pyvfio.cli import app
-from pyvfio.host import synthetic
 from pyvfio.vm import persist
 
 CORPUS = Path(__file__).parent.parent / "data" / "vm" / "persist" / "corpus"

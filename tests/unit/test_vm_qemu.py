@@ -1,6 +1,6 @@
 """pyvfio vm qemu without a host: argv golden files, pre-flight, QMP matching, a fake QEMU.
 
-The hosts are the hand-made sysfs trees of :mod:`pyvfio.host.synthetic`; the golden
+The hosts are the hand-made sysfs trees of :mod:`pyvfio.testing`; the golden
 files in tests/data/vm/ are the reviewed argv (``PYVFIO_UPDATE_GOLDEN=1`` rewrites them).
 """
 
@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from pyvfio import testing as synthetic
 from pyvfio.cli import app
-from pyvfio.host import journal, synthetic
-from pyvfio.host.synthetic import SimulatedKernel
+from pyvfio.host import journal
+from pyvfio.testing import SimulatedKernel
 from pyvfio.vm import qemu
 from pyvfio.vm.layout import layout
 from pyvfio.vm.qmp import Monitor, walk_query_pci
@@ -800,3 +801,26 @@ def test_preflight_says_how_qemu_is_confined(
     (found,) = [c for c in qemu.preflight(plan, lab) if c.name == "QEMU confinement"]
     assert found.status.value == status and says in found.message
     assert (found.hint == "") == (status == "PASS")
+
+
+def test_run_lets_the_guest_run_until_qemu_exits_then_gives_back(
+    lab: SimulatedKernel, fake_qemu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --check the CPUs run on (QMP cont) until QEMU exits (the fake one does
+    at cont); then, as after a check, the devices go back and nothing is left in TMPDIR."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    plan = qemu.build(["00:11.0"], memory="128M", qemu=str(fake_qemu), sysfs=lab)
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps(query_pci_answer(plan)))
+    monkeypatch.setenv("FAKE_QEMU_ANSWER", str(answer))
+    report = qemu.run(plan, timeout=30, sysfs=lab, journal_dir=tmp_path / "state")
+    assert report.ok, str(report)
+    assert report.qemu_exit == 0 and report.started
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert "-S" in argv and "-nodefaults" not in argv
+    assert lab.driver("00:11.0") == "nvme"
+    assert [r.address for r in report.restored] == ["0000:00:11.0"]
+    assert journal.read_journal(tmp_path / "state") == {}
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from pyvfio._uapi.pci_regs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 from pyvfio.lab.sid_qemu import SidQemu, SidQemuError, ensure_chroot
 from pyvfio.vm.qmp import GuestPciDevice, Monitor, walk_query_pci
 
@@ -36,9 +37,6 @@ EDU_CLASS = 0x00FF  # base class 0, subclass 0xff
 EDU_ID = 0x010000ED  # register 0x00: major 1, minor 0, 0xed
 EDU_BAR0_SIZE = 1 << 20
 SLOT = 3  # the vfio-user-pci device's slot on bus 0
-PCI_COMMAND = 0x04
-PCI_COMMAND_MEMORY = 0x2
-PCI_COMMAND_MASTER = 0x4
 UNASSIGNED = (-1, 2**64 - 1)
 BOOT_DEADLINE = 60.0  # seconds for SeaBIOS to assign the BAR: a bound, not a measurement
 

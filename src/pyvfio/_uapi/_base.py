@@ -1,4 +1,4 @@
-"""What `vfio` and `iommufd` share: ioctl encoding, the struct base classes, the registry.
+"""What the `_uapi` mirrors share: ioctl encoding, the struct base classes, the registry.
 
 The mirrors target x86_64 Linux.  There every ``__u64`` is 8-byte aligned inside a
 struct, so ``__aligned_u64`` (which only matters on i386) is a plain ``c_uint64``
@@ -30,6 +30,25 @@ class IoctlNumber(int):
 
     def __repr__(self) -> str:
         return f"IoctlNumber({int(self):#x})"
+
+
+class FieldMask(int):
+    """The mask of a field the header extracts with a function-like macro.
+
+    ``PCI_ARI_CAP_NFN(x)`` is ``(((x) >> 8) & 0xff)`` in C; its mirror is
+    ``FieldMask(0xFF00)``: ``(x & mask) >> shift`` extracts the same bits, and the ABI
+    test checks that it does.  An int of its own type so the registry can tell it apart.
+    """
+
+    __slots__ = ()
+
+    @property
+    def shift(self) -> int:
+        """How far the field's lowest bit is from bit 0."""
+        return (self & -self).bit_length() - 1
+
+    def __repr__(self) -> str:
+        return f"FieldMask({int(self):#x})"
 
 
 def _IOC(direction: int, type_: int, nr: int, size: int) -> IoctlNumber:
@@ -113,11 +132,12 @@ class Abi(NamedTuple):
     ioctls: Mapping[str, IoctlNumber]
     constants: Mapping[str, int | str]
     enums: tuple[KernelEnum, ...]
+    field_masks: Mapping[str, FieldMask]
 
     def names(self) -> frozenset[str]:
         """Every C identifier mirrored: struct tags, macros and enumerators."""
         names = {struct._c_name_.removeprefix("struct ") for struct in self.structs}
-        names.update(self.ioctls, self.constants)
+        names.update(self.ioctls, self.constants, self.field_masks)
         for family in self.enums:
             names.update(family.__members__)
         return frozenset(names)
@@ -130,24 +150,27 @@ def merge_abi(*parts: Abi) -> Abi:
         {name: number for part in parts for name, number in part.ioctls.items()},
         {name: value for part in parts for name, value in part.constants.items()},
         tuple(family for part in parts for family in part.enums),
+        {name: mask for part in parts for name, mask in part.field_masks.items()},
     )
 
 
-_KERNEL_PREFIXES = ("VFIO_", "IOMMU_", "IOMMUFD_")
+_KERNEL_PREFIXES = ("VFIO_", "IOMMU_", "IOMMUFD_", "PCI_")
 
 
 def collect_abi(namespace: Mapping[str, object]) -> Abi:
     """Gather the mirrors a uapi module defines, from its ``globals()``.
 
     Structs are the `KernelStruct` subclasses with their own ``_c_name_``; ioctls are the
-    `IoctlNumber` values; constants are the other ints and strings spelled like kernel
-    macros; enums are the `IntEnum`/`IntFlag` classes defined in that module.
+    `IoctlNumber` values; field masks the `FieldMask` values; constants are the other
+    ints and strings spelled like kernel macros; enums are the `IntEnum`/`IntFlag`
+    classes defined in that module.
     """
     module = namespace["__name__"]
     structs: list[type[KernelStruct]] = []
     ioctls: dict[str, IoctlNumber] = {}
     constants: dict[str, int | str] = {}
     enums: list[KernelEnum] = []
+    field_masks: dict[str, FieldMask] = {}
     for name, value in namespace.items():
         if isinstance(value, type):
             if getattr(value, "__module__", None) != module:
@@ -160,6 +183,8 @@ def collect_abi(namespace: Mapping[str, object]) -> Abi:
             continue
         elif isinstance(value, IoctlNumber):
             ioctls[name] = value
+        elif isinstance(value, FieldMask):
+            field_masks[name] = value
         elif isinstance(value, int | str) and not isinstance(value, bool | enum.Enum):
             constants[name] = value
-    return Abi(tuple(structs), ioctls, constants, tuple(enums))
+    return Abi(tuple(structs), ioctls, constants, tuple(enums), field_masks)

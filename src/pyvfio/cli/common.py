@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,12 @@ from pyvfio.errors import (
     LabUnavailableError,
     PyvfioError,
 )
+
+#: The options every reading command spells the same way.
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+RootOpt = Annotated[
+    str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
+]
 
 
 def _is(err: BaseException, name: str) -> bool:

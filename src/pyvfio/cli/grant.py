@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from pyvfio.cli.common import app, fail, handle_errors, print_json
-from pyvfio.cli.host import JsonOpt, _parse_size
+from pyvfio.cli.common import JsonOpt, app, fail, handle_errors, print_json
+from pyvfio.cli.host import _parse_size
 
 Address = Annotated[str, typer.Argument(help="PCI address of a device on vfio-pci")]
 User = Annotated[str, typer.Option("--user", help="user name (or uid) to give it to")]

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from pyvfio.cli.common import app, handle_errors, print_json
+from pyvfio._sizes import parse_size
+from pyvfio.cli.common import JsonOpt, RootOpt, app, handle_errors, print_json
 
 if TYPE_CHECKING:
     from pyvfio.host.bind import Restored
@@ -26,10 +27,6 @@ CLASS_FILTERS = {
 }
 
 UNSAFE_VERDICT = "UNSAFE no-IOMMU group: nothing confines its DMA (backend='unsafe-noiommu')"
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-RootOpt = Annotated[
-    str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
-]
 Addresses = Annotated[list[str], typer.Argument(help="PCI addresses, e.g. 0000:00:1f.2")]
 TimeoutOpt = Annotated[
     float,
@@ -190,13 +187,7 @@ def show(
 
 
 def _parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in units else ""
-    try:
-        size = int(float(t[: len(t) - len(unit)]) * units[unit])
-    except (ValueError, OverflowError):  # OverflowError: "inf"
-        raise ValueError(f"{text!r} is not a size like 512M or 16G") from None
+    size = parse_size(text, examples="512M or 16G")
     if not 0 <= size < 1 << 64:
         raise ValueError(f"{text!r}: the memory to pin is between 0 and 16E, like 512M or 16G")
     return size

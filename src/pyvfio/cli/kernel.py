@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pyvfio.cli.common import handle_errors, lab_app, print_json
+from pyvfio.cli.common import JsonOpt, handle_errors, lab_app, print_json
 
 kernel_app = typer.Typer(
     help="The lab kernel with IOMMUFD, built from Debian's linux-source.", no_args_is_help=True
@@ -30,7 +30,7 @@ def kernel_build(
 @kernel_app.command("list")
 @handle_errors
 def kernel_list(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Cached builds of the lab kernel, newest first; * marks the current config's."""
     from pyvfio.lab.kernel_build import cached_builds, config_hash, default_cache_dir, load_fragment

@@ -6,21 +6,26 @@ from typing import Annotated
 
 import typer
 
-from pyvfio.cli.common import err_console, handle_errors, lab_app, print_json
+from pyvfio.cli.common import JsonOpt, err_console, handle_errors, lab_app, print_json
+
+#: The options that choose the lab's guest, for every command that boots it.
+DeviceOpt = Annotated[
+    list[str] | None,
+    typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
+]
+KernelOpt = Annotated[
+    str | None, typer.Option(help="stock (default), iommufd (built on first use) or a bzImage")
+]
+AccelOpt = Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")]
 
 
 @lab_app.command("run", context_settings={"allow_interspersed_args": False})
 @handle_errors
 def lab_run(
     command: Annotated[list[str], typer.Argument(help="command to run in the guest")],
-    device: Annotated[
-        list[str] | None,
-        typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
-    ] = None,
-    kernel: Annotated[
-        str | None, typer.Option(help="stock (default), iommufd (built on first use) or a bzImage")
-    ] = None,
-    accel: Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")] = None,
+    device: DeviceOpt = None,
+    kernel: KernelOpt = None,
+    accel: AccelOpt = None,
     no_viommu: Annotated[bool, typer.Option("--no-viommu", help="no intel-iommu")] = False,
     no_intremap: Annotated[
         bool, typer.Option("--no-intremap", help="intel-iommu without interrupt remapping")
@@ -58,14 +63,9 @@ def lab_run(
 @lab_app.command("shell")
 @handle_errors
 def lab_shell(
-    device: Annotated[
-        list[str] | None,
-        typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
-    ] = None,
-    kernel: Annotated[
-        str | None, typer.Option(help="stock (default), iommufd (built on first use) or a bzImage")
-    ] = None,
-    accel: Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")] = None,
+    device: DeviceOpt = None,
+    kernel: KernelOpt = None,
+    accel: AccelOpt = None,
 ) -> None:
     """Boot the lab with an interactive root shell."""
     from pyvfio.lab.runner import shell
@@ -91,7 +91,7 @@ def lab_sid_qemu(
     mirror: Annotated[
         str | None, typer.Option(help="Debian mirror (default: the one apt uses here)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Build (when missing) the sid chroot whose QEMU is a vfio-user client; print it."""
     from pyvfio.lab.sid_qemu import ensure_chroot

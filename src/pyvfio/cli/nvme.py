@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pyvfio.cli.common import app, handle_errors, print_json
+from pyvfio.cli.common import JsonOpt, app, handle_errors, print_json
 
 if TYPE_CHECKING:
     from pyvfio.drivers.nvme import Controller
@@ -25,7 +25,6 @@ nvme_app = typer.Typer(
 app.add_typer(nvme_app, name="nvme")
 
 Address = Annotated[str, typer.Argument(help="PCI address of the controller, e.g. 0000:00:11.0")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 NsidOpt = Annotated[int, typer.Option("--nsid", help="namespace ID")]
 
 

@@ -9,15 +9,10 @@ from typing import Annotated
 
 import typer
 
-from pyvfio.cli.common import app, handle_errors, print_json
+from pyvfio.cli.common import JsonOpt, RootOpt, app, handle_errors, print_json
 
 vm_app = typer.Typer(help="Pass devices through to a VM: QEMU and libvirt.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-RootOpt = Annotated[
-    str, typer.Option(help="read a snapshot (folder or .tar.gz) instead of this host")
-]
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]]:

@@ -1,48 +1,77 @@
 """A driver for QEMU's ``edu`` device (1234:11e8), QEMU docs/specs/edu.rst.
 
-BAR0 registers (all 32-bit unless noted):
-
-====  ==========================================================================
-0x00  identification, 0xRRrr00ed (major RR, minor rr)
-0x04  liveness: reads back the bitwise NOT of what was written
-0x08  factorial: write n, read n! once status bit 0 clears
-0x20  status: bit 0 computing (RO), bit 7 raise interrupt 0x1 when the factorial ends
-0x24  interrupt status (RO); 0x60 raise (WO); 0x64 acknowledge (WO)
-0x80  DMA source address (64-bit); 0x88 destination (64-bit); 0x90 count (64-bit)
-0x98  DMA command: bit 0 start/busy, bit 1 direction (1: device to RAM), bit 2
-      raise interrupt 0x100 when done
-====  ==========================================================================
-
-The device's DMA mask is 28 bits (QEMU masks higher address bits away), and its
-buffer is 4 KiB at device address 0x40000: QEMU aborts the *whole VM* when a
-transfer's device-side range leaves it, so this driver checks ranges first. QEMU's
-check (``edu_check_range``) wants the transfer's end *strictly* inside the buffer,
-so a transfer may not touch the buffer's last byte: at most 4095 bytes.
+The registers are in `pyvfio.drivers.edu_spec` (and importable from here). QEMU aborts
+the *whole VM* when a transfer's device-side range leaves the device's 4 KiB buffer,
+so this driver checks ranges first. QEMU's check (``edu_check_range``) wants the
+transfer's end *strictly* inside the buffer, so a transfer may not touch the buffer's
+last byte: at most 4095 bytes.
 """
 
 from __future__ import annotations
 
 import time
 
+from pyvfio._uapi.pci_regs import PCI_DEVICE_ID, PCI_VENDOR_ID
 from pyvfio.device import Device
 from pyvfio.dma import DmaBuffer
+from pyvfio.drivers.edu_spec import (
+    BUFFER_ADDR,
+    BUFFER_SIZE,
+    DEVICE_ID,
+    DMA_IRQ,
+    DMA_MASK,
+    DMA_START,
+    DMA_TO_RAM,
+    IRQ_DMA,
+    IRQ_FACTORIAL,
+    REG_DMA_CMD,
+    REG_DMA_COUNT,
+    REG_DMA_DST,
+    REG_DMA_SRC,
+    REG_FACTORIAL,
+    REG_ID,
+    REG_IRQ_ACK,
+    REG_IRQ_RAISE,
+    REG_IRQ_STATUS,
+    REG_LIVENESS,
+    REG_STATUS,
+    STATUS_COMPUTING,
+    STATUS_IRQ_FACT,
+    VENDOR_ID,
+)
 from pyvfio.errors import ClosedError, UnsupportedError
 from pyvfio.interrupt import Interrupt
 from pyvfio.iommu import Iommu
 from pyvfio.iommu import open as open_device
 
-VENDOR_ID, DEVICE_ID = 0x1234, 0x11E8
-REG_ID, REG_LIVENESS, REG_FACTORIAL = 0x00, 0x04, 0x08
-REG_STATUS, REG_IRQ_STATUS, REG_IRQ_RAISE, REG_IRQ_ACK = 0x20, 0x24, 0x60, 0x64
-REG_DMA_SRC, REG_DMA_DST, REG_DMA_COUNT, REG_DMA_CMD = 0x80, 0x88, 0x90, 0x98
-STATUS_COMPUTING, STATUS_IRQ_FACT = 0x01, 0x80
-DMA_START, DMA_TO_RAM, DMA_IRQ = 0x1, 0x2, 0x4
-IRQ_FACTORIAL, IRQ_DMA = 0x1, 0x100
+__all__ = [
+    "BUFFER_ADDR",
+    "BUFFER_SIZE",
+    "DEVICE_ID",
+    "DMA_IRQ",
+    "DMA_LIMIT",
+    "DMA_MASK",
+    "DMA_START",
+    "DMA_TO_RAM",
+    "IRQ_DMA",
+    "IRQ_FACTORIAL",
+    "REG_DMA_CMD",
+    "REG_DMA_COUNT",
+    "REG_DMA_DST",
+    "REG_DMA_SRC",
+    "REG_FACTORIAL",
+    "REG_ID",
+    "REG_IRQ_ACK",
+    "REG_IRQ_RAISE",
+    "REG_IRQ_STATUS",
+    "REG_LIVENESS",
+    "REG_STATUS",
+    "STATUS_COMPUTING",
+    "STATUS_IRQ_FACT",
+    "VENDOR_ID",
+    "Edu",
+]
 
-#: The device's DMA mask: addresses above it lose their high bits in QEMU.
-DMA_MASK = (1 << 28) - 1
-#: The device-side buffer, as edu.rst documents it.
-BUFFER_ADDR, BUFFER_SIZE = 0x40000, 4096
 #: The bytes a transfer may cover: QEMU aborts the VM if one reaches offset 4095.
 DMA_LIMIT = BUFFER_SIZE - 1
 
@@ -57,7 +86,7 @@ class Edu:
 
     def __init__(self, device: Device) -> None:
         cfg = device.config
-        ids = (cfg.read16(0), cfg.read16(2))
+        ids = (cfg.read16(PCI_VENDOR_ID), cfg.read16(PCI_DEVICE_ID))
         if ids != (VENDOR_ID, DEVICE_ID):
             raise UnsupportedError(
                 f"{device.bdf} is {ids[0]:04x}:{ids[1]:04x}, not QEMU's edu (1234:11e8)",
@@ -189,11 +218,7 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of ``buf`` (from ``offset``; default: as many as fit)
         into the device's buffer."""
-        _check_live(buf)
-        length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
-        if offset < 0 or offset + length > buf.size:
-            raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
-        self._dma(0, buf.iova + offset, device_offset, length, irq, timeout)
+        self._transfer(0, buf, length, offset, device_offset, irq, timeout)
 
     def from_device(
         self,
@@ -207,11 +232,24 @@ class Edu:
     ) -> None:
         """DMA ``length`` bytes of the device's buffer into ``buf`` (at ``offset``;
         default: as many as fit)."""
+        self._transfer(DMA_TO_RAM, buf, length, offset, device_offset, irq, timeout)
+
+    def _transfer(
+        self,
+        command: int,
+        buf: DmaBuffer,
+        length: int | None,
+        offset: int,
+        device_offset: int,
+        irq: Interrupt | None,
+        timeout: float,
+    ) -> None:
+        """A transfer between ``buf`` (from ``offset``) and the device's buffer."""
         _check_live(buf)
         length = min(buf.size - offset, DMA_LIMIT - device_offset) if length is None else length
         if offset < 0 or offset + length > buf.size:
             raise ValueError(f"{length} bytes at {offset:#x} exceed the {buf.size:#x}-byte buffer")
-        self._dma(DMA_TO_RAM, buf.iova + offset, device_offset, length, irq, timeout)
+        self._dma(command, buf.iova + offset, device_offset, length, irq, timeout)
 
     def dma_raw(
         self,

@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import replace
 
+from pyvfio._uapi.pci_regs import PCI_CLASS_REVISION
 from pyvfio.device import Device
 from pyvfio.dma import DmaBuffer
 from pyvfio.drivers import nvme_spec as spec
@@ -457,7 +458,7 @@ class Controller:
         self.irqs: list[Interrupt] = []
         self._bounce: DmaBuffer | None = None
         self._doorbells: memoryview | None = None
-        class_code = device.config.read32(0x08) >> 8
+        class_code = device.config.read32(PCI_CLASS_REVISION) >> 8
         if class_code != NVME_CLASS:
             raise UnsupportedError(
                 f"{device.bdf} has class {class_code:06x}, not an NVMe controller (010802)",

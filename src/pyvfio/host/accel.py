@@ -16,8 +16,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-#: The QEMU binary pyvfio runs (the lab, ``vm qemu``, this probe).
+#: The QEMU binary pyvfio runs (the lab, ``vm qemu``, this probe), and its Debian package.
 QEMU = "qemu-system-x86_64"
+QEMU_PACKAGE = "qemu-system-x86"
 PROBE_TIMEOUT = 10.0
 
 # mov al, 1; out 0xf4, al; hlt; jmp $-1 -- at the reset vector (offset 0xfff0).

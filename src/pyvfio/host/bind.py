@@ -91,6 +91,17 @@ def _write(sysfs: Sysfs, rel: str, value: str, doing: str, timeout: float = WRIT
         raise HostError(f"{doing}: writing /{rel} failed: {err.strerror}") from err
 
 
+def _unbind(sysfs: Sysfs, addr: str, driver: str, timeout: float, doing: str = "") -> None:
+    """Take ``addr`` from ``driver`` through the driver's ``unbind`` file."""
+    unbind = f"sys/bus/pci/drivers/{driver}/unbind"
+    _write(sysfs, unbind, addr, doing or f"unbinding {addr} from {driver}", timeout)
+
+
+def _probe(sysfs: Sysfs, addr: str, timeout: float) -> None:
+    """Let the kernel bind ``addr`` to the driver its driver_override (or IDs) names."""
+    _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}", timeout)
+
+
 def bind_to(
     address: str, driver: str | None, sysfs: Sysfs = LIVE, *, timeout: float = WRITE_TIMEOUT
 ) -> str | None:
@@ -112,15 +123,9 @@ def bind_to(
     try:
         _write(sysfs, f"{dev}/driver_override", (driver or "\n"), f"binding {addr}", timeout)
         if before is not None:
-            _write(
-                sysfs,
-                f"sys/bus/pci/drivers/{before}/unbind",
-                addr,
-                f"unbinding {addr} from {before}",
-                timeout,
-            )
+            _unbind(sysfs, addr, before, timeout)
         if driver is not None:
-            _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}", timeout)
+            _probe(sysfs, addr, timeout)
     except WriteTimeoutError as err:
         raise UnbindTimeoutError.of(addr, before, err, sysfs) from err
     after = sysfs.driver(addr)
@@ -177,13 +182,7 @@ def give_back(
         if current == original:
             return
         if current is not None:
-            _write(
-                sysfs,
-                f"sys/bus/pci/drivers/{current}/unbind",
-                addr,
-                f"unbinding {addr} from {current}",
-                timeout,
-            )
+            _unbind(sysfs, addr, current, timeout)
         if original is not None:
             if not sysfs.exists(f"sys/bus/pci/drivers/{original}"):
                 load_module(original, sysfs)
@@ -570,17 +569,11 @@ def _bind_one(journal: Journal, addr: str, target: str, sysfs: Sysfs, timeout: f
         journal.advance(addr, "override-set")
         current = sysfs.driver(addr)
         if current not in (None, target):
-            _write(
-                sysfs,
-                f"sys/bus/pci/drivers/{current}/unbind",
-                addr,
-                f"unbinding {addr} from {current}",
-                timeout,
-            )
+            _unbind(sysfs, addr, current, timeout)
             step("unbind")
             journal.advance(addr, "unbound")
         if sysfs.driver(addr) != target:
-            _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}", timeout)
+            _probe(sysfs, addr, timeout)
             step("probe")
     except WriteTimeoutError as err:
         stuck = UnbindTimeoutError.of(addr, current, err, sysfs)
@@ -714,10 +707,8 @@ def unbind_devices(
         dev = sysfs.device_dir(addr)
         try:
             _write(sysfs, f"{dev}/driver_override", "\n", f"unbinding {addr}", timeout)
-            _write(
-                sysfs, f"sys/bus/pci/drivers/{driver}/unbind", addr, f"unbinding {addr}", timeout
-            )
-            _write(sysfs, "sys/bus/pci/drivers_probe", addr, f"probing {addr}", timeout)
+            _unbind(sysfs, addr, driver, timeout, f"unbinding {addr}")
+            _probe(sysfs, addr, timeout)
         except WriteTimeoutError as err:
             raise UnbindTimeoutError.of(addr, driver, err, sysfs) from err
         out.append(Restored(addr, sysfs.driver(addr), True, ""))

@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pyvfio._sizes import size_text
 from pyvfio.host import inventory, usage
 from pyvfio.host.inventory import PciDeviceInfo
 from pyvfio.host.sysfs import LIVE, Sysfs
@@ -58,7 +59,7 @@ class Resource:
 
     def __str__(self) -> str:
         pf = ", prefetchable" if self.prefetchable else ""
-        return f"{self.name}: {self.kind} at {self.start:#x}, {_size(self.size)}{pf}"
+        return f"{self.name}: {self.kind} at {self.start:#x}, {size_text(self.size)}{pf}"
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "name": self.name}
@@ -203,14 +204,6 @@ class DeviceDetails:
         }
 
 
-def _size(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or size % 1024:
-            return f"{size} {unit}"
-        size //= 1024
-    return f"{size} PiB"
-
-
 def resources(address: str, sysfs: Sysfs = LIVE) -> tuple[Resource, ...]:
     out = []
     rel = sysfs.device_dir(address)
@@ -270,9 +263,13 @@ def acs_path(address: str, sysfs: Sysfs = LIVE) -> tuple[AcsHop, ...]:
     return tuple(hops)
 
 
+def reset_methods(address: str, sysfs: Sysfs = LIVE) -> tuple[str, ...]:
+    """The resets the kernel offers for the device, in the order it tries them."""
+    return tuple((sysfs.read_attr(f"{sysfs.device_dir(address)}/reset_method") or "").split())
+
+
 def reset_info(address: str, space: ConfigSpace | None, sysfs: Sysfs = LIVE) -> Reset:
-    rel = sysfs.device_dir(address)
-    methods = tuple((sysfs.read_attr(f"{rel}/reset_method") or "").split())
+    methods = reset_methods(address, sysfs)
     flr = pm = False
     if space is not None:
         flr = space.flr_capable  # PCIe DevCap FLR, or the AF capability

@@ -8,16 +8,16 @@ hint saying what to do. The checks read only through :class:`~pyvfio.host.sysfs.
 from __future__ import annotations
 
 import enum
-import json
-import os
 import re
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyvfio.host import bind, inventory, usage
-from pyvfio.host.snapshot import META, device_nodes, kernel_log
+from pyvfio._limits import memlock_limits
+from pyvfio._sizes import size_text
+from pyvfio.host import bind, details, inventory, kcmdline, usage
+from pyvfio.host.snapshot import device_nodes, euid_of, kernel_log
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.noiommu import (
     MODE_PARAM,
@@ -92,9 +92,8 @@ def _is_amd(sysfs: Sysfs) -> bool:
 
 
 def _iommu_option(sysfs: Sysfs) -> str:
-    """What to add to the command line: AMD-Vi is on whenever the firmware enables it,
-    Intel VT-d needs intel_iommu=on unless the kernel was built with it on by default."""
-    return "iommu=pt" if _is_amd(sysfs) else "intel_iommu=on iommu=pt"
+    """What to add to the command line (:func:`pyvfio.host.kcmdline.iommu_options`)."""
+    return " ".join(kcmdline.iommu_options(_is_amd(sysfs)))
 
 
 def iommu_units(sysfs: Sysfs) -> list[str]:
@@ -293,13 +292,6 @@ def check_modules(sysfs: Sysfs) -> CheckResult:
     return CheckResult("VFIO modules", Status.PASS, "vfio, vfio_pci, vfio_iommu_type1 loaded")
 
 
-def _euid(sysfs: Sysfs) -> int:
-    if sysfs.is_live:
-        return os.geteuid()
-    meta = sysfs.read_attr(META)
-    return int(json.loads(meta).get("euid", 0)) if meta else 0
-
-
 def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
     nodes = {k: v for k, v in device_nodes(sysfs).items() if k.startswith("dev/vfio/")}
     if "dev/vfio/vfio" not in nodes:
@@ -316,7 +308,7 @@ def check_dev_vfio(sysfs: Sysfs) -> CheckResult:
         if v["uid"] == 0 and not v["mode"] & (stat.S_IRWXG | stat.S_IRWXO)
     ]
     text = f"container node present, {len(groups)} group node(s)"
-    if closed and _euid(sysfs) != 0:
+    if closed and euid_of(sysfs) != 0:
         return CheckResult(
             "/dev/vfio",
             Status.WARN,
@@ -368,35 +360,24 @@ def check_noiommu(sysfs: Sysfs) -> CheckResult:
 
 def memlock_limit(sysfs: Sysfs) -> int | None:
     """The soft RLIMIT_MEMLOCK in bytes (None: unlimited), from /proc/self/limits."""
-    for line in sysfs.read_lines("proc/self/limits"):
-        if line.startswith("Max locked memory"):
-            soft = line[26:].split()[0]
-            return None if soft == "unlimited" else int(soft)
-    return None
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n} {unit}"
-        n //= 1024
-    return f"{n} TiB"
+    limits = memlock_limits(sysfs.read_lines("proc/self/limits"))
+    return None if limits is None else limits[0]
 
 
 def check_memlock(sysfs: Sysfs, need: int) -> CheckResult:
     limit = memlock_limit(sysfs)
-    if _euid(sysfs) == 0:
-        shown = "unlimited" if limit is None else _size(limit)
+    if euid_of(sysfs) == 0:
+        shown = "unlimited" if limit is None else size_text(limit)
         return CheckResult(
             "RLIMIT_MEMLOCK", Status.PASS, f"{shown}, but root pins without limit (CAP_IPC_LOCK)"
         )
     if limit is None or limit >= need:
-        shown = "unlimited" if limit is None else _size(limit)
-        return CheckResult("RLIMIT_MEMLOCK", Status.PASS, f"{shown}, enough for {_size(need)}")
+        shown = "unlimited" if limit is None else size_text(limit)
+        return CheckResult("RLIMIT_MEMLOCK", Status.PASS, f"{shown}, enough for {size_text(need)}")
     return CheckResult(
         "RLIMIT_MEMLOCK",
         Status.FAIL,
-        f"{_size(limit)}: less than the {_size(need)} to pin",
+        f"{size_text(limit)}: less than the {size_text(need)} to pin",
         "raise it: 'ulimit -l unlimited' in a root shell, LimitMEMLOCK= in a systemd unit, "
         "or '@USER hard memlock unlimited' in /etc/security/limits.conf",
     )
@@ -436,6 +417,19 @@ def check_boot_framebuffer(sysfs: Sysfs) -> CheckResult:
     return CheckResult("boot framebuffer", Status.PASS, "no firmware framebuffer on a GPU BAR")
 
 
+def check_reset(
+    address: str,
+    sysfs: Sysfs,
+    hint: str = "the device keeps its state between users; a VM may need a host reboot "
+    "to get it clean (pyvfio show lists what the capabilities allow)",
+) -> CheckResult:
+    """PASS with the resets the kernel offers for the device; WARN (``hint``) for none."""
+    methods = details.reset_methods(address, sysfs)
+    if methods:
+        return CheckResult(f"{address} reset", Status.PASS, " ".join(methods))
+    return CheckResult(f"{address} reset", Status.WARN, "the kernel offers no reset method", hint)
+
+
 def device_checks(address: str, sysfs: Sysfs) -> list[CheckResult]:
     addr = normalize(address)
     sysfs.device_dir(addr)
@@ -471,19 +465,7 @@ def device_checks(address: str, sysfs: Sysfs) -> list[CheckResult]:
                 f"bind the whole group: pyvfio bind --group {addr}",
             )
         )
-    methods = (sysfs.read_attr(f"{sysfs.device_dir(addr)}/reset_method") or "").split()
-    if methods:
-        out.append(CheckResult(f"{addr} reset", Status.PASS, " ".join(methods)))
-    else:
-        out.append(
-            CheckResult(
-                f"{addr} reset",
-                Status.WARN,
-                "the kernel offers no reset method",
-                "the device keeps its state between users; a VM may need a host reboot "
-                "to get it clean (pyvfio show lists what the capabilities allow)",
-            )
-        )
+    out.append(check_reset(addr, sysfs))
     users = usage.device_users(addr, sysfs)
     if users:
         out.append(

@@ -42,14 +42,36 @@ import grp
 import json
 import os
 import pwd
-import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pyvfio._limits import memlock_kib
+from pyvfio._sizes import size_text
 from pyvfio.errors import HostError
 from pyvfio.host import usage
+
+# The ACL codec lived here first: its names stay importable from this module.
+from pyvfio.host.acl import ACL_GROUP as ACL_GROUP
+from pyvfio.host.acl import ACL_GROUP_OBJ as ACL_GROUP_OBJ
+from pyvfio.host.acl import ACL_MASK as ACL_MASK
+from pyvfio.host.acl import ACL_OTHER as ACL_OTHER
+from pyvfio.host.acl import ACL_UNDEFINED_ID as ACL_UNDEFINED_ID
+from pyvfio.host.acl import ACL_USER as ACL_USER
+from pyvfio.host.acl import ACL_USER_OBJ as ACL_USER_OBJ
+from pyvfio.host.acl import ACL_VERSION as ACL_VERSION
+from pyvfio.host.acl import ACL_XATTR as ACL_XATTR
+from pyvfio.host.acl import GROUP_CLASS as GROUP_CLASS
+from pyvfio.host.acl import RW as RW
+from pyvfio.host.acl import AclEntry as AclEntry
+from pyvfio.host.acl import acl_add_user as acl_add_user
+from pyvfio.host.acl import acl_of_mode as acl_of_mode
+from pyvfio.host.acl import acl_remove_user as acl_remove_user
+from pyvfio.host.acl import decode_acl as decode_acl
+from pyvfio.host.acl import effective as effective
+from pyvfio.host.acl import encode_acl as encode_acl
+from pyvfio.host.acl import read_acl as read_acl
 from pyvfio.host.bind import require_root
 from pyvfio.host.journal import exclusive_lock, state_dir, write_json_atomically
 from pyvfio.host.sysfs import LIVE, Sysfs
@@ -71,116 +93,6 @@ class UnknownUserError(HostError, ValueError):
 
 class SharedGroupError(HostError, ValueError):
     """The device's group node opens other devices too; ``--group`` accepts that (exit 2)."""
-
-
-# -- POSIX ACLs as the kernel stores them (include/uapi/linux/posix_acl_xattr.h) -----------
-
-ACL_XATTR = "system.posix_acl_access"
-ACL_VERSION = 2
-ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = (
-    0x01,
-    0x02,
-    0x04,
-    0x08,
-    0x10,
-    0x20,
-)
-ACL_UNDEFINED_ID = 0xFFFFFFFF
-_HEADER = struct.Struct("<I")
-_ENTRY = struct.Struct("<HHI")  # e_tag, e_perm, e_id
-RW = 0o6
-#: The entries the mask caps (acl(5): the group class).
-GROUP_CLASS = (ACL_USER, ACL_GROUP, ACL_GROUP_OBJ)
-
-
-@dataclass(frozen=True, order=True)
-class AclEntry:
-    """One ``posix_acl_xattr_entry``: tag, permission bits (rwx = 4 2 1), id."""
-
-    tag: int
-    id: int
-    perm: int
-
-
-def decode_acl(raw: bytes) -> list[AclEntry]:
-    """The entries of a ``system.posix_acl_access`` value."""
-    if len(raw) < _HEADER.size or (len(raw) - _HEADER.size) % _ENTRY.size:
-        raise ValueError(f"an ACL of {len(raw)} bytes is not a header plus whole entries")
-    (version,) = _HEADER.unpack_from(raw)
-    if version != ACL_VERSION:
-        raise ValueError(f"ACL version {version}, not {ACL_VERSION}")
-    return [
-        AclEntry(tag, ident, perm) for tag, perm, ident in _ENTRY.iter_unpack(raw[_HEADER.size :])
-    ]
-
-
-def encode_acl(entries: Sequence[AclEntry]) -> bytes:
-    """The xattr value; the kernel wants entries sorted by tag, then id."""
-    body = b"".join(_ENTRY.pack(e.tag, e.perm, e.id) for e in sorted(entries))
-    return _HEADER.pack(ACL_VERSION) + body
-
-
-def acl_of_mode(mode: int) -> list[AclEntry]:
-    """The minimal ACL a mode stands for (owner, group, others)."""
-    return [
-        AclEntry(ACL_USER_OBJ, ACL_UNDEFINED_ID, (mode >> 6) & 7),
-        AclEntry(ACL_GROUP_OBJ, ACL_UNDEFINED_ID, (mode >> 3) & 7),
-        AclEntry(ACL_OTHER, ACL_UNDEFINED_ID, mode & 7),
-    ]
-
-
-def _with_mask(entries: list[AclEntry]) -> list[AclEntry]:
-    """Recompute the mask as the union of the group class; an ACL with no named entries
-    needs none. Callers cut the group class to its effective rights first, so the union
-    widens nobody (``setfacl`` would: it recomputes the mask from the stored entries)."""
-    rest = [e for e in entries if e.tag != ACL_MASK]
-    if not any(e.tag in (ACL_USER, ACL_GROUP) for e in rest):
-        return rest
-    perm = 0
-    for e in rest:
-        if e.tag in GROUP_CLASS:
-            perm |= e.perm
-    return [*rest, AclEntry(ACL_MASK, ACL_UNDEFINED_ID, perm)]
-
-
-def effective(entries: Sequence[AclEntry]) -> list[AclEntry]:
-    """The entries with the rights they actually grant: a group-class entry's are
-    ``perm & mask`` (acl(5)); the owner's and others' are their own. No mask entry."""
-    mask = next((e.perm for e in entries if e.tag == ACL_MASK), 0o7)
-    return [
-        replace(e, perm=e.perm & mask) if e.tag in GROUP_CLASS else e
-        for e in entries
-        if e.tag != ACL_MASK
-    ]
-
-
-def acl_add_user(entries: Sequence[AclEntry], uid: int, perm: int = RW) -> list[AclEntry]:
-    """``entries`` plus ``user:uid:perm``, with nobody else's effective rights changed:
-    the mask must now let ``perm`` through, so each other group-class entry is cut to
-    what the old mask let it have before the mask is recomputed (a named user ``r-`` or
-    an owning group ``rw-`` under a mask ``r--`` stays ``r--``, not ``rw-``)."""
-    others = [e for e in effective(entries) if not (e.tag == ACL_USER and e.id == uid)]
-    return _with_mask([*others, AclEntry(ACL_USER, uid, perm)])
-
-
-def acl_remove_user(
-    entries: Sequence[AclEntry], uid: int, original: Sequence[AclEntry] = ()
-) -> list[AclEntry]:
-    """``entries`` without ``uid``'s entry, or with the one ``original`` (the ACL before
-    any grant) gave it, at the rights it had then; nobody else's rights change."""
-    kept = [e for e in effective(entries) if not (e.tag == ACL_USER and e.id == uid)]
-    kept += [e for e in effective(original) if e.tag == ACL_USER and e.id == uid]
-    return _with_mask(kept)
-
-
-def read_acl(path: str | os.PathLike[str]) -> bytes | None:
-    """The raw access ACL, None where the node has only its mode."""
-    try:
-        return os.getxattr(path, ACL_XATTR, follow_symlinks=False)
-    except OSError as err:
-        if err.errno == errno.ENODATA:
-            return None
-        raise
 
 
 # -- The record ------------------------------------------------------------------------------
@@ -426,19 +338,19 @@ class MemlockAdvice:
 
     @property
     def limits_lines(self) -> tuple[str, str]:
-        kib = (self.need + 1023) // 1024
+        kib = memlock_kib(self.need)
         return (f"{self.user} soft memlock {kib}", f"{self.user} hard memlock {kib}")
 
     def __str__(self) -> str:
         lines = "\n    ".join(self.limits_lines)
         head = (
-            f"memlock: {self.user} pins up to {_size(self.need)} for DMA, so needs "
-            f"RLIMIT_MEMLOCK >= {_size(self.need)} (KiB in limits.conf)"
+            f"memlock: {self.user} pins up to {size_text(self.need)} for DMA, so needs "
+            f"RLIMIT_MEMLOCK >= {size_text(self.need)} (KiB in limits.conf)"
         )
         if self.enough:
             return f"{head}: enough already ({self.source})"
         now = (
-            f"now {_size(self.soft) if self.soft is not None else 'unlimited'} ({self.source})"
+            f"now {size_text(self.soft) if self.soft is not None else 'unlimited'} ({self.source})"
             if self.source
             else "not set in /etc/security/limits.conf, so a login gets the default"
         )
@@ -455,14 +367,6 @@ class MemlockAdvice:
             "enough": self.enough,
             "limits_conf": list(self.limits_lines),
         }
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or n % 1024:
-            return f"{n} {unit}"
-        n //= 1024
-    return f"{n} TiB"
 
 
 def _limit_bytes(value: str) -> int | None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyvfio.errors import HostError, InvalidAddressError
+from pyvfio.host.durable import write_durably
 from pyvfio.pci.address import normalize
 
 if TYPE_CHECKING:
@@ -293,19 +294,7 @@ def exclusive_lock(directory: Path, name: str, what: str) -> Iterator[None]:
 def write_json_atomically(path: Path, data: object) -> None:
     """Replace ``path`` with ``data`` as JSON: temp file, fsync, rename, fsync the folder,
     so a crash at any point leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(data, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    write_durably(path, json.dumps(data, indent=1).encode())
 
 
 def journal_of(sysfs: Sysfs) -> dict[str, JournalEntry]:

@@ -33,7 +33,6 @@ import json
 import lzma
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import tarfile
@@ -45,10 +44,29 @@ from pathlib import Path
 
 from pyvfio.errors import HostError
 from pyvfio.host.details import IORESOURCE_MEM
+from pyvfio.host.durable import Replacement
 from pyvfio.host.journal import SNAPSHOT_JOURNAL, state_dir
 from pyvfio.host.sysfs import IOMMU_GROUPS, LIVE, PCI_DEVICES, Sysfs
 from pyvfio.host.usage import iomem_line
-from pyvfio.pci.config import CapId, ExtCapId, parse_config
+from pyvfio.pci.capabilities import (
+    AF_LAYOUT,
+    EXP_LAYOUT,
+    MSI_LAYOUT,
+    MSIX_LAYOUT,
+    PM_LAYOUT,
+    SSVID_LAYOUT,
+)
+from pyvfio.pci.config import parse_config
+from pyvfio.pci.extended import (
+    ACS_LAYOUT,
+    AER_LAYOUT,
+    ARI_LAYOUT,
+    ATS_LAYOUT,
+    PASID_LAYOUT,
+    PRI_LAYOUT,
+    REBAR_LAYOUT,
+    SRIOV_LAYOUT,
+)
 
 #: Written into every snapshot: what it is, for whoever opens the tarball.
 META = "pyvfio/snapshot.json"
@@ -86,25 +104,26 @@ DEVICE_FILES = (
 )
 DEVICE_LINKS = ("driver", "iommu_group", "physfn")
 
-#: Bytes kept of each standard capability (after its 2-byte header), by ID.
+#: Bytes kept of each standard capability, by ID: all of it (its size in the register
+#: tables) for the ones the spec defines whole; others keep their 2-byte header only.
 _CAP_LENGTH: dict[int, int] = {
-    CapId.PM: 8,
-    CapId.MSI: 24,
-    CapId.MSIX: 12,
-    CapId.EXP: 60,
-    CapId.AF: 6,
-    CapId.SSVID: 8,
+    layout.id: layout.size
+    for layout in (PM_LAYOUT, MSI_LAYOUT, MSIX_LAYOUT, EXP_LAYOUT, AF_LAYOUT, SSVID_LAYOUT)
 }
-#: Bytes kept of each extended capability, by ID (others: the 4-byte header only).
+#: The same for extended capabilities (others, the serial number and vendor-specific
+#: ones among them, keep the 4-byte header only).
 _EXT_LENGTH: dict[int, int] = {
-    ExtCapId.ERR: 0x48,
-    ExtCapId.ACS: 8,
-    ExtCapId.ARI: 8,
-    ExtCapId.ATS: 8,
-    ExtCapId.SRIOV: 0x40,
-    ExtCapId.REBAR: 0x34,
-    ExtCapId.PASID: 8,
-    ExtCapId.PRI: 0x10,
+    layout.id: layout.size
+    for layout in (
+        AER_LAYOUT,
+        ACS_LAYOUT,
+        ARI_LAYOUT,
+        ATS_LAYOUT,
+        SRIOV_LAYOUT,
+        REBAR_LAYOUT,
+        PASID_LAYOUT,
+        PRI_LAYOUT,
+    )
 }
 
 
@@ -262,6 +281,15 @@ def kernel_log(sysfs: Sysfs = LIVE) -> str:
     return _kernel_log(sysfs)
 
 
+def euid_of(sysfs: Sysfs = LIVE) -> int:
+    """Who runs pyvfio: this process's effective uid, or the one of whoever recorded the
+    snapshot (root where it does not say)."""
+    if sysfs.is_live:
+        return os.geteuid()
+    meta = sysfs.read_attr(META)
+    return int(json.loads(meta).get("euid", 0)) if meta else 0
+
+
 def device_nodes(sysfs: Sysfs = LIVE) -> dict[str, dict[str, int]]:
     """Mode, owner and group of /dev/kvm, /dev/iommu and every /dev/vfio node."""
     recorded = sysfs.read_attr(NODES)
@@ -292,42 +320,24 @@ def record(out: str | os.PathLike[str], sysfs: Sysfs = LIVE) -> int:
         raise SnapshotError("name the tarball to write, e.g. host.tar.gz")
     if os.path.isdir(name) and not os.path.islink(name):
         raise SnapshotError(f"{name} is a folder: name the tarball, e.g. {name}/host.tar.gz")
-    folder, base = os.path.split(os.path.abspath(name))
-    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o644)
-    except OSError as err:
-        raise SnapshotError(
+
+    def unwritable(err: OSError) -> SnapshotError:
+        return SnapshotError(
             f"cannot write {name}: {err.strerror}; name a file in a folder you can write"
-        ) from err
+        )
+
     try:
-        with open(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
-                count = _record(tar, sysfs)
-            raw.flush()
-            os.fsync(raw.fileno())
+        new = Replacement(Path(os.path.abspath(name)), mode=0o644)
+    except OSError as err:
+        raise unwritable(err) from err
+    with new:
+        with tarfile.open(fileobj=new.file, mode="w:gz") as tar:
+            count = _record(tar, sysfs)
         try:
-            os.replace(tmp, name)
+            new.commit()
         except OSError as err:
-            raise SnapshotError(
-                f"cannot write {name}: {err.strerror}; name a file in a folder you can write"
-            ) from err
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
+            raise unwritable(err) from err
     return count
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make a rename in ``folder`` survive a crash."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def pci_iomem(iomem: Iterable[str], resources: Iterable[tuple[int, int]]) -> list[str]:

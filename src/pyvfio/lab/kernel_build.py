@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,8 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from pyvfio._uapi.headers import DEBIAN_KEYRING, DEBIAN_MIRROR, DEBIAN_SUITE, private_apt
 from pyvfio.errors import LabUnavailableError
+from pyvfio.lab import debian
+from pyvfio.lab.debian import DEBIAN_MIRROR, DEBIAN_SUITE, updated_apt
 
 SOURCE_PACKAGE: Final = "linux-source-6.12"
 #: The fragment shipped with pyvfio.
@@ -188,8 +188,7 @@ def cache_key(source_version: str, config: str) -> str:
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/pyvfio/kernels``, ``~/.cache/pyvfio/kernels`` without it."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pyvfio" / "kernels"
+    return debian.cache_dir("kernels")
 
 
 def _read_build(directory: Path) -> KernelBuild | None:
@@ -492,17 +491,7 @@ def _unpack(deb: Path, dest: Path) -> None:
 
 def _download_source(cache: Path) -> tuple[Path, str]:
     """The suite's newest source package (downloaded unless apt has it); (deb, version)."""
-    if not DEBIAN_KEYRING.is_file():
-        raise KernelBuildError(
-            f"{DEBIAN_KEYRING} is missing, so {DEBIAN_SUITE} cannot be verified; "
-            f"apt-get install debian-archive-keyring"
-        )
-    apt = private_apt(cache / "apt", "pyvfio-kernel")
-    _run(
-        ["apt-get", *apt, "update"],
-        doing=f"apt-get update of {DEBIAN_SUITE} from {DEBIAN_MIRROR}",
-        timeout=_APT_TIMEOUT,
-    )
+    apt = updated_apt(cache / "apt", "pyvfio-kernel", timeout=_APT_TIMEOUT, error=KernelBuildError)
     policy = _run(
         ["apt-cache", *apt, "policy", SOURCE_PACKAGE], doing="apt-cache policy", timeout=60
     )
@@ -530,15 +519,4 @@ def _download_source(cache: Path) -> tuple[Path, str]:
 
 
 def _run(command: list[str], *, doing: str, timeout: float, cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(
-            command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as err:
-        raise KernelBuildError(f"{doing} took over {timeout:.0f} s") from err
-    except FileNotFoundError as err:
-        raise KernelBuildError(f"{doing}: {command[0]} is missing") from err
-    if done.returncode != 0:
-        output = (done.stderr or done.stdout).strip().splitlines()[-10:]
-        raise KernelBuildError(f"{doing} failed (exit {done.returncode}):\n" + "\n".join(output))
-    return done.stdout
+    return debian.run(command, doing=doing, timeout=timeout, error=KernelBuildError, cwd=cwd)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyvfio.errors import LabError, LabUnavailableError
+from pyvfio.host.accel import QEMU, QEMU_PACKAGE
 from pyvfio.lab.accel import choose_accel
 from pyvfio.lab.kernels import resolve_kernel
 from pyvfio.lab.topology import NVME_BACKING_SIZE, Manifest, Topology
@@ -133,7 +134,7 @@ def _prepare(
     accel: str | None,
     say: Callable[[str], None],
 ) -> tuple[Manifest, Path]:
-    _require("qemu-system-x86_64", "Debian: apt-get install qemu-system-x86")
+    _require(QEMU, f"Debian: apt-get install {QEMU_PACKAGE}")
     if kernel in (None, "stock") and not shutil.which("busybox"):
         # A modular kernel needs virtme-ng's initramfs to load 9p/virtio, built from busybox.
         raise LabUnavailableError(

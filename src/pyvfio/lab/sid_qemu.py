@@ -27,12 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pyvfio._uapi.headers import DEBIAN_KEYRING, DEBIAN_MIRROR
 from pyvfio.errors import LabUnavailableError
+from pyvfio.host import accel
+from pyvfio.lab.debian import DEBIAN_KEYRING, DEBIAN_MIRROR, cache_dir
 
 SUITE: Final = "sid"
-PACKAGES: Final = ("qemu-system-x86",)
-QEMU: Final = "/usr/bin/qemu-system-x86_64"
+PACKAGES: Final = (accel.QEMU_PACKAGE,)
+QEMU: Final = f"/usr/bin/{accel.QEMU}"
 STAMP: Final = "sid-qemu.json"
 _DEBOOTSTRAP_TIMEOUT: Final = 1800
 _QEMU_TIMEOUT: Final = 60
@@ -76,8 +77,7 @@ class SidQemu:
 
 def default_dir() -> Path:
     """``$XDG_CACHE_HOME/pyvfio/sid-qemu``, ``~/.cache/pyvfio/sid-qemu`` without it."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pyvfio" / "sid-qemu"
+    return cache_dir("sid-qemu")
 
 
 def debian_mirror(sources: Path = Path("/etc/apt")) -> str:

@@ -1,7 +1,7 @@
 """An edu-compatible device (QEMU hw/misc/edu.c, docs/specs/edu.rst), served over vfio-user.
 
 Same identity (1234:11e8 rev 0x10, class 0x00ff00), 1 MiB BAR0, one 64-bit MSI
-vector at 0x40 and INTA; the registers ``pyvfio.drivers.edu`` documents, with QEMU's
+vector at 0x40 and INTA; the registers of ``pyvfio.drivers.edu_spec``, with QEMU's
 rules: accesses below 0x80 are 32-bit only, from 0x80 on 32- or 64-bit (others read
 all-ones and are ignored), the DMA registers cannot change while a transfer runs.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from pyvfio.drivers import edu_spec as spec
 from pyvfio.errors import VfioUserError
 from pyvfio.server.device import MSI, PciDevice
 
@@ -25,41 +26,28 @@ __all__ = ["EduDevice"]
 
 log = logging.getLogger("pyvfio.server.edu")
 
-VENDOR_ID: Final = 0x1234
-DEVICE_ID: Final = 0x11E8
-REVISION: Final = 0x10
-CLASS_CODE: Final = 0x00FF00  # PCI_CLASS_OTHERS (0x00ff): base class 0, subclass 0xff
-IDENT: Final = 0x010000ED
-BAR0_SIZE: Final = 1 << 20
-
-REG_ID, REG_LIVENESS, REG_FACTORIAL = 0x00, 0x04, 0x08
-REG_STATUS, REG_IRQ_STATUS, REG_IRQ_RAISE, REG_IRQ_ACK = 0x20, 0x24, 0x60, 0x64
-REG_DMA_SRC, REG_DMA_DST, REG_DMA_COUNT, REG_DMA_CMD = 0x80, 0x88, 0x90, 0x98
-STATUS_COMPUTING, STATUS_IRQ_FACT = 0x01, 0x80
-DMA_RUN, DMA_TO_RAM, DMA_IRQ = 0x1, 0x2, 0x4
-IRQ_FACTORIAL, IRQ_DMA = 0x1, 0x100
-DMA_BUFFER_ADDR, DMA_BUFFER_SIZE = 0x40000, 4096
-DEFAULT_DMA_MASK: Final = (1 << 28) - 1
+#: The name the buffer's address had here before the map moved to `edu_spec` (tests use it).
+DMA_BUFFER_ADDR: Final = spec.BUFFER_ADDR
 
 
 class EduDevice(PciDevice):
     """QEMU's edu, in Python, for a vfio-user client (``pyvfio serve edu``)."""
 
-    def __init__(self, *, dma_mask: int = DEFAULT_DMA_MASK) -> None:
+    def __init__(self, *, dma_mask: int = spec.DMA_MASK) -> None:
         super().__init__(
-            vendor_id=VENDOR_ID,
-            device_id=DEVICE_ID,
-            revision=REVISION,
-            class_code=CLASS_CODE,
+            vendor_id=spec.VENDOR_ID,
+            device_id=spec.DEVICE_ID,
+            revision=spec.REVISION,
+            class_code=spec.CLASS_CODE,
             subsystem_vendor_id=0x1AF4,  # QEMU's default subsystem (Red Hat, Inc.)
             subsystem_id=0x1100,
             interrupt_pin=1,
             name="edu",
         )
-        self.add_bar(0, BAR0_SIZE, read=self._mmio_read, write=self._mmio_write)
+        self.add_bar(0, spec.BAR0_SIZE, read=self._mmio_read, write=self._mmio_write)
         self.add_msi(1, is_64bit=True)
         self.dma_mask = dma_mask
-        self.buffer = bytearray(DMA_BUFFER_SIZE)
+        self.buffer = bytearray(spec.BUFFER_SIZE)
         self._clear()
 
     def _clear(self) -> None:
@@ -72,7 +60,7 @@ class EduDevice(PciDevice):
     def reset(self) -> None:
         super().reset()
         self._clear()
-        self.buffer[:] = bytes(DMA_BUFFER_SIZE)
+        self.buffer[:] = bytes(spec.BUFFER_SIZE)
 
     # -- interrupts ---------------------------------------------------------------------
 
@@ -101,15 +89,15 @@ class EduDevice(PciDevice):
         if (offset < 0x80 and size != 4) or (offset >= 0x80 and size not in (4, 8)):
             return (1 << 64) - 1
         registers = {
-            REG_ID: IDENT,
-            REG_LIVENESS: self.liveness,
-            REG_FACTORIAL: self.fact,
-            REG_STATUS: self.status,
-            REG_IRQ_STATUS: self.irq_status,
-            REG_DMA_SRC: self.dma_src,
-            REG_DMA_DST: self.dma_dst,
-            REG_DMA_COUNT: self.dma_count,
-            REG_DMA_CMD: self.dma_cmd,
+            spec.REG_ID: spec.IDENT,
+            spec.REG_LIVENESS: self.liveness,
+            spec.REG_FACTORIAL: self.fact,
+            spec.REG_STATUS: self.status,
+            spec.REG_IRQ_STATUS: self.irq_status,
+            spec.REG_DMA_SRC: self.dma_src,
+            spec.REG_DMA_DST: self.dma_dst,
+            spec.REG_DMA_COUNT: self.dma_count,
+            spec.REG_DMA_CMD: self.dma_cmd,
         }
         return registers.get(offset, (1 << 64) - 1)
 
@@ -118,29 +106,33 @@ class EduDevice(PciDevice):
         if (offset < 0x80 and size != 4) or (offset >= 0x80 and size not in (4, 8)):
             return
         value = int.from_bytes(data, "little")
-        if offset == REG_LIVENESS:
+        if offset == spec.REG_LIVENESS:
             self.liveness = ~value & 0xFFFFFFFF
-        elif offset == REG_FACTORIAL:
-            if self.status & STATUS_COMPUTING:
+        elif offset == spec.REG_FACTORIAL:
+            if self.status & spec.STATUS_COMPUTING:
                 return
-            self.status |= STATUS_COMPUTING
+            self.status |= spec.STATUS_COMPUTING
             self._factorial(value)
-        elif offset == REG_STATUS:
-            if value & STATUS_IRQ_FACT:
-                self.status |= STATUS_IRQ_FACT
+        elif offset == spec.REG_STATUS:
+            if value & spec.STATUS_IRQ_FACT:
+                self.status |= spec.STATUS_IRQ_FACT
             else:
-                self.status &= ~STATUS_IRQ_FACT
-        elif offset == REG_IRQ_RAISE:
+                self.status &= ~spec.STATUS_IRQ_FACT
+        elif offset == spec.REG_IRQ_RAISE:
             self.edu_raise(value)
-        elif offset == REG_IRQ_ACK:
+        elif offset == spec.REG_IRQ_ACK:
             self.edu_lower(value)
-        elif offset in (REG_DMA_SRC, REG_DMA_DST, REG_DMA_COUNT):
-            if self.dma_cmd & DMA_RUN:
+        elif offset in (spec.REG_DMA_SRC, spec.REG_DMA_DST, spec.REG_DMA_COUNT):
+            if self.dma_cmd & spec.DMA_START:
                 return
-            name = {REG_DMA_SRC: "dma_src", REG_DMA_DST: "dma_dst", REG_DMA_COUNT: "dma_count"}
+            name = {
+                spec.REG_DMA_SRC: "dma_src",
+                spec.REG_DMA_DST: "dma_dst",
+                spec.REG_DMA_COUNT: "dma_count",
+            }
             setattr(self, name[offset], value)
-        elif offset == REG_DMA_CMD:
-            if not value & DMA_RUN or self.dma_cmd & DMA_RUN:
+        elif offset == spec.REG_DMA_CMD:
+            if not value & spec.DMA_START or self.dma_cmd & spec.DMA_START:
                 return
             self.dma_cmd = value
             self.defer(self._dma)
@@ -153,23 +145,23 @@ class EduDevice(PciDevice):
             result = (result * n) & 0xFFFFFFFF
             n -= 1
         self.fact = result
-        self.status &= ~STATUS_COMPUTING
-        if self.status & STATUS_IRQ_FACT:
-            self.edu_raise(IRQ_FACTORIAL)
+        self.status &= ~spec.STATUS_COMPUTING
+        if self.status & spec.STATUS_IRQ_FACT:
+            self.edu_raise(spec.IRQ_FACTORIAL)
 
     def _dma(self) -> None:
-        if not self.dma_cmd & DMA_RUN:
+        if not self.dma_cmd & spec.DMA_START:
             return
         count = self.dma_count
-        to_ram = bool(self.dma_cmd & DMA_TO_RAM)
+        to_ram = bool(self.dma_cmd & spec.DMA_TO_RAM)
         device_addr, ram_addr = (
             (self.dma_src, self.dma_dst) if to_ram else (self.dma_dst, self.dma_src)
         )
-        start = device_addr - DMA_BUFFER_ADDR
-        if not (start >= 0 and start + count <= DMA_BUFFER_SIZE):
+        start = device_addr - spec.BUFFER_ADDR
+        if not (start >= 0 and start + count <= spec.BUFFER_SIZE):
             log.warning(
                 "edu: DMA range %#x+%#x is outside the buffer %#x-%#x; not transferred",
-                device_addr, count, DMA_BUFFER_ADDR, DMA_BUFFER_ADDR + DMA_BUFFER_SIZE - 1,
+                device_addr, count, spec.BUFFER_ADDR, spec.BUFFER_ADDR + spec.BUFFER_SIZE - 1,
             )  # fmt: skip
         else:
             ram_addr &= self.dma_mask
@@ -181,6 +173,6 @@ class EduDevice(PciDevice):
             except VfioUserError as err:
                 log.warning("edu: DMA %s %#x+%#x failed: %s",
                             "to" if to_ram else "from", ram_addr, count, err)  # fmt: skip
-        self.dma_cmd &= ~DMA_RUN
-        if self.dma_cmd & DMA_IRQ:
-            self.edu_raise(IRQ_DMA)
+        self.dma_cmd &= ~spec.DMA_START
+        if self.dma_cmd & spec.DMA_IRQ:
+            self.edu_raise(spec.IRQ_DMA)

@@ -50,6 +50,7 @@ from typing import Any
 from pyvfio.errors import HostError
 from pyvfio.host import inventory, kcmdline
 from pyvfio.host.bind import VFIO_PCI
+from pyvfio.host.durable import Replacement, fsync_dir
 from pyvfio.host.journal import read_journal
 from pyvfio.host.sysfs import Sysfs
 from pyvfio.pci.address import normalize
@@ -678,58 +679,38 @@ class Applied:
         }
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tmp(target: Path) -> Path:
+    """The temporary file beside ``target``: a name of its own, so that undo finds what
+    a crash left behind."""
     return target.with_name(f".{target.name}{TMP_SUFFIX}")
 
 
-def _like(path: Path, st: os.stat_result | None, mode: int) -> None:
-    """Give ``path`` the mode (and, where allowed, owner) of the file it replaces."""
-    os.chmod(path, stat.S_IMODE(st.st_mode) if st else mode)
+def _like(fd: int, st: os.stat_result | None, mode: int) -> None:
+    """Give the file the mode (and, where allowed, owner) of the file it replaces."""
+    os.fchmod(fd, stat.S_IMODE(st.st_mode) if st else mode)
     if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-        os.chown(path, st.st_uid, st.st_gid)
+        os.fchown(fd, st.st_uid, st.st_gid)
 
 
 def _write_durably(target: Path, data: bytes, st: os.stat_result | None, mode: int) -> None:
-    """Replace ``target`` by ``data``: temporary file, fsync, rename, fsync the folder, so a
-    crash leaves the old file or the new one, never a part of one."""
-    tmp = _tmp(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _like(tmp, st, mode)
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    """Replace ``target`` by ``data`` durably (:class:`~pyvfio.host.durable.Replacement`)."""
+    with Replacement(target, tmp=_tmp(target)) as new:
+        new.file.write(data)
+        new.file.flush()
+        _like(new.file.fileno(), st, mode)
 
 
 def _backup_durably(target: Path, backup: Path, expected: bytes) -> None:
     """Copy ``target`` (bytes, mode, times, extended attributes, owner) to ``backup``
     durably, and make sure the copy holds ``expected``."""
-    tmp = _tmp(backup)
-    shutil.copy2(target, tmp)
-    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if tmp.read_bytes() != expected:
-        tmp.unlink()
+    data = target.read_bytes()
+    if data != expected:
         raise PersistError(f"{target} changed while it was copied: run pyvfio persist again")
-    _like(tmp, target.stat(), 0)
-    os.replace(tmp, backup)
-    _fsync_dir(backup.parent)
+    with Replacement(backup, tmp=_tmp(backup)) as new:
+        new.file.write(data)
+        new.file.flush()
+        shutil.copystat(target, new.tmp)
+        _like(new.file.fileno(), target.stat(), 0)
 
 
 def _missing_dirs(root: Path, path: str) -> list[str]:
@@ -746,7 +727,7 @@ def _mkdir_durably(root: Path, folder: str) -> None:
     target = _under(root, folder)
     if not target.exists():
         target.mkdir()
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
 
 def apply(plan: PersistPlan, *, root: str | os.PathLike[str] = "/") -> Applied:
@@ -931,16 +912,16 @@ def _undo_steps(base: Path, steps: Sequence[_Step], dirs: Sequence[str]) -> list
         if step.action == "restore":
             assert step.backup is not None
             os.replace(_under(base, step.backup), target)  # the backup's inode: mode kept
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             done.append(step.path)
         elif step.action == "remove":
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 done.append(step.path)
         elif step.backup is not None and _under(base, step.backup).exists():
             _under(base, step.backup).unlink()  # made before a crash stopped the apply
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         for left in (step.path, step.backup):  # temporary files a crash left behind
             if left is not None:
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -949,9 +930,9 @@ def _undo_steps(base: Path, steps: Sequence[_Step], dirs: Sequence[str]) -> list
     with contextlib.suppress(FileNotFoundError):
         _tmp(manifest).unlink()
     manifest.unlink()
-    _fsync_dir(manifest.parent)
+    fsync_dir(manifest.parent)
     for folder in reversed(dirs):
         with contextlib.suppress(OSError):  # not empty: something else lives there now
             _under(base, folder).rmdir()
-            _fsync_dir(_under(base, folder).parent)
+            fsync_dir(_under(base, folder).parent)
     return done

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import pwd
 import re
@@ -29,18 +28,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from pyvfio import _sizes
+from pyvfio._limits import CAP_IPC_LOCK as CAP_IPC_LOCK  # where it was defined before
+from pyvfio._limits import holds_cap_ipc_lock, memlock_limits
+from pyvfio._sizes import size_text
 from pyvfio.errors import HostError, MemlockLimitError, PyvfioError
 from pyvfio.host import accel as host_accel
 from pyvfio.host import bind, doctor
 from pyvfio.host.accel import QEMU as QEMU  # the binary; callers name it vm.qemu.QEMU
+from pyvfio.host.accel import QEMU_PACKAGE
 from pyvfio.host.bind import Restored
 from pyvfio.host.doctor import CheckResult, Status
-from pyvfio.host.snapshot import META
+from pyvfio.host.snapshot import euid_of
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.vm.layout import PassedDevice, layout
 from pyvfio.vm.qmp import GuestPciDevice, Monitor, QmpError, walk_query_pci
@@ -64,21 +68,11 @@ class QemuError(PyvfioError):
 
 
 def parse_size(text: str) -> int:
-    """``"4G"``, ``"512M"``, ``"2GiB"`` -> bytes (QEMU's ``-m`` units, binary)."""
-    units = {"": MIB, "K": 1 << 10, "M": MIB, "G": GIB, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in units and not t[-1:].isdigit() else ""
-    try:
-        size = int(float(t[: len(t) - len(unit)]) * units[unit])
-    except (ValueError, OverflowError):  # OverflowError: "inf"
-        raise ValueError(f"{text!r} is not a size like 512M or 4G") from None
+    """``"4G"``, ``"512M"``, ``"2GiB"`` -> bytes (QEMU's ``-m`` units: binary, MiB bare)."""
+    size = _sizes.parse_size(text, unit=MIB, examples="512M or 4G")
     if size < 16 * MIB or size % MIB:
         raise ValueError(f"{text!r}: guest memory is a whole number of MiB, at least 16M")
     return size
-
-
-def _size(n: int) -> str:
-    return f"{n // GIB} GiB" if n % GIB == 0 else f"{n // MIB} MiB"
 
 
 # -- Values inside QEMU option strings -----------------------------------------------------
@@ -139,9 +133,9 @@ class Memlock:
 
     def __str__(self) -> str:
         def shown(v: int | None) -> str:
-            return "unlimited" if v is None else _size(v)
+            return "unlimited" if v is None else size_text(v)
 
-        text = f"QEMU needs RLIMIT_MEMLOCK >= {_size(self.need)} (guest RAM + 1 GiB); "
+        text = f"QEMU needs RLIMIT_MEMLOCK >= {size_text(self.need)} (guest RAM + 1 GiB); "
         text += f"now {shown(self.soft)} soft, {shown(self.hard)} hard"
         if self.privileged:
             return text + "; with CAP_IPC_LOCK the limit does not apply"
@@ -162,38 +156,10 @@ class Memlock:
         }
 
 
-def _limit(text: str) -> int | None:
-    return None if text == "unlimited" else int(text)
-
-
 def memlock_for(memory: int, sysfs: Sysfs = LIVE) -> Memlock:
-    need = memory + MEMLOCK_SLACK
-    soft = hard = None
-    for line in sysfs.read_lines("proc/self/limits"):
-        if line.startswith("Max locked memory"):
-            fields = line[26:].split()
-            soft, hard = _limit(fields[0]), _limit(fields[1])
-    return Memlock(need, soft, hard, _ipc_lock(sysfs))
-
-
-#: include/uapi/linux/capability.h
-CAP_IPC_LOCK = 14
-
-
-def _euid(sysfs: Sysfs) -> int:
-    """Who runs pyvfio: this process, or whoever recorded the snapshot (root if unsaid)."""
-    if sysfs.is_live:
-        return os.geteuid()
-    meta = sysfs.read_attr(META)
-    return int(json.loads(meta).get("euid", 0)) if meta else 0
-
-
-def _ipc_lock(sysfs: Sysfs) -> bool:
-    """Whether this process holds CAP_IPC_LOCK (CapEff in /proc/self/status; else root)."""
-    for line in sysfs.read_lines("proc/self/status"):
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
-    return _euid(sysfs) == 0
+    soft, hard = memlock_limits(sysfs.read_lines("proc/self/limits")) or (None, None)
+    privileged = holds_cap_ipc_lock(sysfs.read_lines("proc/self/status"), euid_of(sysfs))
+    return Memlock(memory + MEMLOCK_SLACK, soft, hard, privileged)
 
 
 @dataclass(frozen=True)
@@ -557,7 +523,7 @@ def build(
         qemu_features(qemu) if features is None else features,
         run_as=run_as,
         sandbox=sandbox,
-        euid=_euid(sysfs),
+        euid=euid_of(sysfs),
     )
     if gpu.any and not any(d.is_gpu for d in devices):
         raise ValueError(
@@ -643,18 +609,6 @@ def _group_checks(plan: QemuPlan, sysfs: Sysfs) -> list[CheckResult]:
     return out
 
 
-def _reset_check(dev: PassedDevice, sysfs: Sysfs) -> CheckResult:
-    methods = (sysfs.read_attr(f"{sysfs.device_dir(dev.address)}/reset_method") or "").split()
-    if methods:
-        return CheckResult(f"{dev.address} reset", Status.PASS, " ".join(methods))
-    return CheckResult(
-        f"{dev.address} reset",
-        Status.WARN,
-        "the kernel offers no reset method",
-        "the device keeps its state from one VM to the next",
-    )
-
-
 def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
     """What must hold before anything is bound: the host's IOMMU, the groups, memlock."""
     results = [
@@ -672,7 +626,7 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
                 "QEMU",
                 Status.FAIL,
                 f"{plan.argv[0]} is not on PATH",
-                "Debian: apt-get install qemu-system-x86",
+                f"Debian: apt-get install {QEMU_PACKAGE}",
             )
         )
     results.append(plan.confinement.check())
@@ -696,7 +650,7 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
             CheckResult(
                 "hugepages",
                 Status.PASS if ok else Status.FAIL,
-                f"{_size(free)} free in hugepages, guest RAM {_size(plan.memory)}"
+                f"{size_text(free)} free in hugepages, guest RAM {size_text(plan.memory)}"
                 + ("" if mounted else "; no hugetlbfs is mounted"),
                 ""
                 if ok
@@ -705,7 +659,10 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
             )
         )
     results += _group_checks(plan, sysfs)
-    results += [_reset_check(d, sysfs) for d in plan.devices]
+    results += [
+        doctor.check_reset(d.address, sysfs, "the device keeps its state from one VM to the next")
+        for d in plan.devices
+    ]
     return results
 
 
@@ -1015,6 +972,136 @@ def _stop(proc: subprocess.Popen[bytes], monitor: Monitor | None) -> int:
     return proc.wait()
 
 
+@contextlib.contextmanager
+def _bound_devices(
+    addresses: Sequence[str], sysfs: Sysfs, journal_dir: Path | None
+) -> Iterator[list[Restored]]:
+    """The devices on vfio-pci for the block (journaled); after it, whatever happened,
+    those pyvfio moved go back to their original drivers (devices already on vfio-pci
+    stay). The list yielded holds what was given back once the block is over."""
+    bplan = bind.plan_bind(addresses, sysfs=sysfs)
+    changed = bind.bind_devices(bplan, sysfs=sysfs, journal_dir=journal_dir)
+    restored: list[Restored] = []
+    try:
+        yield restored
+    finally:
+        if changed:
+            restored += bind.restore(
+                [a.address for a in changed], sysfs=sysfs, journal_dir=journal_dir
+            )
+
+
+class _Qemu:
+    """A QEMU that :func:`run` started: the process, its stderr, its QMP monitor."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], echo_stderr: bool) -> None:
+        assert proc.stderr is not None
+        self.proc = proc
+        self.stderr = _Stderr(proc.stderr, echo=echo_stderr)
+        self.monitor: Monitor | None = None
+
+    def connect(self, path: Path, deadline: float) -> Monitor:
+        self.monitor = Monitor(
+            str(path),
+            timeout=max(deadline - time.monotonic(), 1),
+            alive=lambda: self.proc.poll() is None,
+        )
+        return self.monitor
+
+    def exit_error(self) -> str | None:
+        """Why QEMU is gone, in its own last words (None: it still runs)."""
+        status = self.proc.poll()
+        if status is None:
+            return None
+        error = f"QEMU exited with status {status} before it was confirmed: " + (
+            self.stderr.tail() or "no message"
+        )
+        if status == -signal.SIGSYS:
+            error += (
+                " (killed by its seccomp filter: a system call it made is denied by "
+                "-sandbox, e.g. spawn=deny stops -netdev tap scripts and the bridge "
+                "helper; --no-sandbox runs it without the filter)"
+            )
+        return error
+
+    def stop(self) -> int:
+        """Ask QEMU to quit over QMP, then SIGTERM, then SIGKILL; its exit status."""
+        return _stop(self.proc, self.monitor)
+
+    def run_on(self, resumed: bool) -> int:
+        """The guest runs (``cont``, unless its CPUs run already) until QEMU exits, or
+        until Ctrl-C stops it; QEMU's exit status."""
+        assert self.monitor is not None
+        try:
+            if not resumed:
+                self.monitor.execute("cont")
+            return self.proc.wait()
+        except KeyboardInterrupt:
+            return self.stop()
+
+
+@contextlib.contextmanager
+def _qemu_process(
+    argv: Sequence[str], *, check: bool, memlock: int, echo_stderr: bool
+) -> Iterator[_Qemu]:
+    """QEMU started with ``argv`` (RLIMIT_MEMLOCK raised to ``memlock`` where it can be);
+    after the block its monitor is closed and, if it still runs, it is stopped."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL if check else None,
+            stdout=subprocess.DEVNULL if check else None,
+            stderr=subprocess.PIPE,
+            preexec_fn=_raise_memlock(memlock),  # before the stderr thread starts
+        )
+    except OSError as err:
+        raise QemuError(
+            f"cannot start {argv[0]}: {err.strerror} (Debian: apt-get install "
+            f"{QEMU_PACKAGE}); the devices were given back"
+        ) from err
+    qemu = _Qemu(proc, echo_stderr)
+    try:
+        yield qemu
+    finally:
+        if qemu.monitor is not None:
+            qemu.monitor.close()
+        if proc.poll() is None:
+            _stop(proc, None)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What QEMU showed before :func:`run` stops it or lets the guest run."""
+
+    started: bool  # QMP answered and QEMU still ran
+    confirmations: tuple[Confirmation, ...] = ()
+    process: QemuProcess | None = None
+    error: str | None = None
+    resumed: bool = False  # the CPUs run already (see query_devices)
+
+
+def _ask(qemu: _Qemu, plan: QemuPlan, qmp_path: Path, deadline: float, timeout: float) -> _Answer:
+    """Wait for QMP (until ``deadline``, ``timeout`` after the start), confirm the
+    devices over it, and read how QEMU runs."""
+    _wait_for_socket(qemu.proc, qmp_path, deadline)
+    answer = _Answer(started=False)
+    if qemu.proc.poll() is None and qmp_path.exists():
+        try:
+            monitor = qemu.connect(qmp_path, deadline)
+            pci, resumed = query_devices(monitor, plan.devices, deadline)
+            process = read_process(qemu.proc.pid)
+            problems = "; ".join(process.problems(plan.confinement)) or None
+            answer = _Answer(True, confirm(plan.devices, pci), process, problems, resumed)
+        except QmpError as err:
+            answer = _Answer(True, error=str(err))
+    exited = qemu.exit_error()
+    if exited is not None:
+        return replace(answer, started=False, error=exited)
+    if not answer.started:
+        return replace(answer, error=f"QEMU did not open its QMP socket in {timeout:.0f} s")
+    return answer
+
+
 def run(
     plan: QemuPlan,
     *,
@@ -1047,108 +1134,31 @@ def run(
     lock = plan.memlock
     if not lock.can_raise:  # pre-flight failed above; kept for callers of run() alone
         raise MemlockLimitError(str(lock), limit=lock.hard or 0, requested=lock.need)
-    workdir = Path(tempfile.mkdtemp(prefix="pyvfio-vm-"))
-    qmp_path = workdir / "qmp.sock"
-    try:
+    with tempfile.TemporaryDirectory(prefix="pyvfio-vm-", ignore_cleanup_errors=True) as work:
+        qmp_path = Path(work) / "qmp.sock"
         # -S: the CPUs wait while QMP confirms the devices (they are realized by then).
-        argv = [*plan.argv, *qmp_args(qmp_path), "-S"]
+        argv = [*plan.argv, *qmp_args(qmp_path), "-S"]  # a refused TMPDIR: nothing bound
         if check:
             argv += ["-nodefaults", "-display", "none"]
-        bplan = bind.plan_bind(plan.addresses, sysfs=sysfs)
-        changed = bind.bind_devices(bplan, sysfs=sysfs, journal_dir=journal_dir)
-    except BaseException:  # a refused TMPDIR or a failed bind: nothing is left behind
-        with contextlib.suppress(OSError):
-            workdir.rmdir()
-        raise
-    process = None
-    confirmations: tuple[Confirmation, ...] = ()
-    resumed = False
-    error = None
-    started = False
-    status: int | None = None
-    restored: list[Restored] = []
-    monitor = None
-    try:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL if check else None,
-                stdout=subprocess.DEVNULL if check else None,
-                stderr=subprocess.PIPE,
-                preexec_fn=_raise_memlock(lock.need),  # before the stderr thread starts
-            )
-        except OSError as err:
-            raise QemuError(
-                f"cannot start {argv[0]}: {err.strerror} (Debian: apt-get install "
-                "qemu-system-x86); the devices were given back"
-            ) from err
-        assert proc.stderr is not None
-        stderr = _Stderr(proc.stderr, echo=echo_stderr)
-        try:
-            deadline = began + timeout
-            _wait_for_socket(proc, qmp_path, deadline)
-            if proc.poll() is None and qmp_path.exists():
-                started = True
-                try:
-                    monitor = Monitor(
-                        str(qmp_path),
-                        timeout=max(deadline - time.monotonic(), 1),
-                        alive=lambda: proc.poll() is None,
-                    )
-                    answer, resumed = query_devices(monitor, plan.devices, deadline)
-                    confirmations = confirm(plan.devices, answer)
-                    process = read_process(proc.pid)
-                    error = "; ".join(process.problems(plan.confinement)) or None
-                except QmpError as err:
-                    error = str(err)
-            if proc.poll() is not None:
-                status = proc.returncode
-                error = f"QEMU exited with status {status} before it was confirmed: " + (
-                    stderr.tail() or "no message"
-                )
-                if status == -signal.SIGSYS:
-                    error += (
-                        " (killed by its seccomp filter: a system call it made is denied by "
-                        "-sandbox, e.g. spawn=deny stops -netdev tap scripts and the bridge "
-                        "helper; --no-sandbox runs it without the filter)"
-                    )
-                started = False
-            elif not started:
-                error = f"QEMU did not open its QMP socket in {timeout:.0f} s"
-            if check or error is not None or not all(c.ok for c in confirmations):
-                status = _stop(proc, monitor)
+        with (
+            _bound_devices(plan.addresses, sysfs, journal_dir) as restored,
+            _qemu_process(argv, check=check, memlock=lock.need, echo_stderr=echo_stderr) as qemu,
+        ):
+            answer = _ask(qemu, plan, qmp_path, began + timeout, timeout)
+            if check or answer.error is not None or not all(c.ok for c in answer.confirmations):
+                status = qemu.stop()
             else:
-                try:
-                    assert monitor is not None
-                    if not resumed:
-                        monitor.execute("cont")
-                    status = proc.wait()
-                except KeyboardInterrupt:
-                    status = _stop(proc, monitor)
-        finally:
-            if monitor is not None:
-                monitor.close()
-            if proc.poll() is None:
-                status = _stop(proc, None)
-    finally:
-        with contextlib.suppress(OSError):
-            qmp_path.unlink()
-        with contextlib.suppress(OSError):
-            workdir.rmdir()
-        if changed:
-            restored = bind.restore(
-                [a.address for a in changed], sysfs=sysfs, journal_dir=journal_dir
-            )
+                status = qemu.run_on(answer.resumed)
     return PassthroughReport(
         checks,
-        confirmations,
-        started,
-        error,
+        answer.confirmations,
+        answer.started,
+        answer.error,
         tuple(restored),
         status,
         time.monotonic() - began,
         tuple(argv),
         notes=plan.notes,
         accel=plan.accel,
-        process=process,
+        process=answer.process,
     )

@@ -1,13 +1,14 @@
 """Find Linux UAPI headers that define everything `pyvfio._uapi` mirrors.
 
-The ABI test compiles the mirrors against ``<linux/vfio.h>`` and ``<linux/iommufd.h>``.
+The ABI test compiles the mirrors against ``<linux/vfio.h>``, ``<linux/iommufd.h>`` and
+``<linux/pci_regs.h>``.
 Debian bookworm's own ``linux-libc-dev`` (6.1) has no ``iommufd.h`` and no vfio device
 cdev ioctls, so when the system's headers lack any mirrored name this fetches
-``linux-libc-dev`` from bookworm-backports (6.12) with a private apt setup: its own
-sources list, package lists and archive cache, all under the cache folder.  Nothing of
-the system's apt configuration is changed and nothing is installed: the package is
-unpacked with ``dpkg-deb -x`` into ``<cache>/linux-libc-dev_<version>/``, which later
-calls reuse without touching the network.
+``linux-libc-dev`` from bookworm-backports (6.12) with the lab's private apt setup
+(`pyvfio.lab.debian`): nothing of the system's apt configuration is changed and nothing
+is installed: the package is unpacked with ``dpkg-deb -x`` into
+``<cache>/linux-libc-dev_<version>/``, which later calls reuse without touching the
+network.
 
 ``PYVFIO_KERNEL_HEADERS`` names an include directory to use instead of both.
 """
@@ -18,7 +19,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sysconfig
 import tempfile
 from collections.abc import Collection, Iterable
@@ -27,15 +27,12 @@ from pathlib import Path
 from typing import Final
 
 from pyvfio._uapi import ABI
+from pyvfio.lab.debian import DEBIAN_MIRROR, DEBIAN_SUITE, cache_dir, run, updated_apt
 
 HEADERS_ENV: Final = "PYVFIO_KERNEL_HEADERS"
 SYSTEM_INCLUDE: Final = Path("/usr/include")
-UAPI_HEADERS: Final = ("linux/vfio.h", "linux/iommufd.h")
+UAPI_HEADERS: Final = ("linux/vfio.h", "linux/iommufd.h", "linux/pci_regs.h")
 
-DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
-DEBIAN_SUITE: Final = "bookworm-backports"
-# Debian's own sources (/etc/apt/sources.list.d/debian.sources) trust this keyring.
-DEBIAN_KEYRING: Final = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 PACKAGE: Final = "linux-libc-dev"
 
 _APT_TIMEOUT = 600  # seconds; the package is about 3 MB
@@ -83,7 +80,7 @@ def kernel_headers(
     cache_dir: Path | None = None,
     refresh: bool = False,
 ) -> KernelHeaders:
-    """Headers whose ``vfio.h`` and ``iommufd.h`` define every name in ``required``.
+    """Headers whose ``vfio.h``, ``iommufd.h`` and ``pci_regs.h`` define every name in ``required``.
 
     ``required`` defaults to every name `pyvfio._uapi.ABI` mirrors.  Tried in order:
     ``$PYVFIO_KERNEL_HEADERS``, the system's ``/usr/include``, a package already
@@ -136,8 +133,7 @@ def kernel_headers(
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/pyvfio/headers``, ``~/.cache/pyvfio/headers`` without it."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pyvfio" / "headers"
+    return cache_dir("headers")
 
 
 def _multiarch() -> str:
@@ -199,14 +195,8 @@ def _fetch_package(cache: Path) -> Path:
                 f"{tool} not found; set ${HEADERS_ENV} to the include directory of Linux >= 6.12 "
                 f"UAPI headers instead"
             )
-    if not DEBIAN_KEYRING.is_file():
-        raise KernelHeadersError(
-            f"{DEBIAN_KEYRING} is missing, so {DEBIAN_SUITE} cannot be verified; "
-            f"apt-get install debian-archive-keyring"
-        )
-    apt = private_apt(cache / "apt", "pyvfio-headers")
-    _run(
-        ["apt-get", *apt, "update"], doing=f"apt-get update of {DEBIAN_SUITE} from {DEBIAN_MIRROR}"
+    apt = updated_apt(
+        cache / "apt", "pyvfio-headers", timeout=_APT_TIMEOUT, error=KernelHeadersError
     )
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as download:
         _run(
@@ -231,48 +221,5 @@ def _fetch_package(cache: Path) -> Path:
     return unpacked
 
 
-def private_apt(apt_dir: Path, name: str) -> list[str]:
-    """apt options for a setup of its own in ``apt_dir``, knowing only the suite's sources.
-
-    The sources stanza (``<name>.sources``) is the one of Debian's ``debian.sources``;
-    lists and downloaded archives stay in ``apt_dir``. The lab kernel's source
-    download (`pyvfio.lab.kernel_build`) uses the same setup.
-    """
-    sources_dir = apt_dir / "sources.list.d"
-    for directory in (
-        sources_dir,
-        apt_dir / "lists" / "partial",
-        apt_dir / "cache" / "archives" / "partial",
-    ):
-        directory.mkdir(parents=True, exist_ok=True)
-    (sources_dir / f"{name}.sources").write_text(
-        f"Types: deb\n"
-        f"URIs: {DEBIAN_MIRROR}\n"
-        f"Suites: {DEBIAN_SUITE}\n"
-        f"Components: main\n"
-        f"Signed-By: {DEBIAN_KEYRING}\n"
-    )
-    options = [
-        "-o", "Dir::Etc::SourceList=/dev/null",
-        "-o", f"Dir::Etc::SourceParts={sources_dir}",
-        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
-        "-o", f"Dir::Cache={apt_dir / 'cache'}",
-        "-o", "Acquire::Languages=none",
-    ]  # fmt: skip
-    if os.geteuid() == 0:
-        # As root apt downloads as the _apt user, who cannot enter a cache like /root/.cache.
-        options += ["-o", "APT::Sandbox::User=root"]
-    return options
-
-
 def _run(command: list[str], *, doing: str, cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(
-            command, cwd=cwd, capture_output=True, text=True, timeout=_APT_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired as err:
-        raise KernelHeadersError(f"{doing} took over {_APT_TIMEOUT}s") from err
-    if done.returncode != 0:
-        output = (done.stderr or done.stdout).strip().splitlines()[-10:]
-        raise KernelHeadersError(f"{doing} failed (exit {done.returncode}):\n" + "\n".join(output))
-    return done.stdout
+    return run(command, doing=doing, timeout=_APT_TIMEOUT, error=KernelHeadersError, cwd=cwd)
