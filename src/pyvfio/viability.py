@@ -19,6 +19,8 @@ driver, and in an IOMMU group.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from pyvfio.errors import DeviceNotBoundError, GroupNotViableError, Peer, UnsupportedError
 from pyvfio.sysfs import LIVE, Sysfs
 
@@ -40,7 +42,7 @@ VFIO_VARIANT_DRIVERS = frozenset(
 VIABLE_DRIVERS = frozenset({"vfio-pci", "pci-stub", "pcieport"})
 
 
-def is_vfio_driver(driver: str | None) -> bool:
+def is_vfio_driver(driver: str | None) -> TypeGuard[str]:
     """Whether ``driver`` is vfio-pci or a variant driver of vfio-pci-core.
 
     A variant registers as ``NAME_vfio_pci`` (`VFIO_VARIANT_DRIVERS` lists the

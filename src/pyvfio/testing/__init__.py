@@ -2,7 +2,7 @@
 
 A `SyntheticHost` writes a sysfs and procfs tree into a folder (devices and their
 configuration spaces, IOMMU groups, drivers, disks, network interfaces), which every
-pyvfio host tool reads through ``--root`` or a `pyvfio.host.sysfs.Sysfs` of that folder
+pyvfio host tool reads through ``--root`` or a `pyvfio.sysfs.Sysfs` of that folder
 as if it were a live host. A `SimulatedKernel` is such a ``Sysfs`` whose driver writes
 act as the PCI core's (``driver_override``, ``unbind``, ``bind``, ``drivers_probe``), so
 binding runs as on a real kernel. Configuration spaces are built by the vfio-user

@@ -9,7 +9,7 @@ import os
 import select
 import time
 
-from pyvfio.host.sysfs import Sysfs, WriteTimeoutError, process_start
+from pyvfio.sysfs import Sysfs, WriteTimeoutError, process_start
 from pyvfio.testing.sysfs import SyntheticHost
 
 __all__ = ["SimulatedKernel"]

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pyvfio.host.sysfs import IOMMU_GROUPS, PCI_DEVICES
+from pyvfio.sysfs import IOMMU_GROUPS, PCI_DEVICES
 from pyvfio.testing.config import Declaration, config_bytes
 
 __all__ = ["SyntheticHost"]
