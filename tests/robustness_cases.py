@@ -170,6 +170,9 @@ def _journal_field(folder: str, key: str, value: object) -> Journal:
 
 # -- no device: parsing, the IOVA allocator, an Iommu with nothing open ----------------------
 
+# The case lists are tables, a row to a case (docs/robustness.md is made from them): the
+# formatter would spread each row over eight lines.
+# fmt: off
 UNIT: list[Case] = [
     Case("normalize", "address", "int 0x1f2", lambda _: normalize(0x1F2), InvalidAddressError,
          "must be a string"),
@@ -369,6 +372,7 @@ UNIT: list[Case] = [
          lambda tmp: _journal_field(tmp, "waiting", {"write": "x", "pid": "1", "start": 0}),
          JournalError, "a 'waiting' without a write"),
 ]
+# fmt: on
 
 # -- edu in the lab: regions, config, IRQs, DMA, the Iommu with a device open ---------------
 # The context: c.dev (Device), c.bar0, c.config, c.iommu, c.buf (an 8 KiB DmaBuffer below
@@ -402,6 +406,7 @@ def _closed_lab_iommu(c: Any) -> Any:
     return c.iommu
 
 
+# fmt: off
 LAB: list[Case] = [
     Case("Region.read32", "offset", "the region's size", lambda c: c.bar0.read32(BAR0),
          ValueError, "is outside its 0x100000 bytes"),
@@ -585,11 +590,13 @@ LAB: list[Case] = [
          lambda c: (_closed_lab_iommu(c), c.bar0.read32(0)), ClosedError, "is closed",
          closes=True),
 ]
+# fmt: on
 for _case in LAB:
     object.__setattr__(_case, "tier", "lab")
 
 # -- the NVMe controller in the lab (c: a Controller brought up with one I/O queue) ---------
 
+# fmt: off
 NVME: list[Case] = [
     Case("nvme.Controller.read", "lba", "-1", lambda c: c.read(-1, 1), ValueError,
          "the LBA is >= 0"),
@@ -616,12 +623,14 @@ NVME: list[Case] = [
     Case("nvme.Controller.smart_log", "(after close)", "use after close",
          lambda c: (c.close(), c.smart_log()), pyvfio.PyvfioError, "is closed", closes=True),
 ]
+# fmt: on
 for _case in NVME:
     object.__setattr__(_case, "tier", "nvme")
 
 # -- the command line ------------------------------------------------------------------------
 
 S = "{snap}"
+# fmt: off
 CLI: list[CliCase] = [
     CliCase(("bogus",), "command", "unknown", 2, "No such command 'bogus'"),
     CliCase(("ls", "--bogus"), "option", "unknown", 2, "No such option: --bogus"),
@@ -742,5 +751,6 @@ CLI: list[CliCase] = [
     CliCase(("serve", "edu", "--socket", "{tmp}/edu.sock", "--group", "no-such-group-here"),
             "--group", "unknown", 2, "no group 'no-such-group-here' on this host"),
 ]
+# fmt: on
 
 ALL: list[Case | CliCase] = [*UNIT, *LAB, *NVME, *CLI]

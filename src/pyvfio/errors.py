@@ -228,6 +228,7 @@ class VfioUserRemoteError(VfioUserError):
 class VfioUserTimeoutError(VfioUserError, TimeoutError):
     """The vfio-user server did not answer a command within the client's ``timeout``."""
 
+
 class DeviceRemovedError(ClosedError):
     """The device was used after it was closed for its removal from the host.
 

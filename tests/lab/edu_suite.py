@@ -183,9 +183,7 @@ def test_isolation_after_free_the_old_iova_is_dead(edu: Edu) -> None:
         edu.dma_raw(to_ram=False, ram_iova=old_iova, length=len(secret))
         edu.from_device(sink, len(secret))
         assert sink.read(0, len(secret)) == b"\x00" * len(secret)
-        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
-            dev.bdf, before, old_iova
-        )
+        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(dev.bdf, before, old_iova)
 
         # Device writes the old IOVA: the write is blocked, our live memory unchanged.
         pattern = b"\x5a" * 64
@@ -195,9 +193,7 @@ def test_isolation_after_free_the_old_iova_is_dead(edu: Edu) -> None:
         before = kernel_log()
         edu.dma_raw(to_ram=True, ram_iova=old_iova, length=len(pattern))
         assert sink.read() == b"\x00" * 4096
-        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
-            dev.bdf, before, old_iova
-        )
+        assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(dev.bdf, before, old_iova)
 
 
 def test_2000_live_mappings_and_back_leave_nothing_behind(edu: Edu) -> None:
