@@ -9,6 +9,7 @@ bash scripts/setup.sh
 start=$(date +%s)
 echo "== ruff"
 .venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest (unit + lab)"
