@@ -1,3 +1,5 @@
+"""``python -m pyvfio``: the same command as ``pyvfio``."""
+
 from pyvfio.cli import main
 
 main()

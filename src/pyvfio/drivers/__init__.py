@@ -1,0 +1,1 @@
+"""Drivers built on the public API: QEMU's edu device and NVMe, each beside its register map."""

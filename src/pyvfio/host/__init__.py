@@ -1,0 +1,1 @@
+"""The host tools: inventory, doctor, bind and restore with their journal, grants, snapshots."""

@@ -1,0 +1,1 @@
+"""PCI as the specification and lspci see it: addresses, configuration space, names."""
