@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import functools
 import json
 import os
 import platform
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             what = "32-bit region read by message (edu ID register)"
             with server_process("edu", folder) as address, pyvfio.open(address) as dev:
                 bar = edu_driver.Edu(dev).bar0
-                timed("region_read32", what, "pyvfio", lambda n, bar=bar: reads(bar, n))
+                timed("region_read32", what, "pyvfio", functools.partial(reads, bar))
             record("region_read32", what, "c", c_floor(binary, READ_REQ, READ_RESP, budget))
             with python_peer(READ_REQ, READ_RESP) as op:
                 timed("region_read32", what, "python_socket", op)

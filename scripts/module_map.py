@@ -78,8 +78,8 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
+            for statement in node.orelse:
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names if alias.name in known)
@@ -139,7 +139,9 @@ def render() -> str:
         "| --- | --- | --- | --- |",
     ]
     for name in rows:
-        uses = sorted({layer_of(dep) for dep in graph[name]} - {layer_of(name)}, key=order.get)
+        uses = sorted(
+            {layer_of(dep) for dep in graph[name]} - {layer_of(name)}, key=order.__getitem__
+        )
         lines.append(
             f"| `{name}` | {layer_of(name)} | {_summary(paths[name])} | {', '.join(uses) or '-'} |"
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from labhelp import nvme_settled, on_vfio
 
 from pyvfio.lab.pytest_plugin import LabFixture
+
+from .labhelp import nvme_settled, on_vfio
 
 
 @pytest.fixture

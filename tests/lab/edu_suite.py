@@ -19,7 +19,17 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
-from labhelp import (
+
+import pyvfio
+from edu_driver_suite import *  # noqa: F403 - the driver-level tests run here too
+from pyvfio._uapi.pci_regs import PCI_COMMAND, PCI_COMMAND_MASTER
+from pyvfio.drivers import edu as edu_mod
+from pyvfio.drivers.edu import Edu
+from pyvfio.host import bind
+from pyvfio.lab.pytest_plugin import LabFixture
+from pyvfio.pci.config import CapId
+
+from .labhelp import (
     fresh_dmar_window,
     kernel_log,
     no_fault_seen,
@@ -27,16 +37,7 @@ from labhelp import (
     open_fds,
     wait_dmar_faults,
 )
-from loadwork import map_many_and_back
-
-import pyvfio
-from edu_driver_suite import *  # noqa: F403 - the driver-level tests run here too
-from pyvfio.device import PCI_COMMAND, PCI_COMMAND_MASTER
-from pyvfio.drivers import edu as edu_mod
-from pyvfio.drivers.edu import Edu
-from pyvfio.host import bind
-from pyvfio.lab.pytest_plugin import LabFixture
-from pyvfio.pci.config import CapId
+from .loadwork import map_many_and_back
 
 
 @pytest.fixture

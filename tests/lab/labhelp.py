@@ -1,4 +1,4 @@
-"""What several lab test modules share (importable: tests/lab is on sys.path)."""
+"""What several lab test modules share (imported relatively: `from .labhelp import on_vfio`)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from edu_suite import *  # noqa: F403 - the suite's tests and fixtures run here
-from labhelp import main_lab
+
+from .edu_suite import *  # noqa: F403 - the suite's tests and fixtures run here
+from .labhelp import main_lab
 
 pytestmark = main_lab
 

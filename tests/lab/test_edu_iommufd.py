@@ -4,8 +4,9 @@ iommufd (/dev/iommu + the device cdev) and the type1 container beside it."""
 from __future__ import annotations
 
 import pytest
-from edu_suite import *  # noqa: F403 - the suite's tests and fixtures run here
-from labhelp import MAIN_TOPOLOGY
+
+from .edu_suite import *  # noqa: F403 - the suite's tests and fixtures run here
+from .labhelp import MAIN_TOPOLOGY
 
 pytestmark = pytest.mark.lab(devices=MAIN_TOPOLOGY, kernel="iommufd")
 
@@ -17,7 +18,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 def test_doctor_names_both_backends() -> None:
     from pyvfio.host import doctor
+    from pyvfio.host.sysfs import LIVE
 
-    result = doctor.check_backends(doctor.LIVE)
+    result = doctor.check_backends(LIVE)
     assert result.status is doctor.Status.PASS
     assert "type1" in result.message and "iommufd" in result.message

@@ -11,9 +11,10 @@ import signal
 import threading
 
 import pytest
-from labhelp import main_lab
 
 from pyvfio.drivers.edu import Edu
+
+from .labhelp import main_lab
 
 pytestmark = main_lab
 

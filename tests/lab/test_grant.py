@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labhelp import DeviceHolder, main_lab
 from typer.testing import CliRunner
 
 from pyvfio.drivers import edu as edu_mod
@@ -30,6 +29,9 @@ from pyvfio.host import grant as g
 from pyvfio.host.journal import STATE_DIR_ENV
 from pyvfio.host.sysfs import LIVE
 from pyvfio.iommu import _has_cap_ipc_lock
+from pyvfio.lab.pytest_plugin import LabFixture
+
+from .labhelp import DeviceHolder, main_lab
 
 pytestmark = main_lab
 runner = CliRunner()
@@ -186,7 +188,7 @@ def test_two_users_hold_grants_side_by_side_and_each_revoke_takes_only_its_own(
     assert node_state(group_node) == before
 
 
-def test_grant_of_a_device_on_a_host_driver_says_bind_it_first(lab) -> None:
+def test_grant_of_a_device_on_a_host_driver_says_bind_it_first(lab: LabFixture) -> None:
     nvme = lab.address("nvme")
     code, _, err = cli("grant", nvme, "--user", GRANTED)
     assert code == 1

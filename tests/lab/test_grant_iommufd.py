@@ -8,7 +8,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_grant import GRANTED, as_user, cli, node_state
+
+from .test_grant import GRANTED, as_user, cli, node_state
 
 pytestmark = pytest.mark.lab(devices=("edu", "edu@rootport"), kernel="iommufd")
 
@@ -49,8 +50,8 @@ def test_grant_opens_the_cdev_and_iommu_for_one_user_and_revoke_restores_them(
 def test_revoke_names_a_holder_of_the_cdev_and_kill_ends_it(edu_addr: str) -> None:
     """Through iommufd the device fd is the cdev itself: a grantee's program holding it
     is named by revoke (with /dev/iommu where the grant opened it), and --kill ends it."""
-    from labhelp import DeviceHolder
-    from test_grant import revoke_json
+    from .labhelp import DeviceHolder
+    from .test_grant import revoke_json
 
     (name,) = os.listdir(f"/sys/bus/pci/devices/{edu_addr}/vfio-dev")
     cdev = f"/dev/vfio/devices/{name}"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from labhelp import main_lab
 from typer.testing import CliRunner
 
 from pyvfio.cli import app
 from pyvfio.host import doctor
 from pyvfio.host.doctor import Status
+from pyvfio.host.sysfs import LIVE
+from pyvfio.lab.pytest_plugin import LabFixture
+
+from .labhelp import main_lab
 
 runner = CliRunner()
 IOMMU_CHECKS = ("ACPI IOMMU table", "IOMMU active", "kernel command line", "interrupt remapping")
@@ -23,7 +26,7 @@ def checks(*args: str) -> tuple[int, dict[str, dict[str, str]]]:
 
 
 @main_lab
-def test_doctor_passes_the_iommu_and_interrupt_remapping_checks(lab) -> None:
+def test_doctor_passes_the_iommu_and_interrupt_remapping_checks(lab: LabFixture) -> None:
     _, found = checks(lab.address("edu"))
     for name in IOMMU_CHECKS:
         assert found[name]["status"] == "PASS", found[name]
@@ -57,7 +60,7 @@ def test_without_intel_iommu_on_the_checks_follow_the_kernel_default() -> None:
     without the option, and doctor must say so rather than ask for it."""
     code, found = checks()
     assert found["ACPI IOMMU table"]["status"] == "PASS"
-    default = doctor._vtd_default_on(doctor.LIVE)
+    default = doctor._vtd_default_on(LIVE)
     if default:
         assert code == 0, found
         for name in IOMMU_CHECKS:
@@ -68,4 +71,4 @@ def test_without_intel_iommu_on_the_checks_follow_the_kernel_default() -> None:
     for name in ("IOMMU active", "kernel command line", "interrupt remapping"):
         assert found[name]["status"] == "FAIL", found[name]
         assert "add intel_iommu=on" in found[name]["hint"], found[name]
-    assert doctor.check_iommu(doctor.LIVE).status is Status.FAIL
+    assert doctor.check_iommu(LIVE).status is Status.FAIL

@@ -9,15 +9,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from labhelp import DeviceHolder, main_lab
 from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
-from pyvfio.host import bind, journal
+from pyvfio.host import bind, journal, usage
 from pyvfio.host.snapshot import record
 from pyvfio.host.sysfs import LIVE, process_start
+from pyvfio.lab.pytest_plugin import LabFixture
+
+from .labhelp import DeviceHolder, main_lab
 
 pytestmark = main_lab
 runner = CliRunner()
@@ -33,14 +36,14 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return where
 
 
-def pyvfio(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def pyvfio(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     """The real command in its own process (for kill -9 and another user)."""
     return subprocess.run(
         [sys.executable, "-m", "pyvfio", *args],
         capture_output=True,
         text=True,
         check=False,
-        **kw,  # type: ignore[call-overload]
+        **kw,
     )
 
 
@@ -59,7 +62,7 @@ def overrides(*addrs: str) -> dict[str, str | None]:
 
 def root_9p_device() -> str:
     """The virtio-pci device whose 9p share is mounted on /."""
-    sources = {src for src, point, fs in bind.usage.mounts() if point == "/" and fs == "9p"}
+    sources = {src for src, point, fs in usage.mounts() if point == "/" and fs == "9p"}
     for dev in Path("/sys/bus/virtio/devices").iterdir():
         tag = (LIVE.read_attr(f"sys/bus/virtio/devices/{dev.name}/mount_tag") or "").strip("\0")
         if tag in sources:
@@ -82,7 +85,9 @@ def test_ls_json_groups_equal_sys_kernel_iommu_groups(state: Path) -> None:
             assert dev["driver"] == LIVE.driver(dev["address"])
 
 
-def test_a_snapshot_of_the_lab_gives_the_same_answers(lab, tmp_path: Path, state: Path) -> None:
+def test_a_snapshot_of_the_lab_gives_the_same_answers(
+    lab: LabFixture, tmp_path: Path, state: Path
+) -> None:
     tarball = tmp_path / "lab.tar.gz"
     record(tarball)
     for args in (["ls", "--json"], ["show", "--json", lab.address("edu", 1)]):
@@ -98,7 +103,7 @@ def test_a_snapshot_of_the_lab_gives_the_same_answers(lab, tmp_path: Path, state
 
 
 @pytest.mark.parametrize("name,original", [("edu", None), ("nvme", "nvme")])
-def test_bind_then_restore(lab, state: Path, name: str, original: str | None) -> None:
+def test_bind_then_restore(lab: LabFixture, state: Path, name: str, original: str | None) -> None:
     addr = lab.address(name)
     assert LIVE.driver(addr) == original
     done = cli("bind", addr)
@@ -114,7 +119,7 @@ def test_bind_then_restore(lab, state: Path, name: str, original: str | None) ->
     assert (LIVE.driver(addr), bind.read_override(addr)) == (original, None)
 
 
-def test_unbind_gives_nvme_back(lab, state: Path) -> None:
+def test_unbind_gives_nvme_back(lab: LabFixture, state: Path) -> None:
     addr = lab.address("nvme")
     assert cli("bind", addr).exit_code == 0
     done = cli("unbind", addr)
@@ -143,7 +148,7 @@ def test_bind_of_the_9p_root_device_is_refused(state: Path) -> None:
     assert not (state / "journal.json").exists()
 
 
-def test_dry_run_changes_nothing(lab, state: Path) -> None:
+def test_dry_run_changes_nothing(lab: LabFixture, state: Path) -> None:
     addr = lab.address("nvme")
     done = cli("bind", "--dry-run", "--json", addr)
     assert done.exit_code == 0, done.output
@@ -151,7 +156,7 @@ def test_dry_run_changes_nothing(lab, state: Path) -> None:
     assert LIVE.driver(addr) == "nvme"
 
 
-def test_kill_9_of_the_command_after_a_step_then_restore_all(lab, state: Path) -> None:
+def test_kill_9_of_the_command_after_a_step_then_restore_all(lab: LabFixture, state: Path) -> None:
     addr = lab.address("nvme")
     env = {**os.environ, journal.CRASH_ENV: "4"}  # after the override's journal entry
     done = pyvfio("bind", addr, env=env)
@@ -174,7 +179,7 @@ def _bind_killed_after(step: int, addrs: tuple[str, ...]) -> int:
     return status
 
 
-def test_kill_9_after_every_step_then_restore_all(lab, state: Path) -> None:
+def test_kill_9_after_every_step_then_restore_all(lab: LabFixture, state: Path) -> None:
     nvme = lab.address("nvme")
     everyone = (*CHIPSET, nvme)
     original = drivers(*everyone)
@@ -233,7 +238,9 @@ def test_non_root_is_refused_with_exit_2(state: Path) -> None:
     assert drivers(*CHIPSET) == CHIPSET_DRIVERS
 
 
-def test_restore_of_a_device_held_open_is_refused_naming_the_holder(lab, state: Path) -> None:
+def test_restore_of_a_device_held_open_is_refused_naming_the_holder(
+    lab: LabFixture, state: Path
+) -> None:
     addr = lab.address("edu")
     assert cli("bind", addr).exit_code == 0
     holder = DeviceHolder(addr)
@@ -251,7 +258,9 @@ def test_restore_of_a_device_held_open_is_refused_naming_the_holder(lab, state: 
     assert (LIVE.driver(addr), bind.read_override(addr)) == (None, None)
 
 
-def test_an_unbind_the_kernel_makes_wait_times_out_and_the_lock_is_free(lab, state: Path) -> None:
+def test_an_unbind_the_kernel_makes_wait_times_out_and_the_lock_is_free(
+    lab: LabFixture, state: Path
+) -> None:
     """A holder that closed its group fd but keeps the device fd is not seen in /proc on
     the lab's kernels (no fdinfo syspath before 6.18): restore writes, vfio-pci's remove
     waits for the device to be closed, and restore stops waiting after --timeout with

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labhelp import on_vfio, open_fds
 
 import pyvfio
 from pyvfio.drivers import edu as edu_mod
@@ -22,6 +21,8 @@ from pyvfio.drivers.edu import Edu
 from pyvfio.host import bind
 from pyvfio.host.sysfs import LIVE
 from pyvfio.lab.pytest_plugin import LabFixture
+
+from .labhelp import on_vfio, open_fds
 
 pytestmark = pytest.mark.lab(devices=("edu", "edu@rootport"), kernel="iommufd")
 

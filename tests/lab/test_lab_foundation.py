@@ -5,28 +5,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from labhelp import MAIN_TOPOLOGY, main_lab
-
 from pyvfio import _ioctl
 from pyvfio._uapi import vfio as v
 from pyvfio.host import inventory
 from pyvfio.host.sysfs import LIVE
 from pyvfio.lab import guest
+from pyvfio.lab.pytest_plugin import LabFixture
 from pyvfio.lab.topology import parse_spec
+
+from .labhelp import MAIN_TOPOLOGY, main_lab
 
 pytestmark = main_lab
 
 CHIPSET = ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")
 
 
-def test_manifest_lists_the_topology_asked_for(lab) -> None:
+def test_manifest_lists_the_topology_asked_for(lab: LabFixture) -> None:
     assert lab.manifest.accel in ("kvm", "tcg")
     assert [f"{d.name}@{d.place}" for d in lab.manifest.devices] == [
         "{}@{}".format(*parse_spec(s)) for s in MAIN_TOPOLOGY
     ]
 
 
-def test_every_lab_device_is_present_with_its_ids_and_group(lab) -> None:
+def test_every_lab_device_is_present_with_its_ids_and_group(lab: LabFixture) -> None:
     groups = LIVE.iommu_groups()
     for device, address in guest.devices():
         info = inventory.device_info(address)
@@ -35,9 +36,11 @@ def test_every_lab_device_is_present_with_its_ids_and_group(lab) -> None:
         assert address in groups[info.iommu_group]
 
 
-def test_groups_follow_the_topology(lab) -> None:
+def test_groups_follow_the_topology(lab: LabFixture) -> None:
     for device, address in guest.devices():
-        members = LIVE.group_devices(LIVE.iommu_group(address))
+        group = LIVE.iommu_group(address)
+        assert group is not None, f"{address} is in no IOMMU group"
+        members = LIVE.group_devices(group)
         if device.place in ("root", "rootport"):
             # Root-bus endpoints and devices below an ACS root port are alone.
             assert members == [address], (device, members)
@@ -85,6 +88,6 @@ def test_edu_group_is_viable(edu_addr: str) -> None:
 def test_doctor_names_type1_only_on_the_stock_kernel(edu_addr: str) -> None:
     from pyvfio.host import doctor
 
-    result = doctor.check_backends(doctor.LIVE)
+    result = doctor.check_backends(LIVE)
     assert result.status is doctor.Status.PASS
     assert "type1" in result.message and "iommufd" not in result.message

@@ -3,13 +3,13 @@ DMA mappings and back to zero, thousands of interrupts counted, an NVMe write/ve
 
 from __future__ import annotations
 
-from labhelp import main_lab
-from loadwork import interrupt_storm, map_many_and_back, nvme_write_verify, report
-
 import pyvfio
 from pyvfio.drivers.edu import Edu
 from pyvfio.drivers.nvme import Controller
 from pyvfio.host import bind
+
+from .labhelp import main_lab
+from .loadwork import interrupt_storm, map_many_and_back, nvme_write_verify, report
 
 pytestmark = main_lab
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from labhelp import on_vfio
 
 import pyvfio
 from pyvfio.host import bind
 from pyvfio.lab.pytest_plugin import LabFixture
+
+from .labhelp import on_vfio
 
 pytestmark = pytest.mark.lab(devices=("edu",), intremap=False)
 

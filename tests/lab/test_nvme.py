@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labhelp import main_lab
 
 from pyvfio.drivers import nvme_spec as spec
 from pyvfio.drivers.nvme import Controller, NvmeStatusError
 from pyvfio.host import bind
 from pyvfio.lab.topology import NVME_BACKING_SIZE, NVME_MODEL, NVME_SERIAL
+
+from .labhelp import main_lab
 
 pytestmark = main_lab
 

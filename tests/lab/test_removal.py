@@ -12,13 +12,14 @@ import subprocess
 import time
 
 import pytest
-from labhelp import kernel_log, open_fds
 
 import pyvfio
 from pyvfio.drivers import edu as edu_mod
 from pyvfio.drivers.edu import Edu
 from pyvfio.host import bind
 from pyvfio.lab.pytest_plugin import LabFixture
+
+from .labhelp import kernel_log, open_fds
 
 pytestmark = pytest.mark.lab(devices=("edu",))
 

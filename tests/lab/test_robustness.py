@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from labhelp import main_lab, nvme_settled, on_vfio, open_fds
 
 import pyvfio
 from pyvfio.drivers import edu as edu_mod
@@ -26,6 +25,8 @@ from pyvfio.drivers.nvme import Controller
 from pyvfio.host.sysfs import LIVE, PCI_DEVICES
 from pyvfio.lab.pytest_plugin import LabFixture
 from robustness_cases import LAB, NVME, Case
+
+from .labhelp import main_lab, nvme_settled, on_vfio, open_fds
 
 pytestmark = main_lab
 

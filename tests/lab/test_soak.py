@@ -7,13 +7,14 @@ docs/robustness.md. Run them with::
 from __future__ import annotations
 
 import pytest
-from labhelp import main_lab
-from loadwork import interrupt_storm, map_many_and_back, nvme_write_verify, report
 
 import pyvfio
 from pyvfio.drivers.edu import Edu
 from pyvfio.drivers.nvme import Controller
 from pyvfio.host import bind
+
+from .labhelp import main_lab
+from .loadwork import interrupt_storm, map_many_and_back, nvme_write_verify, report
 
 pytestmark = [main_lab, pytest.mark.soak]
 

@@ -15,9 +15,9 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from labhelp import main_lab
 from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
@@ -26,6 +26,8 @@ from pyvfio.host.accel import kvm_usable
 from pyvfio.host.sysfs import LIVE
 from pyvfio.lab.pytest_plugin import LabFixture
 from pyvfio.vm import qemu
+
+from .labhelp import main_lab
 
 pytestmark = main_lab
 runner = CliRunner()
@@ -47,7 +49,7 @@ def cli(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
 
-def check(address: str) -> tuple[Result, dict[str, object]]:
+def check(address: str) -> tuple[Result, dict[str, Any]]:
     done = cli("vm", "qemu", address, "--check", "--json", *SMALL)
     return done, json.loads(done.stdout)
 
@@ -58,7 +60,7 @@ def _passes(address: str, ids: str, state: Path) -> None:
     done, data = check(address)
     assert done.exit_code == 0, done.output
     assert data["ok"], data["reasons"]
-    (dev,) = data["devices"]  # type: ignore[misc]
+    (dev,) = data["devices"]
     assert dev["guest"]["ids"] == ids
     bars = {b["index"]: b["size"] for b in dev["guest"]["bars"]}
     assert bars[0] == bar0
@@ -160,7 +162,7 @@ def test_chipset_device_fails_preflight_naming_its_peers(state: Path) -> None:
     done, data = check(CHIPSET[2])
     assert done.exit_code == 1
     assert not data["ok"] and not data["started"]
-    reasons = " ".join(data["reasons"])  # type: ignore[arg-type]
+    reasons = " ".join(data["reasons"])
     assert "0000:00:1f.0 on lpc_ich" in reasons and "0000:00:1f.2 on ahci" in reasons
     assert {a: LIVE.driver(a) for a in CHIPSET} == before
     assert journal.read_journal(state) == {}

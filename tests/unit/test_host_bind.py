@@ -10,12 +10,13 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from pyvfio.errors import DeviceNotFoundError, HostError, InvalidAddressError
-from pyvfio.host import bind, inventory, journal
+from pyvfio.host import bind, inventory, journal, usage
 from pyvfio.host.sysfs import Sysfs, WriteTimeoutError
 from pyvfio.host.sysfs import process_start as sysfs_process_start
 from pyvfio.testing import SimulatedKernel, q35_lab
@@ -42,7 +43,9 @@ def do_bind(
     return [a.address for a in bind.bind_devices(plan, force=force, sysfs=kernel)]
 
 
-def test_bind_edu_then_restore_leaves_it_driverless_without_override(kernel) -> None:
+def test_bind_edu_then_restore_leaves_it_driverless_without_override(
+    kernel: SimulatedKernel,
+) -> None:
     assert do_bind(kernel, "00:10.0") == [EDU]
     assert kernel.driver(EDU) == "vfio-pci"
     assert override(kernel, EDU) == "vfio-pci"
@@ -53,7 +56,7 @@ def test_bind_edu_then_restore_leaves_it_driverless_without_override(kernel) -> 
     assert journal.read_journal() == {}
 
 
-def test_second_bind_is_a_no_op_and_keeps_the_original(kernel) -> None:
+def test_second_bind_is_a_no_op_and_keeps_the_original(kernel: SimulatedKernel) -> None:
     do_bind(kernel, NVME)
     writes = len(kernel.writes)
     assert do_bind(kernel, NVME) == []
@@ -63,13 +66,13 @@ def test_second_bind_is_a_no_op_and_keeps_the_original(kernel) -> None:
     assert kernel.driver(NVME) == "nvme" and override(kernel, NVME) is None
 
 
-def test_binding_uses_driver_override_never_new_id(kernel) -> None:
+def test_binding_uses_driver_override_never_new_id(kernel: SimulatedKernel) -> None:
     do_bind(kernel, NVME)
     assert not any(rel.endswith("new_id") for rel, _ in kernel.writes)
     assert (f"sys/bus/pci/devices/{NVME}/driver_override", "vfio-pci") in kernel.writes
 
 
-def test_group_bind_takes_the_chipset_and_restore_gives_each_back(kernel) -> None:
+def test_group_bind_takes_the_chipset_and_restore_gives_each_back(kernel: SimulatedKernel) -> None:
     plan = bind.plan_bind(["00:1f.2"], group=True, sysfs=kernel)
     assert sorted(a.address for a in plan.changes) == sorted(CHIPSET)
     assert not plan.blockers
@@ -81,21 +84,23 @@ def test_group_bind_takes_the_chipset_and_restore_gives_each_back(kernel) -> Non
     assert all(override(kernel, a) is None for a in CHIPSET)
 
 
-def test_without_group_the_plan_names_the_members_left_blocking(kernel) -> None:
+def test_without_group_the_plan_names_the_members_left_blocking(kernel: SimulatedKernel) -> None:
     plan = bind.plan_bind(["00:1f.2"], sysfs=kernel)
     assert [a.address for a in plan.changes] == [CHIPSET[1]]
     assert {addr for _, addr, _ in plan.blockers} == {CHIPSET[0], CHIPSET[2]}
     assert "use --group" in str(plan)
 
 
-def test_group_bind_leaves_bridges_and_driverless_members(kernel) -> None:
+def test_group_bind_leaves_bridges_and_driverless_members(kernel: SimulatedKernel) -> None:
     plan = bind.plan_bind(["0000:04:00.0"], group=True, sysfs=kernel)
     port = next(a for a in plan.actions if a.address == "0000:03:00.0")
     assert not port.bind and "bridge" in port.reason
     assert [a.address for a in plan.changes] == ["0000:04:00.0"]
 
 
-def test_the_9p_root_device_is_refused_and_nothing_changes(kernel, tmp_path: Path) -> None:
+def test_the_9p_root_device_is_refused_and_nothing_changes(
+    kernel: SimulatedKernel, tmp_path: Path
+) -> None:
     plan = bind.plan_bind([NINEP], sysfs=kernel)
     with pytest.raises(bind.DeviceInUseError, match="9p filesystem '/dev/root' mounted on /"):
         bind.bind_devices(plan, sysfs=kernel)
@@ -103,7 +108,7 @@ def test_the_9p_root_device_is_refused_and_nothing_changes(kernel, tmp_path: Pat
     assert not (tmp_path / "state" / "journal.json").exists()
 
 
-def test_force_takes_a_device_in_use(kernel) -> None:
+def test_force_takes_a_device_in_use(kernel: SimulatedKernel) -> None:
     assert do_bind(kernel, NINEP, force=True) == [NINEP]
     bind.restore(all_devices=True, sysfs=kernel)
     assert kernel.driver(NINEP) == "virtio-pci"
@@ -112,27 +117,27 @@ def test_force_takes_a_device_in_use(kernel) -> None:
 def test_a_disk_with_a_mounted_partition_is_in_use(tmp_path: Path) -> None:
     kernel = q35_lab(tmp_path)
     kernel.host.add_block(NVME, "nvme1n1", partitions=("nvme1n1p1",))
-    assert bind.usage.device_users(NVME, kernel) == ()
+    assert usage.device_users(NVME, kernel) == ()
     kernel.host.add_mount("/dev/nvme1n1p1", "/home", "ext4")
-    assert bind.usage.device_users(NVME, kernel) == ("/dev/nvme1n1p1 is mounted on /home",)
+    assert usage.device_users(NVME, kernel) == ("/dev/nvme1n1p1 is mounted on /home",)
 
 
 def test_an_interface_up_with_routes_is_in_use_and_a_down_one_is_not(tmp_path: Path) -> None:
     kernel = q35_lab(tmp_path)
     nic = "0000:01:00.0"
-    assert bind.usage.device_users(nic, kernel) == ()
+    assert usage.device_users(nic, kernel) == ()
     kernel.host.add_net(nic, "eth1", up=True, routes=2, ipv6=1)
-    [why] = bind.usage.device_users(nic, kernel)
+    [why] = usage.device_users(nic, kernel)
     assert why == "network interface eth1 is up with 2 IPv4 route(s) and 1 IPv6 address(es)"
 
 
 def test_the_console_framebuffer_is_in_use(tmp_path: Path) -> None:
     kernel = q35_lab(tmp_path)
     kernel.host.add_framebuffer(EDU)
-    assert bind.usage.device_users(EDU, kernel) == ("it drives the console framebuffer fb0",)
+    assert usage.device_users(EDU, kernel) == ("it drives the console framebuffer fb0",)
 
 
-def test_a_device_that_refuses_vfio_rolls_every_device_back(kernel) -> None:
+def test_a_device_that_refuses_vfio_rolls_every_device_back(kernel: SimulatedKernel) -> None:
     kernel.refuse.add((CHIPSET[2], "vfio-pci"))
     with pytest.raises(HostError, match="did not bind to vfio-pci"):
         do_bind(kernel, CHIPSET[1], group=True)
@@ -153,7 +158,9 @@ def _bind_and_die(kernel: SimulatedKernel, crash_after: int, addrs: tuple[str, .
     return status
 
 
-def test_kill_after_every_step_then_restore_all_gives_every_device_back(kernel) -> None:
+def test_kill_after_every_step_then_restore_all_gives_every_device_back(
+    kernel: SimulatedKernel,
+) -> None:
     addrs = (CHIPSET[0], NVME)
     killed = 0
     for n in range(1, 60):
@@ -175,7 +182,7 @@ def test_kill_after_every_step_then_restore_all_gives_every_device_back(kernel) 
     assert killed >= 1 + 1 + 4 * 6
 
 
-def test_ls_json_marks_devices_left_half_done(kernel) -> None:
+def test_ls_json_marks_devices_left_half_done(kernel: SimulatedKernel) -> None:
     assert os.WIFSIGNALED(_bind_and_die(kernel, 3, (EDU,)))  # after the override
     data = inventory.listing_json(inventory.iommu_groups(kernel), journal.read_journal())
     dev = next(d for g in data["groups"] for d in g["devices"] if d["address"] == EDU)
@@ -183,13 +190,15 @@ def test_ls_json_marks_devices_left_half_done(kernel) -> None:
     json.dumps(data)
 
 
-def test_unbind_of_a_journaled_device_restores_it(kernel) -> None:
+def test_unbind_of_a_journaled_device_restores_it(kernel: SimulatedKernel) -> None:
     do_bind(kernel, NVME)
     [r] = bind.unbind_devices([NVME], sysfs=kernel)
     assert r.changed and kernel.driver(NVME) == "nvme"
 
 
-def test_unbind_of_a_device_pyvfio_did_not_bind_reprobes_host_drivers(kernel) -> None:
+def test_unbind_of_a_device_pyvfio_did_not_bind_reprobes_host_drivers(
+    kernel: SimulatedKernel,
+) -> None:
     kernel.host.bind(NVME, "vfio-pci")
     [r] = bind.unbind_devices([NVME], sysfs=kernel)
     assert r.changed and kernel.driver(NVME) == "nvme"
@@ -198,13 +207,13 @@ def test_unbind_of_a_device_pyvfio_did_not_bind_reprobes_host_drivers(kernel) ->
 
 
 @pytest.mark.parametrize("bad", ["0000:00:1f.9", "zz:00.0", "", "00:20.0"])
-def test_malformed_addresses_are_refused_before_anything(kernel, bad: str) -> None:
+def test_malformed_addresses_are_refused_before_anything(kernel: SimulatedKernel, bad: str) -> None:
     with pytest.raises(InvalidAddressError):
         bind.plan_bind([bad], sysfs=kernel)
     assert kernel.writes == []
 
 
-def test_missing_device_and_unknown_driver_are_bad_input(kernel) -> None:
+def test_missing_device_and_unknown_driver_are_bad_input(kernel: SimulatedKernel) -> None:
     with pytest.raises(DeviceNotFoundError, match=r"no PCI device 0000:00:09\.0"):
         bind.plan_bind(["00:09.0"], sysfs=kernel)
     with pytest.raises(bind.UnknownDriverError, match="no PCI driver called 'nope'"):
@@ -270,7 +279,9 @@ def test_a_built_in_module_without_parameters_counts_as_loaded(tmp_path: Path) -
     assert bind.module_loaded("pci-stub", kernel)
 
 
-def test_a_damaged_journal_stops_restore_with_the_reason(kernel, tmp_path: Path) -> None:
+def test_a_damaged_journal_stops_restore_with_the_reason(
+    kernel: SimulatedKernel, tmp_path: Path
+) -> None:
     state = tmp_path / "state"
     state.mkdir()
     (state / "journal.json").write_text("{not json")
@@ -284,7 +295,7 @@ def test_a_damaged_journal_stops_restore_with_the_reason(kernel, tmp_path: Path)
 # -- Two pyvfio at once: the plan is checked again under the journal's lock ----------------------
 
 
-def test_a_bind_planned_while_another_moved_the_device_is_refused(kernel) -> None:
+def test_a_bind_planned_while_another_moved_the_device_is_refused(kernel: SimulatedKernel) -> None:
     """The race of issue 14: A plans while B's bind of the same device is half-way (the
     device driverless); B is undone; A's bind must not record 'no driver' as the
     original, or restore would leave the NVMe controller without its driver."""
@@ -300,7 +311,7 @@ def test_a_bind_planned_while_another_moved_the_device_is_refused(kernel) -> Non
     assert kernel.driver(NVME) == "nvme"
 
 
-def test_a_plan_whose_group_member_moved_is_refused(kernel) -> None:
+def test_a_plan_whose_group_member_moved_is_refused(kernel: SimulatedKernel) -> None:
     plan = bind.plan_bind(["00:1f.2"], sysfs=kernel)  # 1f.0 and 1f.3 stay blockers
     kernel.host.bind(CHIPSET[2], None)
     with pytest.raises(bind.StalePlanError, match=r"0000:00:1f\.3 changed .* on i801_smbus"):
@@ -308,7 +319,9 @@ def test_a_plan_whose_group_member_moved_is_refused(kernel) -> None:
     assert kernel.writes == []
 
 
-def test_a_device_put_in_use_after_the_plan_is_refused_unless_forced(kernel) -> None:
+def test_a_device_put_in_use_after_the_plan_is_refused_unless_forced(
+    kernel: SimulatedKernel,
+) -> None:
     plan = bind.plan_bind([NVME], sysfs=kernel)
     assert plan.in_use == ()
     kernel.host.add_block(NVME, "nvme0n1", partitions=("nvme0n1p1",))
@@ -325,13 +338,15 @@ def _on_kernel(kernel: SimulatedKernel, monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setattr(bind, name, functools.partial(getattr(bind, name), sysfs=kernel))
 
 
-def test_cli_bind_of_a_stale_plan_is_one_line_exit_2(kernel, monkeypatch) -> None:
+def test_cli_bind_of_a_stale_plan_is_one_line_exit_2(
+    kernel: SimulatedKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pyvfio.cli import app
 
     _on_kernel(kernel, monkeypatch)
     planned = bind.plan_bind
 
-    def plan_then_another_pyvfio_moves_it(*args: object, **kw: object) -> bind.BindPlan:
+    def plan_then_another_pyvfio_moves_it(*args: Any, **kw: Any) -> bind.BindPlan:
         plan = planned(*args, **kw)
         kernel.host.bind(NVME, None)
         return plan
@@ -347,8 +362,12 @@ def test_cli_bind_of_a_stale_plan_is_one_line_exit_2(kernel, monkeypatch) -> Non
 # -- A device held open: refused up front; a write that waits anyway has a deadline --------------
 
 
+#: What the fixture gives: it starts a process holding a node of the tree open.
+Holder = Callable[[str], subprocess.Popen[bytes]]
+
+
 @pytest.fixture
-def holder(kernel: SimulatedKernel) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+def holder(kernel: SimulatedKernel) -> Iterator[Holder]:
     """Start a real process that holds a node of the synthetic tree open (its stdin)."""
     started: list[subprocess.Popen[bytes]] = []
 
@@ -368,7 +387,9 @@ def holder(kernel: SimulatedKernel) -> Iterator[Callable[[str], subprocess.Popen
         child.wait()
 
 
-def test_restore_of_a_device_held_open_is_refused_naming_the_process(kernel, holder) -> None:
+def test_restore_of_a_device_held_open_is_refused_naming_the_process(
+    kernel: SimulatedKernel, holder: Holder
+) -> None:
     do_bind(kernel, EDU)
     child = holder("dev/vfio/2")  # edu's group node, as QEMU or a pyvfio program holds it
     writes = len(kernel.writes)
@@ -382,7 +403,11 @@ def test_restore_of_a_device_held_open_is_refused_naming_the_process(kernel, hol
     assert done.changed and kernel.driver(EDU) is None
 
 
-def test_cli_restore_of_a_held_device_is_one_line_exit_2(kernel, holder, monkeypatch) -> None:
+def test_cli_restore_of_a_held_device_is_one_line_exit_2(
+    kernel: SimulatedKernel,
+    holder: Holder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pyvfio.cli import app
 
     do_bind(kernel, EDU)
@@ -406,7 +431,9 @@ def _lock_is_free() -> bool:
         os.close(fd)
 
 
-def test_an_unbind_that_waits_times_out_with_the_lock_free_and_the_journal_true(kernel) -> None:
+def test_an_unbind_that_waits_times_out_with_the_lock_free_and_the_journal_true(
+    kernel: SimulatedKernel,
+) -> None:
     """vfio-pci's remove waits for a user pyvfio cannot see: restore stops waiting after
     its timeout, the journal says the write is pending, and the next restore neither
     waits nor writes until the kernel is done; then it finishes the job."""
@@ -430,7 +457,9 @@ def test_an_unbind_that_waits_times_out_with_the_lock_free_and_the_journal_true(
     assert done.changed and kernel.driver(EDU) is None and journal.read_journal() == {}
 
 
-def test_a_host_driver_that_will_not_let_go_leaves_the_others_given_back(kernel) -> None:
+def test_a_host_driver_that_will_not_let_go_leaves_the_others_given_back(
+    kernel: SimulatedKernel,
+) -> None:
     kernel.hung.add(CHIPSET[2])
     with pytest.raises(bind.UnbindTimeoutError, match=r"0000:00:1f\.3: waited"):
         bind.bind_devices(
@@ -498,7 +527,11 @@ DAMAGED = {
     ids=" ".join,
 )
 def test_every_command_that_reads_a_damaged_journal_exits_2(
-    kernel, monkeypatch, tmp_path: Path, args: list[str], text: str
+    kernel: SimulatedKernel,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    args: list[str],
+    text: str,
 ) -> None:
     from pyvfio.cli import app
 
@@ -530,18 +563,20 @@ def _recorded_process(kernel: SimulatedKernel, pid: int, fds: dict[int, tuple[st
         kernel.host.write(f"{base}/fdinfo/{fd}", f"pos:\t0\nflags:\t02\n{info}")
 
 
-def test_a_vfio_device_fd_counts_for_its_device_where_the_kernel_names_it(kernel) -> None:
+def test_a_vfio_device_fd_counts_for_its_device_where_the_kernel_names_it(
+    kernel: SimulatedKernel,
+) -> None:
     """Linux 6.18 names a VFIO device fd's device in fdinfo; before, it is 'some device'."""
     syspath = f"vfio-device-syspath: /sys/devices/pci0000:00/{EDU}\n"
-    _recorded_process(kernel, 4000, {7: (bind.usage.VFIO_DEVICE_FD, syspath)})
-    _recorded_process(kernel, 4001, {9: (bind.usage.VFIO_DEVICE_FD, "")})
+    _recorded_process(kernel, 4000, {7: (usage.VFIO_DEVICE_FD, syspath)})
+    _recorded_process(kernel, 4001, {9: (usage.VFIO_DEVICE_FD, "")})
     _recorded_process(kernel, 4002, {3: ("socket:[1234]", ""), 4: ("/dev/null", "")})
-    found = {h.pid: h for h in bind.usage.device_holders(EDU, kernel)}
+    found = {h.pid: h for h in usage.device_holders(EDU, kernel)}
     assert set(found) == {4000, 4001}
     assert found[4000].certain and found[4000].holds == (f"VFIO device {EDU}",)
-    assert not found[4001].certain and found[4001].holds == (bind.usage.SOME_VFIO_DEVICE,)
+    assert not found[4001].certain and found[4001].holds == (usage.SOME_VFIO_DEVICE,)
     assert found[4000].command == "qemu-system-x86_64 -m 4G" and found[4000].start == 4242
-    assert [h.pid for h in bind.usage.device_holders(NVME, kernel)] == [4001]
+    assert [h.pid for h in usage.device_holders(NVME, kernel)] == [4001]
     with pytest.raises(bind.DeviceHeldError, match="pid 4000 \\(root: qemu-system"):
         bind.refuse_held(EDU, kernel)
     bind.refuse_held(NVME, kernel)  # an unnamed fd alone is no reason to refuse

@@ -70,7 +70,9 @@ def test_acl_codec_round_trips_and_keeps_the_kernels_order() -> None:
             g.decode_acl(bad)
 
 
-def test_grant_adds_one_acl_entry_and_revoke_restores_the_node_exactly(kernel) -> None:
+def test_grant_adds_one_acl_entry_and_revoke_restores_the_node_exactly(
+    kernel: SimulatedKernel,
+) -> None:
     node = kernel.path(f"dev/vfio/{EDU_GROUP}")
     before = snapshot(node)
     result = g.grant(EDU, "nobody", sysfs=kernel)
@@ -93,7 +95,7 @@ def test_grant_adds_one_acl_entry_and_revoke_restores_the_node_exactly(kernel) -
     assert json.loads((kernel.root.parent / "state" / "grants.json").read_text())["nodes"] == {}
 
 
-def test_an_acl_the_node_had_comes_back_byte_for_byte(kernel) -> None:
+def test_an_acl_the_node_had_comes_back_byte_for_byte(kernel: SimulatedKernel) -> None:
     node = kernel.path(f"dev/vfio/{EDU_GROUP}")
     own = g.encode_acl(g.acl_add_user(g.acl_of_mode(0o600), 4242, 0o4))
     os.setxattr(node, g.ACL_XATTR, own)
@@ -104,7 +106,7 @@ def test_an_acl_the_node_had_comes_back_byte_for_byte(kernel) -> None:
     assert snapshot(node) == before and g.read_acl(node) == own
 
 
-def test_two_users_side_by_side_each_revoke_takes_only_its_own(kernel) -> None:
+def test_two_users_side_by_side_each_revoke_takes_only_its_own(kernel: SimulatedKernel) -> None:
     node = kernel.path(f"dev/vfio/{EDU_GROUP}")
     before = snapshot(node)
     g.grant(EDU, "nobody", sysfs=kernel)
@@ -116,7 +118,7 @@ def test_two_users_side_by_side_each_revoke_takes_only_its_own(kernel) -> None:
     assert snapshot(node) == before
 
 
-def test_a_closed_iommu_node_is_granted_too_and_the_device_cdev(kernel) -> None:
+def test_a_closed_iommu_node_is_granted_too_and_the_device_cdev(kernel: SimulatedKernel) -> None:
     make_node(kernel, "dev/iommu", 0o660)
     kernel.host.write(f"sys/bus/pci/devices/{EDU}/vfio-dev/vfio0/dev", "511:0\n")
     cdev = make_node(kernel, "dev/vfio/devices/vfio0", 0o600)
@@ -128,7 +130,7 @@ def test_a_closed_iommu_node_is_granted_too_and_the_device_cdev(kernel) -> None:
     assert g.read_acl(cdev) is None and g.read_acl(kernel.path("dev/iommu")) is None
 
 
-def test_a_node_recreated_since_the_grant_is_left_alone(kernel) -> None:
+def test_a_node_recreated_since_the_grant_is_left_alone(kernel: SimulatedKernel) -> None:
     node = kernel.path(f"dev/vfio/{EDU_GROUP}")
     g.grant(EDU, "nobody", sysfs=kernel)
     fresh = make_node(kernel, "dev/vfio/new", 0o640)
@@ -141,7 +143,7 @@ def test_a_node_recreated_since_the_grant_is_left_alone(kernel) -> None:
 
 
 def test_a_failed_change_rolls_back_every_node_and_forgets_the_grant(
-    kernel, monkeypatch: pytest.MonkeyPatch
+    kernel: SimulatedKernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_node(kernel, "dev/iommu", 0o660)
     group_node = kernel.path(f"dev/vfio/{EDU_GROUP}")
@@ -161,7 +163,7 @@ def test_a_failed_change_rolls_back_every_node_and_forgets_the_grant(
     assert not g.revoke(EDU, "nobody", sysfs=kernel).revoked
 
 
-def test_refusals_change_nothing(kernel, tmp_path: Path) -> None:
+def test_refusals_change_nothing(kernel: SimulatedKernel, tmp_path: Path) -> None:
     with pytest.raises(DeviceNotBoundError, match=r"pyvfio bind 0000:00:11.0"):
         g.grant("0000:00:11.0", "nobody", sysfs=kernel)
     with pytest.raises(g.UnknownUserError, match="no user 'no-such-user'"):
@@ -176,7 +178,7 @@ def test_refusals_change_nothing(kernel, tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "grants.json").exists()
 
 
-def test_a_group_with_other_devices_needs_group(kernel) -> None:
+def test_a_group_with_other_devices_needs_group(kernel: SimulatedKernel) -> None:
     for addr in ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"):
         kernel.host.bind(addr, None)
         kernel.host.bind(addr, "vfio-pci")
@@ -187,13 +189,13 @@ def test_a_group_with_other_devices_needs_group(kernel) -> None:
     assert result.members == ("0000:00:1f.0", "0000:00:1f.3")
 
 
-def test_a_bridge_in_the_group_does_not_count(kernel) -> None:
+def test_a_bridge_in_the_group_does_not_count(kernel: SimulatedKernel) -> None:
     kernel.host.bind("0000:04:00.0", "vfio-pci")  # edu behind the switch, group 8
     make_node(kernel, "dev/vfio/8", 0o600)
     assert g.grant("0000:04:00.0", "nobody", sysfs=kernel).members == ()
 
 
-def test_memlock_advice_follows_pam_limits_precedence(kernel) -> None:
+def test_memlock_advice_follows_pam_limits_precedence(kernel: SimulatedKernel) -> None:
     kernel.host.write(
         "etc/security/limits.conf",
         "*  soft memlock 64\n@nogroup - memlock 1024  # the group\nnobody hard memlock 9\n",
@@ -211,7 +213,9 @@ def test_memlock_advice_follows_pam_limits_precedence(kernel) -> None:
     assert g.configured_memlock("root", [], kernel) is None  # * is never for root
 
 
-def test_no_iommu_group_is_refused_by_grant_and_by_open_without_the_opt_in(kernel) -> None:
+def test_no_iommu_group_is_refused_by_grant_and_by_open_without_the_opt_in(
+    kernel: SimulatedKernel,
+) -> None:
     kernel.host.write(f"sys/kernel/iommu_groups/{EDU_GROUP}/name", "vfio-noiommu\n")
     with pytest.raises(HostError, match="CAP_SYS_RAWIO"):
         g.grant(EDU, "nobody", sysfs=kernel)
@@ -221,12 +225,12 @@ def test_no_iommu_group_is_refused_by_grant_and_by_open_without_the_opt_in(kerne
     noiommu.check_backend(EDU, EDU_GROUP, noiommu.UNSAFE_NOIOMMU, kernel)  # the opt-in passes
 
 
-def test_the_opt_in_is_refused_for_a_device_an_iommu_protects(kernel) -> None:
+def test_the_opt_in_is_refused_for_a_device_an_iommu_protects(kernel: SimulatedKernel) -> None:
     with pytest.raises(UnsupportedError, match="only for no-IOMMU groups"):
         noiommu.check_backend(EDU, EDU_GROUP, noiommu.UNSAFE_NOIOMMU, kernel)
 
 
-def test_doctor_warns_about_no_iommu_mode(kernel) -> None:
+def test_doctor_warns_about_no_iommu_mode(kernel: SimulatedKernel) -> None:
     assert "not in" in doctor.check_noiommu(kernel).message
     kernel.host.write(noiommu.MODE_PARAM, "N\n")
     assert doctor.check_noiommu(kernel).status is doctor.Status.PASS
@@ -269,7 +273,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "state").exists()
 
 
-def test_cli_revoke_of_nothing_says_so_and_exits_0(tmp_path: Path, monkeypatch) -> None:
+def test_cli_revoke_of_nothing_says_so_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pyvfio.cli import app
 
     monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
@@ -279,7 +285,7 @@ def test_cli_revoke_of_nothing_says_so_and_exits_0(tmp_path: Path, monkeypatch) 
     assert json.loads(done.stdout)["revoked"] is False
 
 
-def test_ls_flags_a_no_iommu_group_and_only_it(kernel) -> None:
+def test_ls_flags_a_no_iommu_group_and_only_it(kernel: SimulatedKernel) -> None:
     from pyvfio.cli import app
 
     kernel.host.write(f"sys/kernel/iommu_groups/{EDU_GROUP}/name", "vfio-noiommu\n")
@@ -367,7 +373,9 @@ def test_grant_and_revoke_change_only_the_grantees_rights(
     assert rights(g.acl_remove_user(granted, NOBODY, entries)) == before
 
 
-def test_a_narrowed_node_gives_the_revoked_user_back_their_own_entry(kernel) -> None:
+def test_a_narrowed_node_gives_the_revoked_user_back_their_own_entry(
+    kernel: SimulatedKernel,
+) -> None:
     node = kernel.path(f"dev/vfio/{EDU_GROUP}")
     own = g.encode_acl(g.acl_add_user(g.acl_of_mode(0o600), DAEMON, R))
     os.setxattr(node, g.ACL_XATTR, own)
@@ -380,7 +388,7 @@ def test_a_narrowed_node_gives_the_revoked_user_back_their_own_entry(kernel) -> 
     assert g.read_acl(node) == own
 
 
-def test_a_grant_on_a_node_whose_group_may_only_read_leaves_it_so(kernel) -> None:
+def test_a_grant_on_a_node_whose_group_may_only_read_leaves_it_so(kernel: SimulatedKernel) -> None:
     node = kernel.path(f"dev/vfio/{EDU_GROUP}")
     os.setxattr(node, g.ACL_XATTR, g.encode_acl(NARROW))
     g.grant(EDU, "nobody", sysfs=kernel)
@@ -393,8 +401,12 @@ def test_a_grant_on_a_node_whose_group_may_only_read_leaves_it_so(kernel) -> Non
 # -- Revoke and the file descriptors the grant let the user open ------------------------------
 
 
+#: What the fixture gives: it starts a user's process holding a node of the tree open.
+HoldAs = Callable[..., subprocess.Popen[bytes]]
+
+
 @pytest.fixture
-def hold_as(kernel: SimulatedKernel) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def hold_as(kernel: SimulatedKernel) -> Iterator[HoldAs]:
     """Start a process of ``user`` holding a node of the tree open, as a grantee's program
     that opened the device while the grant lasted does."""
     started: list[subprocess.Popen[bytes]] = []
@@ -413,7 +425,9 @@ def hold_as(kernel: SimulatedKernel) -> Iterator[Callable[..., subprocess.Popen[
         child.wait()
 
 
-def test_revoke_names_the_users_processes_that_still_hold_the_node(kernel, hold_as) -> None:
+def test_revoke_names_the_users_processes_that_still_hold_the_node(
+    kernel: SimulatedKernel, hold_as: HoldAs
+) -> None:
     node = str(kernel.path(f"dev/vfio/{EDU_GROUP}"))
     g.grant(EDU, "nobody", sysfs=kernel)
     child = hold_as("nobody", f"dev/vfio/{EDU_GROUP}")
@@ -434,7 +448,9 @@ def test_revoke_names_the_users_processes_that_still_hold_the_node(kernel, hold_
     assert child.poll() is None and other.poll() is None  # nothing ended without --kill
 
 
-def test_revoke_kill_ends_them_sigterm_then_sigkill(kernel, hold_as) -> None:
+def test_revoke_kill_ends_them_sigterm_then_sigkill(
+    kernel: SimulatedKernel, hold_as: HoldAs
+) -> None:
     g.grant(EDU, "nobody", sysfs=kernel)
     polite = hold_as("nobody", f"dev/vfio/{EDU_GROUP}")
     stubborn = hold_as("nobody", f"dev/vfio/{EDU_GROUP}", ignore_term=True)
@@ -450,7 +466,11 @@ def test_revoke_kill_ends_them_sigterm_then_sigkill(kernel, hold_as) -> None:
     assert "ended by SIGKILL" in str(done)
 
 
-def test_cli_revoke_with_a_holder_exits_1_and_kill_exits_0(kernel, hold_as, monkeypatch) -> None:
+def test_cli_revoke_with_a_holder_exits_1_and_kill_exits_0(
+    kernel: SimulatedKernel,
+    hold_as: HoldAs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pyvfio.cli import app
 
     monkeypatch.setattr(g, "revoke", functools.partial(g.revoke, sysfs=kernel))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from pyvfio.cli import app
-from pyvfio.host import bind, details, doctor, snapshot
+from pyvfio.host import bind, details, doctor, snapshot, usage
 from pyvfio.host.doctor import Status
 from pyvfio.host.inventory import devices as inventory_devices
 from pyvfio.host.inventory import iommu_groups
@@ -36,7 +37,7 @@ def by_name(results: list[doctor.CheckResult]) -> dict[str, doctor.CheckResult]:
 # -- show ------------------------------------------------------------------------------------
 
 
-def test_acs_less_switch_path_and_shared_group(intel) -> None:
+def test_acs_less_switch_path_and_shared_group(intel: SimulatedKernel) -> None:
     info = details.describe("03:00.0", intel)
     assert [(h.address, h.port_type, h.acs, h.isolates) for h in info.acs_path] == [
         ("0000:02:08.0", "downstream port", False, False),
@@ -48,13 +49,15 @@ def test_acs_less_switch_path_and_shared_group(intel) -> None:
     assert "not viable" in info.group_verdict
 
 
-def test_group_bind_behind_an_acs_less_switch_takes_both_endpoints_not_the_ports(intel) -> None:
+def test_group_bind_behind_an_acs_less_switch_takes_both_endpoints_not_the_ports(
+    intel: SimulatedKernel,
+) -> None:
     plan = bind.plan_bind(["03:00.0"], group=True, sysfs=intel)
     assert sorted(a.address for a in plan.changes) == ["0000:03:00.0", "0000:04:00.0"]
     assert all("bridge" in a.reason for a in plan.actions if a.address.startswith("0000:02"))
 
 
-def test_sriov_pf_lists_its_vfs_and_a_vf_names_its_pf(intel) -> None:
+def test_sriov_pf_lists_its_vfs_and_a_vf_names_its_pf(intel: SimulatedKernel) -> None:
     pf = details.describe("00:02.0", intel)
     assert (pf.sriov_total_vfs, pf.sriov_num_vfs) == (7, 2)
     assert pf.virtual_functions == ("0000:00:02.1", "0000:00:02.2")
@@ -65,7 +68,7 @@ def test_sriov_pf_lists_its_vfs_and_a_vf_names_its_pf(intel) -> None:
     assert vf.reset.flr  # parsed although the VF's ID registers read all ones
 
 
-def test_device_without_reset_method(intel) -> None:
+def test_device_without_reset_method(intel: SimulatedKernel) -> None:
     info = details.describe("00:05.0", intel)
     assert info.reset.kernel == ()
     assert not (info.reset.flr or info.reset.pm or info.reset.bus)  # NoSoftRst, root bus
@@ -73,7 +76,7 @@ def test_device_without_reset_method(intel) -> None:
     assert checks["0000:00:05.0 reset"].status is Status.WARN
 
 
-def test_bars_rom_interrupts_and_bus_peers_of_a_gpu(amd) -> None:
+def test_bars_rom_interrupts_and_bus_peers_of_a_gpu(amd: SimulatedKernel) -> None:
     info = details.describe("0a:00.0", amd)
     assert [(r.name, r.size) for r in info.resources] == [
         ("BAR 0", 16 << 20),
@@ -87,7 +90,7 @@ def test_bars_rom_interrupts_and_bus_peers_of_a_gpu(amd) -> None:
     json.dumps(info.to_json())
 
 
-def test_gpu_holding_the_console_is_refused_with_its_audio(amd) -> None:
+def test_gpu_holding_the_console_is_refused_with_its_audio(amd: SimulatedKernel) -> None:
     plan = bind.plan_bind(["0a:00.0"], group=True, sysfs=amd)
     assert sorted(a.address for a in plan.changes) == ["0000:0a:00.0", "0000:0a:00.1"]
     with pytest.raises(bind.DeviceInUseError, match="console framebuffer fb0"):
@@ -98,14 +101,16 @@ def test_gpu_holding_the_console_is_refused_with_its_audio(amd) -> None:
 # -- doctor -----------------------------------------------------------------------------------
 
 
-def test_doctor_passes_iommu_and_interrupt_remapping_on_intel(intel) -> None:
+def test_doctor_passes_iommu_and_interrupt_remapping_on_intel(intel: SimulatedKernel) -> None:
     checks = by_name(doctor.run(sysfs=intel))
     for name in ("ACPI IOMMU table", "IOMMU active", "kernel command line", "interrupt remapping"):
         assert checks[name].status is Status.PASS, checks[name]
     assert "ECAP.IR set on dmar0" in checks["interrupt remapping"].message
 
 
-def test_doctor_on_amd_reads_ivrs_and_the_log_and_warns_of_the_boot_framebuffer(amd) -> None:
+def test_doctor_on_amd_reads_ivrs_and_the_log_and_warns_of_the_boot_framebuffer(
+    amd: SimulatedKernel,
+) -> None:
     checks = by_name(doctor.run(["0a:00.0"], sysfs=amd))
     assert checks["IOMMU active"].status is Status.PASS
     assert checks["interrupt remapping"].status is Status.PASS
@@ -119,7 +124,7 @@ def test_doctor_on_amd_reads_ivrs_and_the_log_and_warns_of_the_boot_framebuffer(
     )
 
 
-def test_doctor_without_the_iommu_on_the_command_line(intel) -> None:
+def test_doctor_without_the_iommu_on_the_command_line(intel: SimulatedKernel) -> None:
     intel.host.write("proc/cmdline", "root=/dev/sda1\n")
     for unit in ("sys/class/iommu/dmar0",):
         intel.path(unit).unlink()
@@ -139,14 +144,14 @@ def test_doctor_without_an_iommu_in_the_firmware(tmp_path: Path) -> None:
         assert "virtual IOMMU" in checks[name].hint
 
 
-def test_iommu_without_interrupt_remapping_fails(intel) -> None:
+def test_iommu_without_interrupt_remapping_fails(intel: SimulatedKernel) -> None:
     intel.host.write("sys/devices/virtual/iommu/dmar0/intel-iommu/ecap", "f020d6\n")
     check = doctor.check_interrupt_remapping(intel)
     assert check.status is Status.FAIL and "ECAP.IR is 0" in check.message
     assert "allow_unsafe_interrupts" in check.hint
 
 
-def test_memlock_against_the_planned_use_for_a_user(intel) -> None:
+def test_memlock_against_the_planned_use_for_a_user(intel: SimulatedKernel) -> None:
     intel.host.write(snapshot.META, json.dumps({"euid": 1000}))
     assert doctor.check_memlock(intel, 4 << 20).status is Status.PASS
     check = doctor.check_memlock(intel, 16 << 30)
@@ -163,7 +168,9 @@ def cli_json(*args: str) -> object:
 
 
 @pytest.mark.parametrize("build", [intel_server, amd_desktop, q35_lab])
-def test_a_snapshot_replays_the_same_answers(tmp_path: Path, build) -> None:
+def test_a_snapshot_replays_the_same_answers(
+    tmp_path: Path, build: Callable[[Path], SimulatedKernel]
+) -> None:
     folder = tmp_path / "host"
     build(folder)
     tarball = tmp_path / "snap.tar.gz"
@@ -223,7 +230,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> No
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-def test_doctor_exit_1_on_a_fail_and_0_when_all_pass(intel) -> None:
+def test_doctor_exit_1_on_a_fail_and_0_when_all_pass(intel: SimulatedKernel) -> None:
     assert runner.invoke(app, ["doctor", "--root", str(intel.root)]).exit_code == 0
     done = runner.invoke(app, ["doctor", "03:00.0", "--root", str(intel.root)])
     assert done.exit_code == 1 and "FAIL 0000:03:00.0 group" in done.stdout
@@ -258,10 +265,10 @@ def test_the_snapshot_recorded_in_the_lab_replays_its_topology() -> None:
     for name in ("ACPI IOMMU table", "IOMMU active", "interrupt remapping"):
         assert checks[name].status is Status.PASS, checks[name]
     nine_p = [d.address for d in inventory_devices(sysfs) if d.driver == "virtio-pci"]
-    assert any(bind.usage.device_users(a, sysfs) for a in nine_p)
+    assert any(usage.device_users(a, sysfs) for a in nine_p)
 
 
-def test_ls_text_shows_a_half_done_bind_from_the_snapshot_journal(intel) -> None:
+def test_ls_text_shows_a_half_done_bind_from_the_snapshot_journal(intel: SimulatedKernel) -> None:
     state = intel.path("run/pyvfio")
     state.mkdir(parents=True)
     entry = {"original_driver": "nvme", "original_override": None, "target": "vfio-pci"}

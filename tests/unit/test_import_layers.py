@@ -53,8 +53,8 @@ def _imported(name: str, path: Path) -> set[str]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
+            for statement in node.orelse:
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names if alias.name in MODULES)

@@ -27,7 +27,7 @@ class _Dev:
 
 @pytest.fixture
 def irq() -> Iterator[Interrupt]:
-    i = Interrupt(_Dev(), "msi", 0)  # type: ignore[arg-type]
+    i = Interrupt(_Dev(), "msi", 0)
     yield i
     i.close()
 
@@ -115,7 +115,7 @@ def test_a_removal_request_is_remembered_whoever_consumes_it(how: str) -> None:
     from pyvfio.device import RemovalRequest
 
     dev = _RemovableDev()
-    with RemovalRequest(dev, "req", 0) as req:  # type: ignore[arg-type]
+    with RemovalRequest(dev, "req", 0) as req:
         assert req.poll() == 0 and not dev._removal_requested
         os.eventfd_write(req.fileno(), 1)
         if how == "poll":

@@ -104,7 +104,7 @@ def _run_and_maybe_die(
         try:
             if crash_after is not None:
                 os.environ[journal.CRASH_ENV] = str(crash_after)
-            bind.begin_steps = lambda: None  # type: ignore[assignment]  # count across ops
+            bind.begin_steps = lambda: None  # type: ignore[attr-defined]  # count across ops
             journal._Steps.count = 0
             for op in ops:
                 # HostError: refused (in use, a device that will not bind), as designed

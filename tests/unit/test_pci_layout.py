@@ -4,6 +4,7 @@ register contents, the server's config builder encodes back, and the parser read
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -41,7 +42,7 @@ def test_a_table_describes_every_field_of_its_dataclass(layout: Layout) -> None:
             assert not any(mask & other for other in masks[i + 1 :]), register.offset
 
 
-def _built(layout: Layout, values: dict[str, object]) -> bytes:
+def _built(layout: Layout, values: dict[str, Any]) -> bytes:
     builder = ConfigSpaceBuilder(0x1234, 0x5678)
     builder.add_express()  # extended capabilities need the 4 KiB space of an express device
     if layout in CAP_LAYOUTS.values():
@@ -58,7 +59,7 @@ def _found(layout: Layout, data: bytes) -> Capability | ExtendedCapability:
         found: Capability | ExtendedCapability | None = space.find_all(layout.id)[-1]
     else:
         found = space.find_extended(layout.id)
-    assert isinstance(found, layout.cls)
+    assert found is not None and type(found) is layout.cls, found  # the layout's own class
     return found
 
 

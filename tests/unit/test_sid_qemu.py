@@ -88,7 +88,7 @@ def test_a_failed_debootstrap_leaves_nothing_and_names_the_log(
     )
     fake.chmod(0o755)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(sid_qemu.shutil, "which", lambda name: str(fake))
+    monkeypatch.setattr("pyvfio.lab.sid_qemu.shutil.which", lambda name: str(fake))
     said: list[str] = []
     root = tmp_path / "cache" / "sid-qemu"
     with pytest.raises(SidQemuError, match=r"failed \(exit 1\): .*Failed getting release file"):

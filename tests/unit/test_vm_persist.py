@@ -258,7 +258,8 @@ def test_a_crash_anywhere_in_apply_is_undone_byte_for_byte(
     shutil.copytree(root / "etc", pristine, symlinks=True)
     before = tree(root)
     plan = persist.plan(CASES[distro][1], root=root)
-    real = {"before-fsync": os.fsync, "before-rename": os.replace}[where]
+    reals: dict[str, Callable[..., None]] = {"before-fsync": os.fsync, "before-rename": os.replace}
+    real = reals[where]
     name = {"before-fsync": "fsync", "before-rename": "replace"}[where]
     crashed_after_record = 0
     for n in range(1, 200):
@@ -273,7 +274,7 @@ def test_a_crash_anywhere_in_apply_is_undone_byte_for_byte(
                 raise Crash
             return real(*args)
 
-        monkeypatch.setattr(persist.os, name, dying)
+        monkeypatch.setattr(f"pyvfio.vm.persist.os.{name}", dying)
         try:
             persist.apply(plan, root=root)
         except Crash:
@@ -311,7 +312,7 @@ def test_every_file_backup_record_and_folder_is_fsynced(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
-    monkeypatch.setattr(persist.os, "fsync", recording)
+    monkeypatch.setattr("pyvfio.vm.persist.os.fsync", recording)
     plan = persist.plan(CASES["arch"][1], root=root)
     persist.apply(plan, root=root)
     base = str(root.resolve())

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from pyvfio import testing as synthetic
 from pyvfio.cli import app
+from pyvfio.host import accel as host_accel
 from pyvfio.host import journal
 from pyvfio.testing import SimulatedKernel
 from pyvfio.vm import qemu
@@ -462,7 +463,7 @@ def test_run_with_user_stays_the_user(monkeypatch: pytest.MonkeyPatch, value: st
     """QEMU 9.1's -run-with user=NAME is an option string too (a user database can hold
     any name); -runas takes the name as a whole argument."""
     entry = pwd.struct_passwd((value, "x", 1234, 1234, "", "/", "/bin/false"))
-    monkeypatch.setattr(qemu.pwd, "getpwnam", lambda name: entry)
+    monkeypatch.setattr("pyvfio.vm.qemu.pwd.getpwnam", lambda name: entry)
     jail = qemu.confinement(QEMU_9_1, run_as=value)
     assert jail.args[:2] == ("-sandbox", qemu.sandbox_option(drop=True))
     assert jail.args[2] == "-run-with"
@@ -666,7 +667,7 @@ def test_check_plan_is_small_and_on_an_accelerator_that_works(
     accel: str,
     note: str | None,
 ) -> None:
-    monkeypatch.setattr(qemu.host_accel, "kvm_usable", lambda qemu_binary: kvm)
+    monkeypatch.setattr(host_accel, "kvm_usable", lambda qemu_binary: kvm)
     plan = qemu.build(["00:10.0"], check=True, features=QEMU_7_2, sysfs=lab)
     assert plan.memory == 64 << 20 and plan.hugepages is None
     assert plan.argv[plan.argv.index("-m") + 1] == "64M"
@@ -682,7 +683,7 @@ def test_check_plan_is_small_and_on_an_accelerator_that_works(
 def test_check_json_says_which_accelerator_and_why(
     lab: SimulatedKernel, fake_qemu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(qemu.host_accel, "kvm_usable", lambda qemu_binary: (False, "no /dev/kvm"))
+    monkeypatch.setattr(host_accel, "kvm_usable", lambda qemu_binary: (False, "no /dev/kvm"))
     plan = qemu.build(["00:11.0"], check=True, qemu=str(fake_qemu), sysfs=lab)
     answer = tmp_path / "answer.json"
     answer.write_text(json.dumps(query_pci_answer(plan)))

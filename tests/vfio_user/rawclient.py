@@ -261,7 +261,8 @@ def fired(fd: int, timeout: float = REPLY_TIMEOUT) -> int:
     """Wait for an eventfd and read its count."""
     ready, _, _ = select.select([fd], [], [], timeout)
     assert ready, f"eventfd {fd} was not signalled within {timeout} s"
-    return struct.unpack("=Q", os.read(fd, 8))[0]
+    (count,) = struct.unpack("=Q", os.read(fd, 8))
+    return int(count)
 
 
 def pending(fd: int) -> bool:

@@ -13,7 +13,7 @@ import ctypes
 import socket
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def receive_until_closed(conn: socket.socket) -> None:
             return
 
 
-def answer_version(conn: socket.socket, caps: dict[str, object] | None = None) -> None:
+def answer_version(conn: socket.socket, caps: Mapping[str, object] | None = None) -> None:
     msg = receive(conn)
     assert msg.command == Command.VFIO_USER_VERSION
     ours = p.decode_capabilities(msg.payload[4:])

@@ -292,13 +292,18 @@ def test_the_servers_shared_memory_cannot_be_resized_by_the_client() -> None:
             _, reply = client.region_info(2)
             assert len(reply.fds) == 1
             fd = reply.fds[0]
+
+            def shrink() -> None:  # put back at once had it worked: fail, not crash
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, 4 * PAGE)
+
+            actions: list[tuple[str, Callable[[], object]]] = [
+                ("shrink", shrink),
+                ("grow", lambda: os.ftruncate(fd, 1 << 30)),
+                ("seal", lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)),
+            ]
             try:
-                for name, action in [
-                    # put back at once had it worked: the test should fail, not crash
-                    ("shrink", lambda: (os.ftruncate(fd, 0), os.ftruncate(fd, 4 * PAGE))),
-                    ("grow", lambda: os.ftruncate(fd, 1 << 30)),
-                    ("seal", lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)),
-                ]:
+                for name, action in actions:
                     with pytest.raises(PermissionError):
                         action()
                         pytest.fail(f"the client could {name} the BAR memfd")

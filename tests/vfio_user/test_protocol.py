@@ -22,6 +22,7 @@ from pyvfio.vfio_user.protocol import (
     Command,
     Header,
     MessageFlag,
+    WireStruct,
     command_name,
     decode_capabilities,
     encode_capabilities,
@@ -78,7 +79,9 @@ def test_command_ids_are_the_specs() -> None:
         (vfio_user_wr_one, {"offset": 0, "region": 8, "count": 12, "data": 16}),
     ],
 )
-def test_payload_layouts_are_the_specs_tables(struct_type: type, layout: dict[str, int]) -> None:
+def test_payload_layouts_are_the_specs_tables(
+    struct_type: type[WireStruct], layout: dict[str, int]
+) -> None:
     assert {name: getattr(struct_type, name).offset for name in layout} == layout
     sizes = {vfio_user_version: 4, vfio_user_dma_map: 32, vfio_user_dma_unmap: 24,
              vfio_user_device_info: 16, vfio_user_region_access: 16,

@@ -7,6 +7,8 @@ registers its commands on the apps in :mod:`pyvfio.cli.common`.
 from pyvfio.cli import demo, grant, host, kernel, lab, nvme, serve, vm  # noqa: F401 - they register
 from pyvfio.cli.common import app
 
+__all__ = ["app", "main"]  # app: the typer application, for typer's CliRunner and embedding
+
 
 def main() -> None:
     app()

@@ -165,7 +165,7 @@ class Layout:
 
     def __init__(
         self,
-        cls: Callable[..., Any],
+        cls: type[Any],
         cap_id: int,
         *registers: Register,
         size: int | None = None,
