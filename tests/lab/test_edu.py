@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from .edu_suite import *  # noqa: F403 - the suite's tests and fixtures run here
+from .edu_suite import EduSuite
 from .labhelp import main_lab
 
 pytestmark = main_lab
 
 
-@pytest.fixture(params=["type1"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+class TestStockKernel(EduSuite):
+    @pytest.fixture(params=["type1"])
+    def backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)

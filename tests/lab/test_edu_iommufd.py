@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from .edu_suite import *  # noqa: F403 - the suite's tests and fixtures run here
+from .edu_suite import EduSuite
 from .labhelp import MAIN_TOPOLOGY
 
 pytestmark = pytest.mark.lab(devices=MAIN_TOPOLOGY, kernel="iommufd")
 
 
-@pytest.fixture(params=["iommufd", "type1"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+class TestIommufdKernel(EduSuite):
+    @pytest.fixture(params=["iommufd", "type1"])
+    def backend(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
 
 
 def test_doctor_names_both_backends() -> None:

@@ -1,9 +1,9 @@
 """pyvfio's edu driver, unchanged, on pyvfio's edu server over vfio-user: no root, no IOMMU.
 
-The driver-level tests of the lab's edu suite (tests/edu_driver_suite.py) run here
-twice: on a device from ``pyvfio.open("vfio-user:PATH")``, whose DMA buffers are
-memfds the server maps, and in an Iommu that shares no memory, where the server's
-every DMA access is a DMA_READ/WRITE message the client answers. The server runs in
+The driver-level tests of the lab's edu suite (tests/edu_driver_suite.py) run here, in
+`TestEduDriver`, twice: on a device from ``pyvfio.open("vfio-user:PATH")``, whose DMA
+buffers are memfds the server maps, and in an Iommu that shares no memory, where the
+server's every DMA access is a DMA_READ/WRITE message the client answers. The server runs in
 a thread of the test process, on a socket in the test's temporary folder.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import pyvfio
-from edu_driver_suite import *  # noqa: F403 - the driver-level tests run here too
+from edu_driver_suite import EduDriverSuite
 from pyvfio.drivers import edu as edu_mod
 from pyvfio.drivers.edu import Edu
 from pyvfio.errors import VfioUserDisconnectedError
@@ -58,6 +58,10 @@ def edu_dev(server: Server, sharing: str) -> Iterator[pyvfio.Device]:
 @pytest.fixture
 def edu(edu_dev: pyvfio.Device) -> Edu:
     return Edu(edu_dev)
+
+
+class TestEduDriver(EduDriverSuite):
+    """The driver-level tests (tests/edu_driver_suite.py), on this module's ``edu``."""
 
 
 def client_of(dev: pyvfio.Device) -> VfioUserClient:
