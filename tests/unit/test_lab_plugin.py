@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,14 @@ UNIT_TEST = """
 def test_unit():
     pass
 """
+
+
+@pytest.fixture(autouse=True)
+def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The guest logs these fake boots save go here, not over the real lab's."""
+    folder = tmp_path / "lab-logs"
+    monkeypatch.setenv("PYVFIO_LAB_LOG_DIR", str(folder))
+    return folder
 
 
 def _fake_run(calls: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
@@ -72,6 +81,15 @@ def test_lab_unavailable_skips_or_fails(
     auto.stdout.fnmatch_lines(["*lab unavailable: qemu-system-x86_64 is missing*"])
     required = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--lab", "require")
     required.assert_outcomes(failed=4)
+
+
+def test_the_guest_output_is_kept_in_the_log_dir(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, log_dir: Path
+) -> None:
+    pytester.makepyfile(test_lab=LAB_TESTS)
+    monkeypatch.setattr(pytest_plugin, "run", _fake_run([]))
+    pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert "test_lab.py::test_fails" in (log_dir / "edu.log").read_text()
 
 
 def test_lab_no_skips_without_booting(
