@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,7 +177,7 @@ def test_load_results_puts_type1_first(tmp_path: Path) -> None:
     assert [r["backend"] for r in report.load_results(tmp_path)] == ["type1", "iommufd"]
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build bench/c/vfio_prims.c")
+@pytest.mark.needs_tool("gcc")  # to build bench/c/vfio_prims.c
 def test_vfio_prims_builds_without_warnings(tmp_path: Path) -> None:
     built = subprocess.run(
         [

@@ -387,6 +387,7 @@ def holder(kernel: SimulatedKernel) -> Iterator[Holder]:
         child.wait()
 
 
+@pytest.mark.needs_root("the holder it names must be root's")
 def test_restore_of_a_device_held_open_is_refused_naming_the_process(
     kernel: SimulatedKernel, holder: Holder
 ) -> None:
@@ -582,6 +583,7 @@ def test_a_vfio_device_fd_counts_for_its_device_where_the_kernel_names_it(
     bind.refuse_held(NVME, kernel)  # an unnamed fd alone is no reason to refuse
 
 
+@pytest.mark.needs_root("a child drops to nobody, whom root's journal shuts out")
 def test_a_user_who_may_not_read_the_journal_sees_none_in_ls(tmp_path: Path) -> None:
     """The journal is root's (/run/pyvfio is 0700): ls as an ordinary user shows no
     journal, as before, while a command that must trust it says why it cannot."""

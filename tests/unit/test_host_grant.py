@@ -425,6 +425,7 @@ def hold_as(kernel: SimulatedKernel) -> Iterator[HoldAs]:
         child.wait()
 
 
+@pytest.mark.needs_root("it starts processes as nobody and daemon")
 def test_revoke_names_the_users_processes_that_still_hold_the_node(
     kernel: SimulatedKernel, hold_as: HoldAs
 ) -> None:
@@ -448,6 +449,7 @@ def test_revoke_names_the_users_processes_that_still_hold_the_node(
     assert child.poll() is None and other.poll() is None  # nothing ended without --kill
 
 
+@pytest.mark.needs_root("it starts processes as nobody and daemon")
 def test_revoke_kill_ends_them_sigterm_then_sigkill(
     kernel: SimulatedKernel, hold_as: HoldAs
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -28,10 +27,12 @@ def golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"{name} changed; review it, then PYVFIO_UPDATE_GOLDEN=1"
 
 
+#: The tests that validate their XML need virt-xml-validate (scripts/setup.sh installs it).
+needs_validator = pytest.mark.needs_tool("virt-xml-validate", "libvirt-clients")
+
+
 def validate(xml: str, tmp_path: Path) -> None:
-    """virt-xml-validate from libvirt-clients (scripts/setup.sh installs it)."""
-    if shutil.which("virt-xml-validate") is None:
-        pytest.skip("virt-xml-validate is missing: apt-get install libvirt-clients")
+    """Validate a domain with virt-xml-validate (a test that calls this is needs_validator)."""
     path = tmp_path / "domain.xml"
     path.write_text(xml)
     done = subprocess.run(
@@ -45,6 +46,7 @@ def amd(tmp_path: Path) -> SimulatedKernel:
     return synthetic.amd_desktop(tmp_path / "amd")
 
 
+@needs_validator
 def test_gpu_audio_domain_is_valid_and_keeps_one_slot(amd: SimulatedKernel, tmp_path: Path) -> None:
     xml = libvirt.domain(
         ["0a:00.0", "0a:00.1"],
@@ -58,6 +60,7 @@ def test_gpu_audio_domain_is_valid_and_keeps_one_slot(amd: SimulatedKernel, tmp_
     validate(xml, tmp_path)
 
 
+@needs_validator
 def test_hostdev_elements_are_valid_inside_a_domain(tmp_path: Path) -> None:
     kernel = synthetic.intel_server(tmp_path / "intel")
     elements = libvirt.hostdevs(["03:00.0", "04:00.0", "00:02.1"], sysfs=kernel)
@@ -79,6 +82,7 @@ def test_bad_input(amd: SimulatedKernel) -> None:
         libvirt.domain(["0a:00.0"], "a/b", sysfs=amd)
 
 
+@needs_validator
 def test_cli_domain(tmp_path: Path) -> None:
     synthetic.q35_lab(tmp_path / "lab")
     args = [

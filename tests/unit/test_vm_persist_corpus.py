@@ -344,7 +344,7 @@ def check_kernel_cmdline(before: Path, after: Path, added: tuple[str, ...]) -> N
     assert now.startswith(was.rstrip("\n"))
 
 
-@pytest.mark.skipif(BASH is None, reason="needs bash to source the files")
+@pytest.mark.needs_tool("bash")  # to source the files
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_corpus_apply_keeps_every_value_and_undo_restores(case: Case, tmp_path: Path) -> None:
     host, devices = case.host

@@ -33,6 +33,9 @@ from pyvfio.vm import qemu
 from pyvfio.vm.layout import layout
 from pyvfio.vm.qmp import Monitor, walk_query_pci
 
+#: The tests that run the installed QEMU (qemu-system-x86_64) need it.
+needs_qemu = pytest.mark.needs_tool(qemu.QEMU, host_accel.QEMU_PACKAGE)
+
 DATA = Path(__file__).parent.parent / "data" / "vm"
 runner = CliRunner()
 
@@ -314,13 +317,12 @@ def test_cli_dry_run_json_and_extra_args(tmp_path: Path) -> None:
     assert done.exit_code == 2 and "only --dry-run" in done.output
 
 
+@needs_qemu
 def test_query_devices_sees_behind_a_root_port_of_a_real_qemu(
     lab: SimulatedKernel, tmp_path: Path
 ) -> None:
     """QEMU's emulated edu stands in for the passed one: with -S a root port has no
     secondary bus yet and query-pci leaves its devices out, until firmware numbers it."""
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
     devices = layout(["00:10.0"], lab)
     sock = tmp_path / "qmp.sock"
     argv = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", "64M", "-S"]
@@ -519,11 +521,11 @@ def test_cli_refuses_a_hostile_romfile_with_one_line(tmp_path: Path) -> None:
 
 def real_qemu() -> str:
     found = shutil.which(qemu.QEMU)
-    if found is None:
-        pytest.skip("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    assert found is not None, "a test that runs QEMU is marked needs_qemu"
     return found
 
 
+@needs_qemu
 def test_real_qemu_opens_the_passed_host_not_one_a_romfile_names(amd: SimulatedKernel) -> None:
     """The plan's own argv, run: QEMU looks for the device named by host=, and the
     host=0000:00:14.0 inside --romfile stays part of the file name."""
@@ -537,6 +539,7 @@ def test_real_qemu_opens_the_passed_host_not_one_a_romfile_names(amd: SimulatedK
     assert "devices/0000:00:14.0" not in done.stderr
 
 
+@needs_qemu
 def test_real_qemu_reads_hostile_paths_whole(tmp_path: Path) -> None:
     """The plan's argv with edu standing in for vfio-pci (same bus, slot and romfile
     options): QMP, served on a socket in a folder with commas in its name, reports the
@@ -632,6 +635,7 @@ def test_drop_option_from_help() -> None:
     assert qemu.drop_option("") is None
 
 
+@needs_qemu
 def test_features_of_the_installed_qemu() -> None:
     """Debian 12's QEMU 7.2 is built with seccomp and has -runas."""
     features = qemu.qemu_features(real_qemu())
@@ -741,7 +745,7 @@ def test_a_refused_tmpdir_changes_nothing(
     assert list(tmpdir.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+@pytest.mark.needs_root("the fake QEMU changes user")
 @pytest.mark.parametrize("keeps_root", [False, True])
 def test_run_reports_the_user_qemu_runs_as_and_fails_if_it_kept_root(
     lab: SimulatedKernel,

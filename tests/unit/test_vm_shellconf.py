@@ -161,7 +161,7 @@ def bash_values(tmp_path: Path, text: str) -> dict[str, tuple[str, ...] | str | 
     return out
 
 
-@pytest.mark.skipif(BASH is None, reason="compares with bash")
+@pytest.mark.needs_tool("bash")  # compares with bash
 @pytest.mark.parametrize(("case", "text"), READABLE, ids=[c for c, _ in READABLE])
 def test_the_reader_agrees_with_bash(case: str, text: str, tmp_path: Path) -> None:
     env = read(text)

@@ -2,7 +2,9 @@
 
 QEMU comes from the Debian sid chroot of `pyvfio.lab.sid_qemu` (built on first use,
 about a minute; the tests fail, not skip, when it cannot be built). They run on the
-host as root (chroot needs it), not in the lab guest. Each test boots a q35 machine
+host as root (chroot needs it), not in the lab guest: marked ``needs_root`` and
+``sid_qemu``, they are skipped with the reason elsewhere, where the other vfio-user
+tests, which need nothing, still run. Each test boots a q35 machine
 under TCG with no disk: SeaBIOS enumerates PCI, sizes and assigns the BARs, enables
 memory decoding, finds nothing to boot and idles, which takes a few seconds. The
 monitor (QMP, and HMP through it) is the test's window into the guest.
@@ -15,7 +17,6 @@ server mmaps them). What QEMU requires of a server is in docs/vfio-user-qemu.md.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,11 @@ from pyvfio._uapi.pci_regs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_M
 from pyvfio.lab.sid_qemu import SidQemu, SidQemuError, ensure_chroot
 from pyvfio.vm.qmp import GuestPciDevice, Monitor, walk_query_pci
 
+pytestmark = [
+    pytest.mark.needs_root("QEMU runs chrooted into the sid chroot"),
+    pytest.mark.sid_qemu,
+]
+
 EDU_VENDOR = 0x1234
 EDU_DEVICE = 0x11E8
 EDU_CLASS = 0x00FF  # base class 0, subclass 0xff
@@ -43,8 +49,6 @@ BOOT_DEADLINE = 60.0  # seconds for SeaBIOS to assign the BAR: a bound, not a me
 
 @pytest.fixture(scope="module")
 def sid() -> SidQemu:
-    if os.geteuid() != 0:
-        pytest.fail("the QEMU vfio-user tests run QEMU with chroot: run them as root")
     try:
         return ensure_chroot(say=lambda line: print(line, file=sys.stderr, flush=True))
     except SidQemuError as err:
