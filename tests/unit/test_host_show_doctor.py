@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pyvfio.cli import app
-from pyvfio.host import bind, details, doctor, snapshot, usage
+from pyvfio.host import bind, details, doctor, kcmdline, snapshot, usage
 from pyvfio.host.doctor import Status
 from pyvfio.host.inventory import devices as inventory_devices
 from pyvfio.host.inventory import iommu_groups
@@ -281,3 +281,40 @@ def test_ls_text_shows_a_half_done_bind_from_the_snapshot_journal(intel: Simulat
     assert "pyvfio restore --all" in done.stdout
     data = cli_json("ls", "--json", "--root", str(intel.root))
     assert data["journal"][0]["done"] is False  # type: ignore[index]
+
+
+# The kernel reads every intel_iommu=/amd_iommu=/iommu= word, each a comma list, the last
+# on/off winning; the other vendor's option does nothing (kcmdline.review, which persist
+# uses too). Before doctor used it, it matched whole words: the first three rows were
+# FAIL and the next two passed.
+CMDLINES = [
+    ("intel", "intel_iommu=off intel_iommu=on", False),
+    ("intel", "amd_iommu=off intel_iommu=on", False),
+    ("amd", "intel_iommu=off", False),
+    ("intel", "intel_iommu=off,sm_on", True),
+    ("intel", "iommu=pt,off", True),
+    ("intel", "intel_iommu=on intel_iommu=off", True),
+    ("amd", "amd_iommu=off", True),
+    ("intel", "intel_iommu=on iommu=pt", False),
+]
+
+
+@pytest.mark.parametrize(("host", "cmdline", "off"), CMDLINES)
+def test_doctor_reads_the_command_line_as_the_kernel_does(
+    request: pytest.FixtureRequest, host: str, cmdline: str, off: bool
+) -> None:
+    kernel: SimulatedKernel = request.getfixturevalue(host)
+    kernel.host.write("proc/cmdline", f"root=/dev/sda1 {cmdline}\n")
+    check = by_name(doctor.run(sysfs=kernel))["kernel command line"]
+    assert (check.status is Status.FAIL) is off, check
+    if off:
+        assert "the IOMMU is switched off" in check.message
+        assert check.hint.startswith("remove ") and "=off" not in check.hint.split("(add")[1]
+
+
+def test_a_hygon_cpu_gets_the_amd_options(intel: SimulatedKernel) -> None:
+    """Hygon's Dhyana CPUs have AMD-Vi: doctor and persist both say so (kcmdline.is_amd)."""
+    cpuinfo = intel.read_attr("proc/cpuinfo") or ""
+    intel.host.write("proc/cpuinfo", cpuinfo.replace("GenuineIntel", "HygonGenuine") + "\n")
+    assert kcmdline.is_amd(intel)
+    assert doctor._iommu_option(intel) == " ".join(kcmdline.iommu_options(True))

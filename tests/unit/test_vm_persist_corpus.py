@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from pyvfio import testing as synthetic
 from pyvfio.cli import app
+from pyvfio.host.bind import VFIO_MODULES
 from pyvfio.vm import persist
 
 CORPUS = Path(__file__).parent.parent / "data" / "vm" / "persist" / "corpus"
@@ -308,7 +309,7 @@ def check_mkinitcpio(before: Path, after: Path) -> None:
     old, new = source(chain(before), names), source(chain(after), names)
     was = words(old.values["MODULES"])
     have = {m.replace("-", "_") for m in was}
-    missing = [m for m in persist.VFIO_MODULES if m not in have]
+    missing = [m for m in VFIO_MODULES if m not in have]
     assert words(new.values["MODULES"]) == missing + was
     assert words(new.values["FILES"]) == [*words(old.values["FILES"]), persist.RULE]
     assert words(new.values["HOOKS"]) == words(old.values["HOOKS"])
@@ -325,7 +326,7 @@ def check_dracut(before: Path, after: Path) -> None:
 
     names = ["force_drivers", "install_items", "add_drivers", "omit_drivers"]
     old, new = source(chain(before), names), source(chain(after), names)
-    ours = Counter(persist.VFIO_MODULES)
+    ours = Counter(VFIO_MODULES)
     assert (
         Counter(words(new.values["force_drivers"]))
         == Counter(words(old.values["force_drivers"])) + ours

@@ -6,6 +6,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from pyvfio.host.inventory import IommuGroup, PciDeviceInfo
+from pyvfio.viability import is_vfio_driver
 
 
 def device_line(dev: PciDeviceInfo) -> Text:
@@ -17,7 +18,7 @@ def device_line(dev: PciDeviceInfo) -> Text:
         line.append(f"{dev.class_name}: ", style="dim")
     line.append(name)
     driver = dev.driver or "no driver"
-    style = "green" if driver == "vfio-pci" else ("red" if dev.blocks_group else "yellow")
+    style = "green" if is_vfio_driver(dev.driver) else ("red" if dev.blocks_group else "yellow")
     line.append(f"  ({driver})", style=style)
     return line
 

@@ -45,6 +45,9 @@ from pyvfio.pci.address import normalize
 from pyvfio.viability import is_vfio_driver
 
 VFIO_PCI = "vfio-pci"
+#: The modules vfio-pci needs, vfio_pci first: its own, the VFIO core, the type1 backend
+#: (what doctor checks for and what persist puts in an initramfs, in this order).
+VFIO_MODULES = ("vfio_pci", "vfio", "vfio_iommu_type1")
 #: Seconds a sysfs write may take before pyvfio stops waiting for it. Unbinding a host
 #: driver from real hardware (a GPU's) can take seconds; vfio-pci's remove asks the
 #: device's user to let go every 10 s (the req eventfd, which QEMU answers by unplugging

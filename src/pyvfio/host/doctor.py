@@ -83,17 +83,12 @@ def _cpu(sysfs: Sysfs) -> tuple[str, set[str]]:
 
 
 def _cmdline(sysfs: Sysfs) -> list[str]:
-    return (sysfs.read_attr("proc/cmdline") or "").split()
-
-
-def _is_amd(sysfs: Sysfs) -> bool:
-    vendor, _ = _cpu(sysfs)
-    return vendor == "AuthenticAMD" or sysfs.exists("sys/firmware/acpi/tables/IVRS")
+    return kcmdline.split(sysfs.read_attr("proc/cmdline") or "")
 
 
 def _iommu_option(sysfs: Sysfs) -> str:
     """What to add to the command line (:func:`pyvfio.host.kcmdline.iommu_options`)."""
-    return " ".join(kcmdline.iommu_options(_is_amd(sysfs)))
+    return " ".join(kcmdline.iommu_options(kcmdline.is_amd(sysfs)))
 
 
 def iommu_units(sysfs: Sysfs) -> list[str]:
@@ -186,12 +181,13 @@ def check_cmdline(sysfs: Sysfs) -> CheckResult:
     acs_override = [a for a in args if a.startswith("pcie_acs_override")]
     option = _iommu_option(sysfs)
     shown = " ".join(mine) or "no IOMMU options"
-    if any(a in ("intel_iommu=off", "amd_iommu=off", "iommu=off") for a in args):
+    review = kcmdline.review(args, kcmdline.is_amd(sysfs))
+    if review.off is not None:
         return CheckResult(
             "kernel command line",
             Status.FAIL,
             f"{shown}: the IOMMU is switched off",
-            f"remove the '=off' option (add {option}) {GRUB_HINT}",
+            f"remove {review.off} (add {option}) {GRUB_HINT}",
         )
     if acs_override:
         return CheckResult(
@@ -204,9 +200,10 @@ def check_cmdline(sysfs: Sysfs) -> CheckResult:
         default = _vtd_default_on(sysfs)
         if not mine and default:
             shown += f" (this kernel turns VT-d on by default: {default})"
-        extra = "" if "iommu=pt" in args else "; iommu=pt spares host devices the translation"
+        wants_pt = "iommu=pt" in review.add
+        extra = "; iommu=pt spares host devices the translation" if wants_pt else ""
         return CheckResult("kernel command line", Status.PASS, shown + extra)
-    if _is_amd(sysfs):
+    if kcmdline.is_amd(sysfs):
         return CheckResult(
             "kernel command line",
             Status.PASS,
@@ -269,12 +266,9 @@ def check_interrupt_remapping(sysfs: Sysfs) -> CheckResult:
     )
 
 
-VFIO_MODULES = ("vfio", "vfio_pci", "vfio_iommu_type1")
-
-
 def check_modules(sysfs: Sysfs) -> CheckResult:
-    loaded = [m for m in VFIO_MODULES if bind.module_loaded(m, sysfs)]
-    missing = [m for m in VFIO_MODULES if not bind.module_available(m, sysfs)]
+    loaded = [m for m in bind.VFIO_MODULES if bind.module_loaded(m, sysfs)]
+    missing = [m for m in bind.VFIO_MODULES if not bind.module_available(m, sysfs)]
     if missing:
         return CheckResult(
             "VFIO modules",
@@ -282,14 +276,14 @@ def check_modules(sysfs: Sysfs) -> CheckResult:
             f"not in this kernel: {', '.join(missing)}",
             "use a kernel built with CONFIG_VFIO, CONFIG_VFIO_PCI, CONFIG_VFIO_IOMMU_TYPE1",
         )
-    idle = [m for m in VFIO_MODULES if m not in loaded]
+    idle = [m for m in bind.VFIO_MODULES if m not in loaded]
     if idle:
         return CheckResult(
             "VFIO modules",
             Status.PASS,
             f"available; not loaded yet: {', '.join(idle)} (pyvfio bind loads them)",
         )
-    return CheckResult("VFIO modules", Status.PASS, "vfio, vfio_pci, vfio_iommu_type1 loaded")
+    return CheckResult("VFIO modules", Status.PASS, f"{', '.join(bind.VFIO_MODULES)} loaded")
 
 
 def check_dev_vfio(sysfs: Sysfs) -> CheckResult:

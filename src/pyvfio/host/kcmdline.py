@@ -14,6 +14,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyvfio.sysfs import Sysfs
+
+#: CPU vendors whose IOMMU is AMD-Vi (Hygon's Dhyana is AMD's design).
+_AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")
+
+
+def is_amd(sysfs: Sysfs) -> bool:
+    """Whether this host's IOMMU is AMD-Vi (``amd_iommu=``), not VT-d (``intel_iommu=``):
+    an AMD or Hygon CPU, or the firmware's IVRS table (which only AMD-Vi has)."""
+    if sysfs.exists("sys/firmware/acpi/tables/IVRS"):
+        return True
+    for line in sysfs.read_lines("proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip() in _AMD_VENDORS
+    return False
+
 
 def split(text: str) -> list[str]:
     """The words of a command line; quotes (the kernel's ``"``, GRUB's ``'`` too) keep

@@ -49,7 +49,7 @@ from typing import Any
 
 from pyvfio.errors import HostError
 from pyvfio.host import inventory, kcmdline
-from pyvfio.host.bind import VFIO_PCI
+from pyvfio.host.bind import VFIO_MODULES, VFIO_PCI
 from pyvfio.host.durable import Replacement, fsync_dir
 from pyvfio.host.journal import read_journal
 from pyvfio.host.sysfs import Sysfs
@@ -62,8 +62,6 @@ MANIFEST = "/etc/pyvfio/persist-undo.json"
 MANIFEST_VERSION = 2
 BACKUP_SUFFIX = ".pyvfio-bak"
 TMP_SUFFIX = ".pyvfio-tmp"
-#: vfio_pci needs vfio and the type1 backend; listed so the initramfs has all three.
-VFIO_MODULES = ("vfio_pci", "vfio", "vfio_iommu_type1")
 HEADER = "# Written by pyvfio persist; 'pyvfio persist --undo' removes it."
 #: Above the lines appended to a user's file.
 MARK = "# Added by pyvfio persist; 'pyvfio persist --undo' takes it out."
@@ -217,14 +215,6 @@ def _host_module(address: str, driver: str | None, sysfs: Sysfs) -> str | None:
         return None
     module = sysfs.link_name(f"sys/bus/pci/drivers/{driver}/module")
     return module or driver.replace("-", "_")
-
-
-def _is_amd(sysfs: Sysfs) -> bool:
-    for line in sysfs.read_lines("proc/cpuinfo"):
-        key, _, value = line.partition(":")
-        if key.strip() == "vendor_id":
-            return value.strip() == "AuthenticAMD"
-    return False
 
 
 def _append(text: str, lines: Iterable[str]) -> str:
@@ -631,7 +621,7 @@ def plan(
         changes.append(FileChange(MKINITCPIO, before, _mkinitcpio(base, before, notes)))
         commands.append("mkinitcpio -P")
     undo = list(commands)
-    cmdline = _cmdline_plan(base, distro, _is_amd(sysfs))
+    cmdline = _cmdline_plan(base, distro, kcmdline.is_amd(sysfs))
     changes += cmdline.changes
     commands += cmdline.commands
     undo += cmdline.undo

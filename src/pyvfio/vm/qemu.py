@@ -46,6 +46,7 @@ from pyvfio.host.bind import Restored
 from pyvfio.host.doctor import CheckResult, Status
 from pyvfio.host.snapshot import euid_of
 from pyvfio.host.sysfs import LIVE, Sysfs
+from pyvfio.viability import is_vfio_driver
 from pyvfio.vm.layout import PassedDevice, layout
 from pyvfio.vm.qmp import GuestPciDevice, Monitor, QmpError, walk_query_pci
 
@@ -559,7 +560,7 @@ def build(
         argv += ["-device", f"pcie-root-port,id=rp{port},bus=pcie.0,chassis={port}"]
     for dev in devices:
         argv += ["-device", _device_arg(dev, gpu)]
-        if dev.info.driver not in (None, bind.VFIO_PCI):
+        if dev.info.driver is not None and not is_vfio_driver(dev.info.driver):
             notes.append(f"{dev.address} is on {dev.info.driver}: pyvfio binds it to vfio-pci")
     argv += list(extra)
     memlock = memlock_for(size, sysfs)
