@@ -21,6 +21,11 @@ from pyvfio.host import bind
 #: root bus, an e1000e behind a root port, a second edu behind a PCIe switch.
 MAIN_TOPOLOGY = ("edu", "nvme", "e1000e@rootport", "edu@switch")
 main_lab = pytest.mark.lab(devices=MAIN_TOPOLOGY)
+# No vIOMMU, on the lab's kernel (it has CONFIG_VFIO_NOIOMMU): the no-IOMMU mode's tests
+# and doctor's no-IOMMU checks share one boot.
+NOIOMMU_LAB = pytest.mark.lab(devices=("edu", "edu@rootport"), viommu=False, kernel="iommufd")
+# Two edus, one below a root port, on the lab's kernel (IOMMUFD and the device cdev).
+IOMMUFD_LAB = pytest.mark.lab(devices=("edu", "edu@rootport"), kernel="iommufd")
 
 
 def on_vfio(address: str) -> Iterator[str]:

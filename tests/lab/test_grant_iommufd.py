@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from .labhelp import IOMMUFD_LAB
 from .test_grant import GRANTED, as_user, cli, node_state
 
-pytestmark = pytest.mark.lab(devices=("edu", "edu@rootport"), kernel="iommufd")
+pytestmark = IOMMUFD_LAB
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from pyvfio.host.doctor import Status
 from pyvfio.host.sysfs import LIVE
 from pyvfio.lab.pytest_plugin import LabFixture
 
-from .labhelp import main_lab
+from .labhelp import NOIOMMU_LAB, main_lab
 
 runner = CliRunner()
 IOMMU_CHECKS = ("ACPI IOMMU table", "IOMMU active", "kernel command line", "interrupt remapping")
@@ -45,8 +45,9 @@ def test_doctor_fails_a_device_in_a_group_that_is_not_viable() -> None:
     assert group["status"] == "FAIL" and "pyvfio bind --group 0000:00:1f.2" in group["hint"]
 
 
-@pytest.mark.lab(devices=("edu",), viommu=False)
+@NOIOMMU_LAB
 def test_without_the_viommu_the_iommu_checks_fail_with_the_firmware_hint() -> None:
+    """No vIOMMU (on the lab's kernel, to share the no-IOMMU tests' boot)."""
     code, found = checks()
     assert code == 1
     for name in ("ACPI IOMMU table", "IOMMU active", "interrupt remapping"):

@@ -22,9 +22,9 @@ from pyvfio.host import bind
 from pyvfio.host.sysfs import LIVE
 from pyvfio.lab.pytest_plugin import LabFixture
 
-from .labhelp import on_vfio, open_fds
+from .labhelp import IOMMUFD_LAB, on_vfio, open_fds
 
-pytestmark = pytest.mark.lab(devices=("edu", "edu@rootport"), kernel="iommufd")
+pytestmark = IOMMUFD_LAB
 
 #: intel-iommu reserves the x86 MSI window in every domain (IOMMU_RESV_MSI).
 MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)

@@ -2,11 +2,13 @@
 
 Debian's kernels lack CONFIG_VFIO_NOIOMMU, the lab's own build has it; the guest has
 no vIOMMU, so edu has no IOMMU group until vfio-pci makes it a fake one. The mode is
-switched on at run time (the vfio parameter is writable) and off again after.
+switched on at run time (the vfio parameter is writable) and off again after. The
+second edu sits below a root port, where it can be bus-reset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -25,14 +27,15 @@ from pyvfio.host.journal import STATE_DIR_ENV
 from pyvfio.host.sysfs import LIVE
 from pyvfio.lab.pytest_plugin import LabFixture
 
-pytestmark = pytest.mark.lab(devices=("edu",), viommu=False, kernel="iommufd")
+from .labhelp import NOIOMMU_LAB
+
+pytestmark = NOIOMMU_LAB
 MODE = Path("/") / noiommu.MODE_PARAM
 
 
-@pytest.fixture
-def noiommu_edu(lab: LabFixture) -> Iterator[tuple[str, int]]:
-    """edu on vfio-pci in a no-IOMMU group; the mode and the driver put back after."""
-    address = lab.address("edu")
+@contextlib.contextmanager
+def in_noiommu_group(address: str) -> Iterator[tuple[str, int]]:
+    """``address`` on vfio-pci in a no-IOMMU group; the mode and the driver put back after."""
     assert LIVE.iommu_group(address) is None  # no vIOMMU: the mode is what makes a group
     MODE.write_text("Y")
     try:
@@ -45,6 +48,20 @@ def noiommu_edu(lab: LabFixture) -> Iterator[tuple[str, int]]:
             bind.give_back(address, original)
     finally:
         MODE.write_text("N")
+
+
+@pytest.fixture
+def noiommu_edu(lab: LabFixture) -> Iterator[tuple[str, int]]:
+    """The edu on the root bus, in a no-IOMMU group."""
+    with in_noiommu_group(lab.address("edu", 0)) as found:
+        yield found
+
+
+@pytest.fixture
+def noiommu_edu_below_a_port(lab: LabFixture) -> Iterator[tuple[str, int]]:
+    """The edu below a root port, in a no-IOMMU group."""
+    with in_noiommu_group(lab.address("edu", 1)) as found:
+        yield found
 
 
 def test_without_the_opt_in_every_backend_is_refused(noiommu_edu: tuple[str, int]) -> None:
@@ -76,12 +93,13 @@ def test_with_the_opt_in_config_bars_and_polling_work_and_dma_is_unsupported(
         assert edu.bar0.read32(edu_mod.REG_ID) == 0x010000ED  # still usable after
 
 
-@pytest.mark.lab(devices=("edu@rootport",), viommu=False, kernel="iommufd")
-def test_a_bus_reset_passes_the_no_iommu_group_fd(noiommu_edu: tuple[str, int]) -> None:
+def test_a_bus_reset_passes_the_no_iommu_group_fd(
+    noiommu_edu_below_a_port: tuple[str, int],
+) -> None:
     """Below a root port edu can be bus-reset; the reset names its group by the fd of
     /dev/vfio/noiommu-N, which the no-IOMMU backend keeps as type1 keeps its groups'
     (it raised AttributeError when they were kept as tuples)."""
-    address, group = noiommu_edu
+    address, group = noiommu_edu_below_a_port
     with Edu(pyvfio.open(address, backend="unsafe-noiommu")) as edu:
         (dependent,) = edu.device.hot_reset_dependents()
         assert (dependent.address, dependent.group_id) == (address, group)

@@ -2,7 +2,8 @@
 
 vfio-pci holds the removal until userspace closes the device and fires the request
 interrupt meanwhile; pyvfio's ``watch_removal()`` hands that interrupt over. The test
-removes its device and brings it back with a rescan, so it has a guest of its own.
+removes its device and brings it back with a rescan. It shares the lab kernel's
+two-edu guest, where it runs after that guest's other modules (collection order).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pyvfio.drivers.edu import Edu
 from pyvfio.host import bind
 from pyvfio.lab.pytest_plugin import LabFixture
 
-from .labhelp import kernel_log, open_fds
+from .labhelp import IOMMUFD_LAB, kernel_log, open_fds
 
-pytestmark = pytest.mark.lab(devices=("edu",))
+pytestmark = IOMMUFD_LAB
 
 
 def _wait_for(path: str, present: bool, timeout: float = 30) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,82 @@ def test_a_test_that_kills_the_guest_twice_fails(
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=4)
     assert len(calls) == 2
+
+
+SECOND_TOPOLOGY = """
+import pytest
+pytestmark = pytest.mark.lab(devices=("edu", "nvme"))
+
+def test_other():
+    pass
+"""
+
+
+def test_guests_boot_side_by_side_while_the_unit_tests_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both topologies' guests are under way at once, and before the unit test runs;
+    each test's reports still come back in collection order."""
+    pytester.makepyfile(
+        test_lab=LAB_TESTS,
+        test_lab2=SECOND_TOPOLOGY,
+        test_unit="import threading\n\ndef test_unit():\n    pass\n",
+    )
+    calls: list[tuple[str, str]] = []
+    real = _fake_run(calls)
+    both_started = threading.Barrier(2, timeout=60)
+
+    def side_by_side(command, topology, **kwargs):  # type: ignore[no-untyped-def]
+        both_started.wait()  # breaks (a failed boot) unless the other guest runs too
+        return real(command, topology, **kwargs)
+
+    monkeypatch.setattr(pytest_plugin, "run", side_by_side)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-v", "--lab-jobs", "2")
+    result.assert_outcomes(passed=4, failed=1, skipped=1)
+    assert sorted(name for name, _ in calls) == ["edu", "edu+nvme"]
+    result.stdout.fnmatch_lines(
+        ["*test_unit.py::test_unit PASSED*", "*test_lab.py::test_passes PASSED*"]
+    )
+
+
+def test_one_job_boots_one_guest_at_a_time(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_lab=LAB_TESTS, test_lab2=SECOND_TOPOLOGY)
+    calls: list[tuple[str, str]] = []
+    real = _fake_run(calls)
+    running = threading.Semaphore(1)
+
+    def alone(command, topology, **kwargs):  # type: ignore[no-untyped-def]
+        assert running.acquire(blocking=False), "two guests at once with --lab-jobs 1"
+        try:
+            return real(command, topology, **kwargs)
+        finally:
+            running.release()
+
+    monkeypatch.setattr(pytest_plugin, "run", alone)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--lab-jobs", "1")
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+    assert len(calls) == 2
+
+
+def test_stopping_the_run_cancels_the_running_guests(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-x after the first failure: the session ends, and the guest still running is
+    told to stop (the cancel event run() kills the VM on) instead of being waited out."""
+    pytester.makepyfile(test_lab=LAB_TESTS, test_lab2=SECOND_TOPOLOGY)
+    calls: list[tuple[str, str]] = []
+    real = _fake_run(calls)
+    cancelled: list[bool] = []
+
+    def slow_second(command, topology, **kwargs):  # type: ignore[no-untyped-def]
+        if topology.name == "edu+nvme":
+            cancelled.append(kwargs["cancel"].wait(60))
+            return LabResult(-9, "", "tcg", "fake", 0.1)
+        return real(command, topology, **kwargs)
+
+    monkeypatch.setattr(pytest_plugin, "run", slow_second)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-x", "--lab-jobs", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert cancelled == [True]

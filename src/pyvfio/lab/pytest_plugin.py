@@ -9,6 +9,12 @@ written to FILE as JSON.
 
 ``--lab auto`` (default) skips lab tests, with the reason, where the lab cannot run;
 ``--lab require`` makes that a failure (CI); ``--lab no`` skips them.
+
+The guests boot in the background from the end of collection, ``--lab-jobs`` at a time
+(the topologies with the most tests first), while the unit tests run: under TCG a guest
+keeps about one host CPU busy, so a two-CPU host runs two of them, or one and the unit
+tests, side by side. Each test's reports are replayed in collection order, waiting for
+its topology's guest where it has not finished yet.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import json
 import os
 import shlex
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +35,7 @@ import pytest
 
 from pyvfio.errors import LabError, LabUnavailableError
 from pyvfio.lab import guest
-from pyvfio.lab.runner import run, scratch_dir
+from pyvfio.lab.runner import precompile, run, scratch_dir
 from pyvfio.lab.topology import Manifest, Topology
 
 _TOPOLOGY_ARGS = ("devices", "viommu", "intremap", "iommu_cmdline", "memory", "kernel")
@@ -54,6 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=1500.0,
         metavar="SECONDS",
         help="limit for one topology's whole run in the guest",
+    )
+    group.addoption(
+        "--lab-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="guests booted at once (default: 2 on a host with 2 or more CPUs, else 1)",
     )
     group.addoption(
         "--no-skips",
@@ -124,8 +139,11 @@ class LabScheduler:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.mode: str = config.getoption("--lab")
-        self.runs: dict[Topology, _GuestRun] = {}
+        self.runs: dict[Topology, Future[_GuestRun]] = {}
         self.items: dict[Topology, list[pytest.Item]] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        self.cancel = threading.Event()
+        self.say_lock = threading.Lock()
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -137,6 +155,24 @@ class LabScheduler:
             self.items.setdefault(topo, []).append(item)
         # Unit tests first, then each topology's tests together (one boot each).
         items[:] = plain + [i for group in self.items.values() for i in group]
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.mode == "no" or not self.items or session.config.option.collectonly:
+            return
+        jobs = self.config.getoption("--lab-jobs") or (2 if (os.cpu_count() or 1) >= 2 else 1)
+        if jobs < 1:
+            raise pytest.UsageError("--lab-jobs must be 1 or more")
+        precompile(self.config.invocation_params.dir)  # once, before guests race to it
+        self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="lab")
+        # The longest runs first, so that the last guest to finish is a short one.
+        for topo in sorted(self.items, key=lambda t: -len(self.items[t])):
+            self.runs[topo] = self.pool.submit(self._boot, topo)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.pool is not None:
+            self.cancel.set()  # interrupted or failed early: guests still running are killed
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(
@@ -155,9 +191,7 @@ class LabScheduler:
     def _reports_for(self, item: pytest.Item, topo: Topology) -> list[Any]:
         if self.mode == "no":
             return [_report(item, "skipped", "lab tests disabled (--lab no)")]
-        if topo not in self.runs:
-            self.runs[topo] = self._boot(topo)
-        done = self.runs[topo]
+        done = self.runs[topo].result()
         if done.unavailable:
             why = f"lab unavailable: {done.error}"
             if self.mode == "require":
@@ -184,27 +218,30 @@ class LabScheduler:
             # The guest died before these tests finished (seen on a host overloaded
             # with other VMs: vng exits 255, the guest's output just stops). They run
             # once more in a new boot; a test that takes the guest down twice fails.
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line(
-                    f"lab: {topo.name}: the guest died ({result.error}) "
-                    f"with {len(unfinished)} test(s) unfinished; "
-                    "booting once more for them"
-                )
+            self._say(
+                f"lab: {topo.name}: the guest died ({result.error}) "
+                f"with {len(unfinished)} test(s) unfinished; "
+                "booting once more for them"
+            )
             again = self._boot_once(topo, unfinished)
             for nodeid in unfinished:
                 result.reports[nodeid] = again.reports.get(nodeid, [])
             result.error, result.output, result.log = again.error, again.output, again.log
         return result
 
-    def _boot_once(self, topo: Topology, nodeids: list[str]) -> _GuestRun:
+    def _say(self, line: str) -> None:
+        """A progress line from a guest's thread, whole, between the unit tests' dots."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-
-        def say(line: str) -> None:
-            if reporter is not None and line.startswith("lab:"):
+        if reporter is not None and line.startswith("lab:"):
+            with self.say_lock:
                 reporter.write_line(line)
 
+    def _boot_once(self, topo: Topology, nodeids: list[str]) -> _GuestRun:
+        say = self._say
         result = _GuestRun()
+        if self.cancel.is_set():
+            result.error = "the run was stopped before this guest booted"
+            return result
         with scratch_dir() as scratch:
             results = scratch / "results.jsonl"
             argv = [
@@ -233,6 +270,7 @@ class LabScheduler:
                     cwd=self.config.invocation_params.dir,
                     on_output=say,
                     scratch=scratch,
+                    cancel=self.cancel,
                 )
                 result.output = lab.output
                 result.log = _save_log(topo, lab.output)

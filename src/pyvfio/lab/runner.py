@@ -115,7 +115,7 @@ def vng_argv(
     return argv
 
 
-def _precompile(cwd: Path) -> None:
+def precompile(cwd: Path) -> None:
     """Write bytecode for pyvfio (and a tests folder) on the host before booting.
 
     The guest reads this checkout over 9p and, under TCG, compiling every module
@@ -164,11 +164,13 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     on_output: Callable[[str], None] | None = None,
     scratch: Path | None = None,
+    cancel: threading.Event | None = None,
 ) -> LabResult:
     """Boot the lab, run ``command`` as root in the guest, and return how it ended.
 
     ``on_output`` receives the guest's output line by line as it comes (progress);
-    ``scratch`` is a host folder to share read-write (a temporary one by default).
+    ``scratch`` is a host folder to share read-write (a temporary one by default);
+    setting ``cancel`` kills the guest (a run stopped from another thread).
     Raises LabUnavailableError when QEMU, virtme-ng or a kernel is missing, and
     LabError when the guest does not finish within ``timeout`` seconds.
     """
@@ -178,7 +180,7 @@ def run(
         if scratch is None:
             scratch = stack.enter_context(scratch_dir())
         manifest, image = _prepare(topology, scratch, kernel, accel, say)
-        _precompile(Path(cwd or os.getcwd()))
+        precompile(Path(cwd or os.getcwd()))
         cmd = command if isinstance(command, str) else shlex.join(command)
         script = scratch / "run.sh"
         script.write_text(
@@ -190,12 +192,16 @@ def run(
             f"{cmd}\n"
         )
         argv = vng_argv(topology, manifest, image, scratch, f"sh {shlex.quote(str(script))}")
-        return _execute(argv, manifest, timeout, say)
+        return _execute(argv, manifest, timeout, say, cancel)
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack never swallows
 
 
 def _execute(
-    argv: list[str], manifest: Manifest, timeout: float, say: Callable[[str], None]
+    argv: list[str],
+    manifest: Manifest,
+    timeout: float,
+    say: Callable[[str], None],
+    cancel: threading.Event | None = None,
 ) -> LabResult:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     start = time.monotonic()
@@ -220,6 +226,18 @@ def _execute(
     # A hung guest prints nothing, so the deadline cannot wait for the next line.
     watchdog = threading.Timer(timeout, kill)
     watchdog.start()
+    finished = threading.Event()
+
+    def kill_on_cancel() -> None:
+        assert cancel is not None
+        while not finished.wait(0.5):
+            if cancel.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                return
+
+    if cancel is not None:
+        threading.Thread(target=kill_on_cancel, daemon=True).start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -228,6 +246,7 @@ def _execute(
         returncode = proc.wait()
     finally:
         watchdog.cancel()
+        finished.set()
         if proc.poll() is None:
             kill()
             proc.wait()
