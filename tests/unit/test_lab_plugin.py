@@ -230,3 +230,46 @@ def test_stopping_the_run_cancels_the_running_guests(
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-x", "--lab-jobs", "2")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert cancelled == [True]
+
+
+def test_a_guests_progress_is_printed_even_while_a_unit_test_runs(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """A line the guest's thread says while a unit test runs must not vanish into that
+    test's captured output (fd capture swaps the terminal's fd 1 during a test, so this
+    runs pytest as a process of its own, as CI does)."""
+    said = tmp_path / "said"
+    pytester.makeconftest(
+        f"""
+import subprocess
+from pathlib import Path
+
+from pyvfio.lab import pytest_plugin
+from pyvfio.lab.runner import LabResult
+
+
+def chatty(command, topology, **kwargs):
+    kwargs["on_output"]("lab: booting edu on fake under TCG")
+    Path({str(said)!r}).touch()
+    done = subprocess.run(
+        command, shell=True, cwd=kwargs["cwd"], capture_output=True, text=True, check=False
+    )
+    return LabResult(done.returncode, done.stdout, "tcg", "fake", 0.1)
+
+
+pytest_plugin.run = chatty
+"""
+    )
+    pytester.makepyfile(
+        test_lab=LAB_TESTS,
+        test_unit=(
+            "import time\nfrom pathlib import Path\n\n"
+            "def test_unit():\n"
+            "    deadline = time.monotonic() + 60\n"
+            f"    while not Path({str(said)!r}).exists() and time.monotonic() < deadline:\n"
+            "        time.sleep(0.05)\n"
+        ),
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["lab: booting edu on fake under TCG"])

@@ -20,8 +20,10 @@ its topology's guest where it has not finished yet.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
+import queue
 import shlex
 import sys
 import threading
@@ -143,7 +145,10 @@ class LabScheduler:
         self.items: dict[Topology, list[pytest.Item]] = {}
         self.pool: ThreadPoolExecutor | None = None
         self.cancel = threading.Event()
-        self.say_lock = threading.Lock()
+        # Progress lines from the guests' threads, printed by the main thread between
+        # tests: written from a thread, a line would land in the captured output of
+        # whatever unit test was running.
+        self.pending: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -191,7 +196,15 @@ class LabScheduler:
     def _reports_for(self, item: pytest.Item, topo: Topology) -> list[Any]:
         if self.mode == "no":
             return [_report(item, "skipped", "lab tests disabled (--lab no)")]
-        done = self.runs[topo].result()
+        future = self.runs[topo]
+        while True:
+            self._flush()
+            try:
+                done = future.result(timeout=1)
+                break
+            except concurrent.futures.TimeoutError:
+                continue
+        self._flush()
         if done.unavailable:
             why = f"lab unavailable: {done.error}"
             if self.mode == "require":
@@ -230,11 +243,23 @@ class LabScheduler:
         return result
 
     def _say(self, line: str) -> None:
-        """A progress line from a guest's thread, whole, between the unit tests' dots."""
+        """Queue a progress line of a guest's (called from its thread)."""
+        if line.startswith("lab:"):
+            self.pending.put(line)
+
+    def _flush(self) -> None:
+        """Print the guests' progress lines so far (main thread only)."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and line.startswith("lab:"):
-            with self.say_lock:
+        while True:
+            try:
+                line = self.pending.get_nowait()
+            except queue.Empty:
+                return
+            if reporter is not None:
                 reporter.write_line(line)
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self._flush()
 
     def _boot_once(self, topo: Topology, nodeids: list[str]) -> _GuestRun:
         say = self._say
