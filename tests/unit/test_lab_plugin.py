@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -241,7 +244,9 @@ def test_a_guests_progress_is_printed_even_while_a_unit_test_runs(
     said = tmp_path / "said"
     pytester.makeconftest(
         f"""
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from pyvfio.lab import pytest_plugin
@@ -273,3 +278,45 @@ pytest_plugin.run = chatty
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["lab: booting edu on fake under TCG"])
+
+
+def test_sigterm_ends_the_run_and_kills_the_guests(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """The guests live in sessions of their own: a SIGTERM to pytest must still reach
+    them (the run ends as on Ctrl-C, and the guests' cancel event is set)."""
+    booted, cancelled = tmp_path / "booted", tmp_path / "cancelled"
+    pytester.makeconftest(
+        f"""
+from pathlib import Path
+
+from pyvfio.lab import pytest_plugin
+from pyvfio.lab.runner import LabResult
+
+
+def hanging(command, topology, **kwargs):
+    Path({str(booted)!r}).touch()
+    if kwargs["cancel"].wait(120):
+        Path({str(cancelled)!r}).touch()
+    return LabResult(-9, "", "tcg", "fake", 0.1)
+
+
+pytest_plugin.run = hanging
+"""
+    )
+    pytester.makepyfile(test_lab=LAB_TESTS)
+    proc = pytester.popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not booted.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert booted.exists()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert cancelled.exists(), "the guest was left running after SIGTERM"

@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import sys
 import threading
 import time
@@ -168,6 +169,12 @@ class LabScheduler:
         if jobs < 1:
             raise pytest.UsageError("--lab-jobs must be 1 or more")
         precompile(self.config.invocation_params.dir)  # once, before guests race to it
+        if threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            # The guests run in sessions of their own, so a plain SIGTERM would leave
+            # them running: end the run as Ctrl-C does, which kills them on the way out.
+            signal.signal(signal.SIGTERM, _interrupt)
         self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="lab")
         # The longest runs first, so that the last guest to finish is a short one.
         for topo in sorted(self.items, key=lambda t: -len(self.items[t])):
@@ -316,6 +323,10 @@ class LabScheduler:
                         report.longrepr = tuple(report.longrepr)
                     result.reports.setdefault(report.nodeid, []).append(report)
         return result
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def _finished(reports: list[Any]) -> bool:
