@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import stat
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -102,3 +106,45 @@ def handle_errors(func: F) -> F:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def output_file(name: str) -> Iterator[BinaryIO]:
+    """The file a command writes its result to (``-``: stdout), opened before the command
+    touches a device, so a path that cannot be written is one line of bad input (exit 2).
+
+    A regular file is written as a new one beside it and renamed over it when the block
+    ends without error: a command that fails half-way leaves the old file as it was. A
+    FIFO or a device node (``/dev/null``, a pipe from the shell) is written in place.
+    """
+    from pyvfio.host.durable import Replacement
+
+    if name == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    try:
+        mode = os.stat(name).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    except OSError as err:
+        raise ValueError(f"cannot write {name}: {err.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"{name} is a folder: name a file to write, e.g. {name}/out.bin")
+    try:
+        if stat.S_ISREG(mode):
+            new = Replacement(Path(os.path.abspath(name)), mode=0o666)
+        else:
+            special = open(name, "wb")  # noqa: SIM115 - closed in the finally below
+    except OSError as err:
+        raise ValueError(
+            f"cannot write {name}: {err.strerror}; name a file in a folder you can write"
+        ) from None
+    if stat.S_ISREG(mode):
+        with new:
+            yield new.file
+        return
+    try:
+        yield special
+    finally:
+        special.close()

@@ -72,6 +72,7 @@ def ls(
         raise ValueError(f"--group {group}: IOMMU groups count from 0 (pyvfio ls lists them)")
     sysfs = open_root(root)
     groups = iommu_groups(sysfs)
+    host_has_groups = bool(groups)
     damaged: JournalError | None = None
     try:
         journal = journal_of(sysfs)
@@ -98,7 +99,16 @@ def ls(
             data["journal_error"] = str(damaged)
         print_json(data)
     else:
-        Console().print(groups_tree(groups, unsafe, UNSAFE_VERDICT))
+        chosen_by = " ".join(
+            f"{flag} {value}"
+            for flag, value in (("--group", group), ("--class", klass), ("--vendor", vendor))
+            if value is not None
+        )
+        Console().print(
+            groups_tree(
+                groups, unsafe, UNSAFE_VERDICT, filtered=chosen_by if host_has_groups else ""
+            )
+        )
         for entry in journal.values():
             typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
     if damaged is not None:

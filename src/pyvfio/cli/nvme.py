@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pyvfio.cli.common import JsonOpt, app, handle_errors, print_json
+from pyvfio.cli.common import JsonOpt, app, handle_errors, output_file, print_json
 
 if TYPE_CHECKING:
     from pyvfio.drivers.nvme import Controller
@@ -90,13 +90,8 @@ def read(
 
     if count < 1 or lba < 0:
         raise ValueError(f"--lba must be >= 0 and --count >= 1 (got {lba}, {count})")
-    with Controller.open(address) as ctrl:
-        data = ctrl.read(lba, count, nsid=nsid)
-    if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        Path(output).write_bytes(data)
+    with output_file(output) as out, Controller.open(address) as ctrl:  # bad -o: device untouched
+        out.write(ctrl.read(lba, count, nsid=nsid))
 
 
 @nvme_app.command("write")

@@ -1,0 +1,186 @@
+"""Messages that must not mislead (issue 19): each CLI answer says what is really the case
+and what to type next, checked against synthetic hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from typer.testing import CliRunner, Result
+
+from pyvfio.cli import app
+from pyvfio.errors import PyvfioError
+from pyvfio.host import doctor, snapshot
+from pyvfio.host.doctor import CheckResult, Status
+from pyvfio.host.sysfs import LIVE
+from pyvfio.testing import SimulatedKernel, q35_lab
+
+runner = CliRunner()
+
+#: /proc/self/limits of a user with the common 8 MiB default.
+LIMITS_8M = "Max locked memory         8388608              8388608              bytes\n"
+
+
+def by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
+    return {r.name: r for r in results}
+
+
+@pytest.fixture
+def q35(tmp_path: Path) -> SimulatedKernel:
+    return q35_lab(tmp_path / "q35")
+
+
+# -- ls: a filter that matches nothing is not an IOMMU that is off ---------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--group", "999"],
+        ["--class", "gpu"],
+        ["--vendor", "abcd"],
+        ["--group", "2", "--class", "net"],
+    ],
+)
+def test_ls_with_a_filter_that_matches_nothing_names_the_filter(
+    q35: SimulatedKernel, flags: list[str]
+) -> None:
+    done = runner.invoke(app, ["ls", *flags, "--root", str(q35.root)])
+    assert done.exit_code == 0, done.output
+    assert "IOMMU is off" not in done.stdout
+    assert f"no group matches {' '.join(flags)}" in done.stdout
+    as_json = runner.invoke(app, ["ls", *flags, "--json", "--root", str(q35.root)])
+    assert json.loads(as_json.stdout)["groups"] == []
+
+
+def test_ls_on_a_host_without_groups_still_says_the_iommu_is_off(tmp_path: Path) -> None:
+    (tmp_path / "sys/bus/pci/devices").mkdir(parents=True)
+    for flags in ([], ["--group", "3"]):
+        done = runner.invoke(app, ["ls", *flags, "--root", str(tmp_path)])
+        assert "none: the IOMMU is off (pyvfio doctor says why)" in done.stdout, done.output
+
+
+# -- doctor: a device on its host driver is not bound yet; memlock lines for the real user ----
+
+
+def test_doctor_on_a_device_alone_in_its_group_says_bind_it(q35: SimulatedKernel) -> None:
+    check = by_name(doctor.device_checks("01:00.0", q35))["0000:01:00.0 group"]
+    assert check.status is Status.FAIL
+    assert "not viable" not in check.message and "--group" not in check.hint
+    assert (
+        check.message
+        == "0000:01:00.0 is not bound to vfio-pci yet: it is on e1000e (alone in group 5)"
+    )
+    assert check.hint == "bind it: pyvfio bind 0000:01:00.0"
+    done = runner.invoke(app, ["doctor", "01:00.0", "--root", str(q35.root)])
+    assert "pyvfio bind 0000:01:00.0" in done.stdout and "--group" not in done.stdout
+
+
+def test_doctor_still_says_bind_the_group_when_another_member_is_in_the_way(
+    q35: SimulatedKernel,
+) -> None:
+    check = by_name(doctor.device_checks("00:1f.2", q35))["0000:00:1f.2 group"]
+    assert "not viable" in check.message and "0000:00:1f.0 on lpc_ich" in check.message
+    assert check.hint == "bind the whole group: pyvfio bind --group 0000:00:1f.2"
+
+
+def test_doctor_memlock_hint_names_the_user_in_kib(
+    q35: SimulatedKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q35.host.write(snapshot.META, json.dumps({"euid": 1000}))
+    q35.host.write("proc/self/limits", LIMITS_8M)
+    monkeypatch.setattr(doctor, "limits_user", lambda sysfs: "alice")
+    check = doctor.check_memlock(q35, 16 << 30)
+    assert check.status is Status.FAIL and "@USER" not in check.hint
+    # 16 GiB is 16777216 KiB: limits.conf counts memlock in KiB, LimitMEMLOCK= in bytes
+    assert "'alice soft memlock 16777216' and 'alice hard memlock 16777216' (KiB)" in check.hint
+    assert f"LimitMEMLOCK={16 << 30}" in check.hint
+
+
+def test_doctor_memlock_hint_on_a_snapshot_says_whose_name_to_write(q35: SimulatedKernel) -> None:
+    q35.host.write(snapshot.META, json.dumps({"euid": 1000}))
+    q35.host.write("proc/self/limits", LIMITS_8M)
+    check = doctor.check_memlock(q35, 64 << 20)
+    assert "'NAME soft memlock 65536'" in check.hint and "the name of uid 1000" in check.hint
+
+
+def test_the_limits_user_is_the_one_behind_sudo_else_the_real_uid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SUDO_USER", "alice")
+    assert doctor.limits_user(LIVE) == "alice"
+    monkeypatch.delenv("SUDO_USER")
+    monkeypatch.setattr(os, "getuid", lambda: pwd.getpwnam("nobody").pw_uid)
+    assert doctor.limits_user(LIVE) == "nobody"
+
+
+# -- nvme read -o: the output is opened before the device is touched -------------------------
+
+
+class FakeController:
+    """Controller.open's stand-in: records that the device was touched, reads zeros."""
+
+    opened: list[str] = []
+
+    @classmethod
+    def open(cls, address: str, **_: object) -> FakeController:
+        cls.opened.append(address)
+        return cls()
+
+    def __enter__(self) -> FakeController:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def read(self, lba: int, count: int, *, nsid: int = 1) -> bytes:
+        if lba == 666:
+            raise PyvfioError("the controller failed the read")
+        return bytes(512 * count)
+
+
+@pytest.fixture
+def fake_nvme(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from pyvfio.drivers import nvme
+
+    FakeController.opened = []
+    monkeypatch.setattr(nvme, "Controller", FakeController)
+    return FakeController.opened
+
+
+def nvme_read(output: str, lba: int = 0) -> Result:
+    return runner.invoke(
+        app, ["nvme", "read", "0000:00:11.0", "--lba", str(lba), "--count", "2", "-o", output]
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("/nonexistent/x.bin", "cannot write /nonexistent/x.bin: No such file or directory"),
+        ("{tmp}", "is a folder: name a file to write"),
+    ],
+)
+def test_nvme_read_to_an_unwritable_output_is_one_line_before_the_device(
+    fake_nvme: list[str], tmp_path: Path, where: str, message: str
+) -> None:
+    done = nvme_read(where.format(tmp=tmp_path))
+    assert done.exit_code == 2, done.output
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and "Traceback" not in done.output
+    assert fake_nvme == []  # the device was never opened
+
+
+def test_nvme_read_writes_the_blocks_and_a_failed_read_keeps_the_old_file(
+    fake_nvme: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "x.bin"
+    assert nvme_read(str(out)).exit_code == 0 and out.read_bytes() == bytes(1024)
+    out.write_bytes(b"before")
+    assert nvme_read(str(out), lba=666).exit_code == 1
+    assert out.read_bytes() == b"before" and sorted(tmp_path.iterdir()) == [out]
+    assert nvme_read(os.devnull).exit_code == 0  # a device node is written in place
