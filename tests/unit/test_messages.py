@@ -13,10 +13,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
-from pyvfio.errors import PyvfioError
+from pyvfio.errors import PyvfioError, UnsupportedError
 from pyvfio.host import doctor, snapshot
 from pyvfio.host.doctor import CheckResult, Status
 from pyvfio.host.sysfs import LIVE
+from pyvfio.interrupt import Interrupt
 from pyvfio.testing import SimulatedKernel, q35_lab
 
 runner = CliRunner()
@@ -184,3 +185,32 @@ def test_nvme_read_writes_the_blocks_and_a_failed_read_keeps_the_old_file(
     assert nvme_read(str(out), lba=666).exit_code == 1
     assert out.read_bytes() == b"before" and sorted(tmp_path.iterdir()) == [out]
     assert nvme_read(os.devnull).exit_code == 0  # a device node is written in place
+
+
+# -- irq.unmask(): only INTx is ever masked -------------------------------------------------
+
+
+class IrqOwner:
+    bdf = "0000:00:10.0"
+
+    def __init__(self) -> None:
+        self.unmasked: list[str] = []
+
+    def _unmask_irq(self, irq: Interrupt) -> None:
+        self.unmasked.append(irq.kind)
+
+
+@pytest.mark.parametrize("kind", ["msi", "msix", "err", "req"])
+def test_unmask_of_anything_but_intx_says_only_intx_before_the_kernel(kind: str) -> None:
+    owner = IrqOwner()
+    with Interrupt(owner, kind, 0) as irq, pytest.raises(UnsupportedError) as caught:
+        irq.unmask()
+    assert (
+        f"only INTx can be unmasked (vfio-pci masks an INTx line each time it fires); it never masks {kind} vectors"
+        in str(caught.value)
+    )
+    assert "does not support" not in str(caught.value)
+    assert owner.unmasked == []  # no ioctl was asked for
+    with Interrupt(owner, "intx", 0) as intx:
+        intx.unmask()
+    assert owner.unmasked == ["intx"]
