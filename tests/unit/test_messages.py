@@ -3,22 +3,27 @@ and what to type next, checked against synthetic hosts."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
+import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-
+import test_vm_qemu as vm_tests
 from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
 from pyvfio.errors import PyvfioError, UnsupportedError
-from pyvfio.host import doctor, snapshot
+from pyvfio.host import bind, doctor, snapshot
 from pyvfio.host.doctor import CheckResult, Status
+from pyvfio.host.journal import STATE_DIR_ENV
 from pyvfio.host.sysfs import LIVE
 from pyvfio.interrupt import Interrupt
 from pyvfio.testing import SimulatedKernel, q35_lab
+from pyvfio.vm import qemu
 
 runner = CliRunner()
 
@@ -125,7 +130,7 @@ def test_the_limits_user_is_the_one_behind_sudo_else_the_real_uid(
 class FakeController:
     """Controller.open's stand-in: records that the device was touched, reads zeros."""
 
-    opened: list[str] = []
+    opened: ClassVar[list[str]] = []
 
     @classmethod
     def open(cls, address: str, **_: object) -> FakeController:
@@ -205,12 +210,65 @@ def test_unmask_of_anything_but_intx_says_only_intx_before_the_kernel(kind: str)
     owner = IrqOwner()
     with Interrupt(owner, kind, 0) as irq, pytest.raises(UnsupportedError) as caught:
         irq.unmask()
-    assert (
-        f"only INTx can be unmasked (vfio-pci masks an INTx line each time it fires); it never masks {kind} vectors"
-        in str(caught.value)
+    assert "only INTx can be unmasked (vfio-pci masks an INTx line each time it fires); " in str(
+        caught.value
     )
+    assert f"it never masks {kind} vectors" in str(caught.value)
     assert "does not support" not in str(caught.value)
     assert owner.unmasked == []  # no ioctl was asked for
     with Interrupt(owner, "intx", 0) as intx:
         intx.unmask()
     assert owner.unmasked == ["intx"]
+
+
+# -- vm qemu: a run stopped by Ctrl-C does not answer "yes" --------------------------------
+
+
+@pytest.fixture
+def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """test_vm_qemu's fake QEMU (QMP over its socket, query-pci from $FAKE_QEMU_ANSWER)."""
+    script = tmp_path / "fake_qemu.py"
+    script.write_text(vm_tests.FAKE_QEMU)
+    wrapper = tmp_path / "qemu-system-x86_64"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("FAKE_QEMU_ARGV", str(tmp_path / "argv.json"))
+    return wrapper
+
+
+def test_a_run_stopped_by_ctrl_c_says_so_not_yes(
+    q35: SimulatedKernel, fake_qemu: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU exits 0 on SIGINT, as on a clean shutdown, and the run's report said "yes:
+    passthrough works" as a --check does; it says how the run ended instead."""
+    q35.host.write("sys/devices/virtual/iommu/dmar0/intel-iommu/ecap", "f020de\n")
+    q35.host.link("sys/class/iommu/dmar0", "sys/devices/virtual/iommu/dmar0")  # a vIOMMU
+    plan = qemu.build(["00:11.0"], memory="128M", qemu=str(fake_qemu), sysfs=q35)
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps(vm_tests.query_pci_answer(plan)))
+    monkeypatch.setenv("FAKE_QEMU_ANSWER", str(answer))
+    monkeypatch.setenv("FAKE_QEMU_CTRL_C", "1")
+    report = qemu.run(plan, timeout=30, sysfs=q35, journal_dir=tmp_path / "state")
+    assert report.interrupted and report.qemu_exit == 0
+    text = str(report)
+    assert "yes: passthrough works" not in text
+    assert text.endswith("QEMU had the devices (confirmed over QMP) and exited with status 0")
+    assert "stopped by Ctrl-C after" in text and report.to_json()["interrupted"] is True
+    assert q35.driver("00:11.0") == "nvme"  # given back all the same
+    assert [r.address for r in report.restored] == ["0000:00:11.0"]
+
+
+def test_bind_of_a_device_already_on_vfio_pci_says_nothing_to_do_once(
+    q35: SimulatedKernel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
+    q35.host.bind("0000:00:10.0", "vfio-pci")
+    monkeypatch.setattr(bind, "plan_bind", functools.partial(bind.plan_bind, sysfs=q35))
+    done = runner.invoke(app, ["bind", "00:10.0"])
+    assert done.exit_code == 0, done.output
+    assert done.stdout == "0000:00:10.0 (vfio-pci): already on vfio-pci: nothing to do\n"
+
+
+def test_revoke_help_says_whose_grant_it_takes_back() -> None:
+    text = runner.invoke(app, ["revoke", "--help"], terminal_width=200).stdout
+    assert "to give it to" not in text and "whose grant to take back" in text

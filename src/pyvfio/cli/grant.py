@@ -14,6 +14,9 @@ from pyvfio.cli.host import _parse_size
 
 Address = Annotated[str, typer.Argument(help="PCI address of a device on vfio-pci")]
 User = Annotated[str, typer.Option("--user", help="user name (or uid) to give it to")]
+RevokedUser = Annotated[
+    str, typer.Option("--user", help="user name (or uid) whose grant to take back")
+]
 
 
 @app.command("grant")
@@ -44,7 +47,7 @@ def grant(
 @handle_errors
 def revoke(
     address: Address,
-    user: User,
+    user: RevokedUser,
     kill: Annotated[
         bool,
         typer.Option(

@@ -135,12 +135,10 @@ def bind(
     if as_json:
         print_json({"dry_run": dry_run, **plan.to_json(), "changed": [a.address for a in changed]})
         return
-    typer.echo(str(plan))
+    typer.echo(str(plan))  # each device's line says "nothing to do" where that is so
     if dry_run:
         typer.echo("dry run: nothing was changed")
-    elif not changed:
-        typer.echo("nothing to do")
-    else:
+    elif changed:
         typer.echo(f"bound {len(changed)} device(s) to {driver}; 'pyvfio restore' undoes it")
 
 

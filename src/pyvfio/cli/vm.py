@@ -86,6 +86,8 @@ def qemu(
         print_json(report.to_json())
     else:
         typer.echo(str(report))
+    if report.interrupted:  # the shell's status for a command ended by SIGINT
+        raise typer.Exit(130)
     if not report.ok:
         raise typer.Exit(1)
 
