@@ -7,12 +7,16 @@ import functools
 import json
 import os
 import pwd
+import re
 import sys
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import test_vm_qemu as vm_tests
+import typer.main
 from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
@@ -272,3 +276,56 @@ def test_bind_of_a_device_already_on_vfio_pci_says_nothing_to_do_once(
 def test_revoke_help_says_whose_grant_it_takes_back() -> None:
     text = runner.invoke(app, ["revoke", "--help"], terminal_width=200).stdout
     assert "to give it to" not in text and "whose grant to take back" in text
+
+
+# -- help the click way: metavars, an example per command, --version, completion -------------
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and group of the CLI, as the words that name it."""
+
+    def walk(command: Any, path: list[str]) -> Iterator[list[str]]:
+        yield path
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_the_walk_finds_every_command() -> None:
+    paths = {" ".join(p) for p in command_paths()}
+    assert {"", "ls", "vm qemu", "lab kernel build", "nvme read", "revoke"} <= paths
+    assert len(paths) >= 28
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "pyvfio")
+def test_help_has_no_type_tags_no_brace_metavars_and_an_example(path: list[str]) -> None:
+    done = runner.invoke(app, [*path, "--help"], terminal_width=120)
+    assert done.exit_code == 0, done.output
+    text = done.stdout
+    assert not re.search(r"<(bool|str|int|float|path|list)\b[^>]*>", text), text
+    assert not re.search(r"\{[A-Za-z_]+\}", text), text
+    assert re.search(r"^ *Example: pyvfio ", text, re.MULTILINE), text
+
+
+def test_version_is_the_package_version() -> None:
+    done = runner.invoke(app, ["--version"])
+    assert done.exit_code == 0 and done.stdout == f"pyvfio {metadata.version('pyvfio')}\n"
+
+
+def test_shell_completion_is_offered() -> None:
+    text = runner.invoke(app, ["--help"], terminal_width=120).stdout
+    assert "--install-completion" in text and "--show-completion" in text
+    done = runner.invoke(app, ["--show-completion", "bash"], prog_name="pyvfio")
+    assert done.exit_code == 0 and "_PYVFIO_COMPLETE=complete_bash" in done.stdout, done.output
+    # What bash's completion function then asks: the words so far, the one to complete.
+    asked = {"_PYVFIO_COMPLETE": "complete_bash", "COMP_WORDS": "pyvfio ls --cl", "COMP_CWORD": "2"}
+    done = runner.invoke(app, [], prog_name="pyvfio", env=asked)
+    assert done.exit_code == 0 and done.stdout.split() == ["--class"], done.output
+
+
+def test_vm_qemu_without_devices_says_what_to_pass() -> None:
+    done = runner.invoke(app, ["vm", "qemu"])
+    assert done.exit_code == 2
+    assert done.stderr.count("\n") == 1 and "Missing argument" not in done.stderr
+    assert "name the devices to pass through" in done.stderr, done.stderr
