@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from importlib import metadata
@@ -375,3 +376,57 @@ def test_the_grant_json_sample_in_the_docs_is_what_grant_prints(
     monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
     sample = json.loads(doc_block_after("back exactly as recorded (owner, group, mode, ACL"))
     assert json.loads(granted_output(q35, monkeypatch, "--json")) == sample
+
+
+# -- persist --root: a copy of /etc, a snapshot beside it -----------------------------------
+
+
+def etc_copy(tree: Path) -> None:
+    """A Debian /etc as ``cp -a /etc`` copies it: os-release the usual relative link."""
+    (tree / "etc/default").mkdir(parents=True)
+    (tree / "etc/default/grub").write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+    (tree / "etc/os-release").symlink_to("../usr/lib/os-release")
+
+
+def test_persist_on_a_copy_of_etc_names_the_dangling_os_release_link(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    q35_lab(tree)
+    etc_copy(tree)
+    done = runner.invoke(app, ["persist", "0000:01:00.0", "--root", str(tree)])
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+    assert "not no /etc/os-release" not in done.stderr
+    assert f"{tree}/etc/os-release links to ../usr/lib/os-release, which {tree} does not hold" in (
+        done.stderr
+    )
+    assert "cp --remove-destination -L /etc/os-release" in done.stderr
+
+
+def test_persist_on_a_tree_without_sys_says_what_the_tree_lacks(tmp_path: Path) -> None:
+    tree = tmp_path / "etconly"
+    etc_copy(tree)
+    (tree / "usr/lib").mkdir(parents=True)
+    (tree / "usr/lib/os-release").write_text("ID=debian\n")
+    done = runner.invoke(app, ["persist", "0000:01:00.0", "--root", str(tree)])
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+    assert "on this host" not in done.stderr
+    assert f"{tree} has no sys/bus/pci/devices/ to read 0000:01:00.0 from" in done.stderr
+    assert "pyvfio snapshot" in done.stderr
+
+
+def test_the_persist_recipe_of_the_docs_works(tmp_path: Path) -> None:
+    """docs/vm.md: a snapshot, unpacked, with a copy of /etc whose os-release is copied
+    through its link (``cp -L``)."""
+    recipe = (Path(__file__).parents[2] / "docs" / "vm.md").read_text()
+    assert "cp --remove-destination -L /etc/os-release tree/etc/os-release" in recipe
+    machine = q35_lab(tmp_path / "machine")
+    snapshot.record(tmp_path / "host.tar.gz", machine)  # pyvfio snapshot host.tar.gz
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    subprocess.run(["tar", "-xzf", str(tmp_path / "host.tar.gz"), "-C", str(tree)], check=True)
+    etc_copy(tree)  # cp -a /etc tree/
+    (tree / "etc/os-release").unlink()  # cp --remove-destination -L /etc/os-release ...
+    (tree / "etc/os-release").write_text("ID=debian\n")
+    done = runner.invoke(app, ["persist", "0000:01:00.0", "--root", str(tree)])
+    assert done.exit_code == 0, done.output
+    assert 'KERNEL=="0000:01:00.0", ATTR{driver_override}="vfio-pci"' in done.stdout
+    assert "softdep e1000e pre: vfio-pci" in done.stdout
