@@ -4,6 +4,7 @@ and what to type next, checked against synthetic hosts."""
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import pwd
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import test_vm_qemu as vm_tests
 import typer.main
 from typer.testing import CliRunner, Result
 
@@ -31,6 +31,9 @@ from pyvfio.testing import SimulatedKernel, q35_lab
 from pyvfio.vm import qemu
 
 runner = CliRunner()
+#: test_vm_qemu, for its fake QEMU (a sibling test module: imported by name, as pytest's
+#: rootdir-relative sys.path finds it; mypy sees no package to resolve it in).
+vm_tests = importlib.import_module("test_vm_qemu")
 
 #: /proc/self/limits of a user with the common 8 MiB default.
 LIMITS_8M = "Max locked memory         8388608              8388608              bytes\n"
