@@ -320,9 +320,8 @@ def test_version_is_the_package_version() -> None:
 def test_shell_completion_is_offered() -> None:
     text = runner.invoke(app, ["--help"], terminal_width=120).stdout
     assert "--install-completion" in text and "--show-completion" in text
-    done = runner.invoke(app, ["--show-completion", "bash"], prog_name="pyvfio")
-    assert done.exit_code == 0 and "_PYVFIO_COMPLETE=complete_bash" in done.stdout, done.output
-    # What bash's completion function then asks: the words so far, the one to complete.
+    # (--show-completion finds the shell from the process tree, which a test does not
+    # control.) What the bash function it prints asks: the words so far, the one to complete.
     asked = {"_PYVFIO_COMPLETE": "complete_bash", "COMP_WORDS": "pyvfio ls --cl", "COMP_CWORD": "2"}
     done = runner.invoke(app, [], prog_name="pyvfio", env=asked)
     assert done.exit_code == 0 and done.stdout.split() == ["--class"], done.output
