@@ -14,7 +14,7 @@ import time
 import weakref
 from typing import Protocol
 
-from pyvfio.errors import ClosedError
+from pyvfio.errors import ClosedError, UnsupportedError
 
 #: Interrupt kinds and their vfio-pci index (VFIO_PCI_*_IRQ_INDEX).
 IRQ_KINDS = {"intx": 0, "msi": 1, "msix": 2, "err": 3, "req": 4}
@@ -125,7 +125,17 @@ class Interrupt:
             loop.remove_reader(fd)
 
     def unmask(self) -> None:
-        """Unmask a level-triggered (INTx) interrupt after handling it."""
+        """Unmask a level-triggered (INTx) interrupt after handling it.
+
+        UnsupportedError for any other kind: vfio-pci masks only INTx (it masks the line
+        when it fires, until unmasked); it has no unmask for MSI, MSI-X, err or req
+        vectors and answers ENOTTY, which would read as a kernel without the feature.
+        """
+        if self.kind != "intx":
+            raise UnsupportedError(
+                f"{self!r}: only INTx can be unmasked (vfio-pci masks an INTx line each time "
+                f"it fires); it never masks {self.kind} vectors: wait() for the next one"
+            )
         self._device._unmask_irq(self)
 
     def close(self) -> None:

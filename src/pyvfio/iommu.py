@@ -259,7 +259,13 @@ class Iommu:
         except PermissionDeniedError as err:
             raise _not_granted(addr, err) from err
         except VfioError as err:
-            if err.errno == E.EBUSY and err.ioctl in ("VFIO_GROUP_GET_DEVICE_FD", None):
+            # EBUSY: the group node opens once (None: open() of it), a device fd of the
+            # group path once per group user, an iommufd cdev binds once.
+            if err.errno == E.EBUSY and err.ioctl in (
+                "VFIO_GROUP_GET_DEVICE_FD",
+                "VFIO_DEVICE_BIND_IOMMUFD",
+                None,
+            ):
                 raise VfioError(
                     f"{addr} is already open (another process or Iommu holds its group or device)",
                     errno=E.EBUSY,

@@ -7,9 +7,12 @@ offers the type1 container too, so both backends are checked side by side.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,6 +203,50 @@ def test_a_device_open_through_type1_is_busy_for_iommufd(edu_addr: str) -> None:
         with pyvfio.Iommu(backend="iommufd") as iommufd, pytest.raises(pyvfio.VfioError) as info:
             iommufd.open(edu_addr)
         assert info.value.errno is not None
+
+
+#: What either backend says of a device another process or Iommu holds (iommu.py).
+ALREADY_OPEN = "{} is already open (another process or Iommu holds its group or device)"
+
+
+@pytest.mark.parametrize("holder", ["iommufd", "type1"])
+def test_a_device_another_process_holds_is_already_open_on_both_backends(
+    edu_addr: str, holder: str
+) -> None:
+    # The kernel answers a second iommufd bind of a cdev with EINVAL (vfio_df_open), a
+    # type1 open with EBUSY: both are "already open", with the same error and message.
+    hold = (
+        f"import pyvfio, sys; d = pyvfio.open({edu_addr!r}, backend={holder!r}); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as other:
+        assert other.stdout is not None and other.stdout.readline() == "held\n"
+        try:
+            for backend in ("iommufd", "type1"):
+                with (
+                    pyvfio.Iommu(backend=backend) as iommu,
+                    pytest.raises(pyvfio.VfioError) as info,
+                ):
+                    iommu.open(edu_addr)
+                assert str(info.value).startswith(ALREADY_OPEN.format(edu_addr)), (backend, info)
+                assert info.value.errno == errno.EBUSY, backend
+                assert "Invalid argument" not in str(info.value)
+        finally:
+            other.communicate("")
+    assert other.returncode == 0
+    with pyvfio.open(edu_addr, backend="iommufd"):  # free again once the holder is gone
+        pass
+
+
+def test_a_device_another_iommu_of_this_process_holds_is_already_open(edu_addr: str) -> None:
+    with pyvfio.Iommu(backend="iommufd") as first:
+        first.open(edu_addr)
+        with pyvfio.Iommu(backend="iommufd") as second, pytest.raises(pyvfio.VfioError) as info:
+            second.open(edu_addr)
+        assert str(info.value).startswith(ALREADY_OPEN.format(edu_addr))
+        assert info.value.ioctl == "VFIO_DEVICE_BIND_IOMMUFD"
 
 
 @pytest.mark.parametrize("backend", ["iommufd", "type1"])

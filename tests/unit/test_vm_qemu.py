@@ -251,6 +251,12 @@ while True:
         send({"return": answer, "id": mid})
     else:
         send({"return": {}, "id": mid})
+    if cmd == "cont" and os.environ.get("FAKE_QEMU_CTRL_C"):
+        # Ctrl-C at the terminal: SIGINT to pyvfio and to QEMU, which exits 0 on it.
+        import signal
+        signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+        os.kill(os.getppid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
     if cmd in ("quit", "cont"):
         break
 """

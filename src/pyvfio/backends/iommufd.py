@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno as E
 import os
+import stat
 from collections.abc import Mapping
 
 from pyvfio import _ioctl, _mem
@@ -25,6 +26,29 @@ def cdev_of(address: str, sysfs: Sysfs) -> str | None:
     """The device's VFIO cdev (``/dev/vfio/devices/vfioN``), None without one."""
     names = sysfs.listdir(f"sys/bus/pci/devices/{address}/vfio-dev")
     return f"/dev/vfio/devices/{names[0]}" if names else None
+
+
+def _cdev_held_elsewhere(cdev: str, own_fd: int, sysfs: Sysfs) -> bool:
+    """Whether an open fd other than ``own_fd`` of this process holds ``cdev``: any
+    process's /proc/PID/fd, as far as this user may read them (root: all)."""
+    try:
+        rdev = os.stat(cdev).st_rdev
+    except OSError:
+        return False
+    me = str(os.getpid())
+    for pid in sysfs.listdir("proc"):
+        if not pid.isdigit():
+            continue
+        for fd in sysfs.listdir(f"proc/{pid}/fd"):
+            if pid == me and fd == str(own_fd):
+                continue
+            target = sysfs.readlink(f"proc/{pid}/fd/{fd}")
+            if target is None or not target.startswith("/dev/vfio/devices/"):
+                continue  # a cheap test first: most fds are no VFIO cdev
+            st = sysfs.stat(f"proc/{pid}/fd/{fd}")  # the open file itself, however named
+            if st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
+                return True
+    return False
 
 
 class IommufdBackend:
@@ -77,6 +101,17 @@ class IommufdBackend:
                 ):
                     raise not_viable_error(
                         address, group, self.sysfs, "VFIO_DEVICE_BIND_IOMMUFD"
+                    ) from err
+                # vfio_df_open: a cdev binds once ("the device cdev path doesn't have a
+                # secure way" to share it), so a second bind answers -EINVAL, as a malformed
+                # request would. It is "already open" (EBUSY, as type1 and the group path
+                # say) only where another open fd of the cdev shows it.
+                if err.errno == E.EINVAL and _cdev_held_elsewhere(cdev, fd, self.sysfs):
+                    raise VfioError(
+                        f"{address} is already open: {cdev} is bound to another iommufd",
+                        errno=E.EBUSY,
+                        ioctl="VFIO_DEVICE_BIND_IOMMUFD",
+                        device=address,
                     ) from err
                 raise
             _ioctl.device_attach_iommufd_pt(fd, self.ioas, address)

@@ -116,5 +116,8 @@ def demo(
         str | None, typer.Option(help="lab kernel: stock, iommufd or a bzImage")
     ] = None,
 ) -> None:
-    """Boot the lab, list IOMMU groups, bind edu to vfio-pci, DMA through the IOMMU."""
+    """Boot the lab, list IOMMU groups, bind edu to vfio-pci, DMA through the IOMMU.
+
+    Example: pyvfio demo --kernel iommufd
+    """
     raise typer.Exit(main(here, kernel))

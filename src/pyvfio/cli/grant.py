@@ -12,8 +12,11 @@ import typer
 from pyvfio.cli.common import JsonOpt, app, fail, handle_errors, print_json
 from pyvfio.cli.host import _parse_size
 
-Address = Annotated[str, typer.Argument(help="PCI address of a device on vfio-pci")]
+Address = Annotated[str, typer.Argument(metavar="BDF", help="PCI address of a device on vfio-pci")]
 User = Annotated[str, typer.Option("--user", help="user name (or uid) to give it to")]
+RevokedUser = Annotated[
+    str, typer.Option("--user", help="user name (or uid) whose grant to take back")
+]
 
 
 @app.command("grant")
@@ -29,8 +32,12 @@ def grant(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Let USER open the device through VFIO (an ACL on its nodes), and say what
-    RLIMIT_MEMLOCK they need; 'pyvfio revoke' undoes it."""
+    """Let USER open the device through VFIO; say what RLIMIT_MEMLOCK they need.
+
+    An ACL on the device's nodes; 'pyvfio revoke' undoes it.
+
+    Example: pyvfio grant 0000:01:00.0 --user alice --memlock 1G
+    """
     from pyvfio.host import grant as g
 
     result = g.grant(address, user, group=group, memlock=_parse_size(memlock))
@@ -44,7 +51,7 @@ def grant(
 @handle_errors
 def revoke(
     address: Address,
-    user: User,
+    user: RevokedUser,
     kill: Annotated[
         bool,
         typer.Option(
@@ -56,9 +63,13 @@ def revoke(
     grace: Annotated[float, typer.Option(help="seconds from SIGTERM to SIGKILL")] = 5.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Take a grant back: the user's access goes, each node gets its recorded owner,
-    mode and ACL back. Revoking what was not granted says so and exits 0. A process of
-    the user that still holds the device is named (exit 1); --kill ends it."""
+    """Take a grant back: each node gets its recorded owner, mode and ACL back.
+
+    Revoking what was not granted says so and exits 0. A process of the user that still
+    holds the device is named (exit 1); --kill ends it.
+
+    Example: pyvfio revoke 0000:01:00.0 --user alice --kill
+    """
     from pyvfio.host import grant as g
     from pyvfio.host.usage import describe_holders
 

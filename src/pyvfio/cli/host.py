@@ -27,7 +27,9 @@ CLASS_FILTERS = {
 }
 
 UNSAFE_VERDICT = "UNSAFE no-IOMMU group: nothing confines its DMA (backend='unsafe-noiommu')"
-Addresses = Annotated[list[str], typer.Argument(help="PCI addresses, e.g. 0000:00:1f.2")]
+Addresses = Annotated[
+    list[str], typer.Argument(metavar="BDF", help="PCI addresses, e.g. 0000:00:1f.2")
+]
 TimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -53,7 +55,10 @@ def ls(
     vendor: Annotated[str | None, typer.Option(help="vendor ID in hex, e.g. 8086")] = None,
     root: RootOpt = "/",
 ) -> None:
-    """IOMMU groups as a tree: each device, its driver, and the group's verdict."""
+    """IOMMU groups as a tree: each device, its driver, and the group's verdict.
+
+    Example: pyvfio ls --class gpu
+    """
     from pyvfio.cli.render import groups_tree
     from pyvfio.host.inventory import iommu_groups, listing_json
     from pyvfio.host.journal import JournalError, journal_of
@@ -72,6 +77,7 @@ def ls(
         raise ValueError(f"--group {group}: IOMMU groups count from 0 (pyvfio ls lists them)")
     sysfs = open_root(root)
     groups = iommu_groups(sysfs)
+    host_has_groups = bool(groups)
     damaged: JournalError | None = None
     try:
         journal = journal_of(sysfs)
@@ -98,7 +104,16 @@ def ls(
             data["journal_error"] = str(damaged)
         print_json(data)
     else:
-        Console().print(groups_tree(groups, unsafe, UNSAFE_VERDICT))
+        chosen_by = " ".join(
+            f"{flag} {value}"
+            for flag, value in (("--group", group), ("--class", klass), ("--vendor", vendor))
+            if value is not None
+        )
+        Console().print(
+            groups_tree(
+                groups, unsafe, UNSAFE_VERDICT, filtered=chosen_by if host_has_groups else ""
+            )
+        )
         for entry in journal.values():
             typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
     if damaged is not None:
@@ -116,7 +131,10 @@ def bind(
     timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Bind devices to vfio-pci by driver_override, journaled so restore can undo it."""
+    """Bind devices to vfio-pci by driver_override, journaled so restore can undo it.
+
+    Example: pyvfio bind 0000:01:00.0 --dry-run
+    """
     from pyvfio.host import bind as b
 
     _check_timeout(timeout)
@@ -125,19 +143,20 @@ def bind(
     if as_json:
         print_json({"dry_run": dry_run, **plan.to_json(), "changed": [a.address for a in changed]})
         return
-    typer.echo(str(plan))
+    typer.echo(str(plan))  # each device's line says "nothing to do" where that is so
     if dry_run:
         typer.echo("dry run: nothing was changed")
-    elif not changed:
-        typer.echo("nothing to do")
-    else:
+    elif changed:
         typer.echo(f"bound {len(changed)} device(s) to {driver}; 'pyvfio restore' undoes it")
 
 
 @app.command("unbind")
 @handle_errors
 def unbind(addresses: Addresses, timeout: TimeoutOpt = 30.0, as_json: JsonOpt = False) -> None:
-    """Take devices off vfio-pci, back to the driver they had before pyvfio."""
+    """Take devices off vfio-pci, back to the driver they had before pyvfio.
+
+    Example: pyvfio unbind 0000:01:00.0
+    """
     from pyvfio.host.bind import unbind_devices
 
     _report(unbind_devices(addresses, timeout=_check_timeout(timeout)), as_json)
@@ -146,12 +165,17 @@ def unbind(addresses: Addresses, timeout: TimeoutOpt = 30.0, as_json: JsonOpt = 
 @app.command("restore")
 @handle_errors
 def restore(
-    addresses: Annotated[list[str] | None, typer.Argument(help="PCI addresses")] = None,
+    addresses: Annotated[
+        list[str] | None, typer.Argument(metavar="BDF", help="PCI addresses")
+    ] = None,
     all_devices: Annotated[bool, typer.Option("--all", help="every journaled device")] = False,
     timeout: TimeoutOpt = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Give devices back to their original driver and clear the override (journal)."""
+    """Give devices back to their original driver and clear the override (journal).
+
+    Example: pyvfio restore --all
+    """
     from pyvfio.host.bind import restore as do_restore
 
     _check_timeout(timeout)
@@ -171,11 +195,14 @@ def _report(results: Sequence[Restored], as_json: bool) -> None:
 @app.command("show")
 @handle_errors
 def show(
-    address: Annotated[str, typer.Argument(help="PCI address, e.g. 0000:00:1f.2")],
+    address: Annotated[str, typer.Argument(metavar="BDF", help="PCI address, e.g. 0000:00:1f.2")],
     as_json: JsonOpt = False,
     root: RootOpt = "/",
 ) -> None:
-    """Everything a passthrough decision needs about one device."""
+    """Everything a passthrough decision needs about one device.
+
+    Example: pyvfio show 0000:01:00.0 --json
+    """
     from pyvfio.host.details import describe
     from pyvfio.host.snapshot import open_root
 
@@ -196,14 +223,19 @@ def _parse_size(text: str) -> int:
 @app.command("doctor")
 @handle_errors
 def doctor(
-    addresses: Annotated[list[str] | None, typer.Argument(help="devices to check too")] = None,
+    addresses: Annotated[
+        list[str] | None, typer.Argument(metavar="BDF", help="devices to check too")
+    ] = None,
     memlock: Annotated[
         str, typer.Option(help="memory you plan to pin (a VM's RAM), e.g. 16G")
     ] = "64M",
     as_json: JsonOpt = False,
     root: RootOpt = "/",
 ) -> None:
-    """PASS/WARN/FAIL for everything VFIO needs, with a hint each; exit 1 on a FAIL."""
+    """PASS/WARN/FAIL for everything VFIO needs, with a hint each; exit 1 on a FAIL.
+
+    Example: pyvfio doctor 0000:01:00.0 --memlock 16G
+    """
     from pyvfio.host import doctor as d
     from pyvfio.host.snapshot import open_root
 
@@ -221,9 +253,14 @@ def doctor(
 @app.command("snapshot")
 @handle_errors
 def snapshot(
-    out: Annotated[str, typer.Argument(help="the tarball to write, e.g. host.tar.gz")],
+    out: Annotated[
+        str, typer.Argument(metavar="TARBALL", help="the tarball to write, e.g. host.tar.gz")
+    ],
 ) -> None:
-    """Record what pyvfio reads of this host (for --root, or a bug report)."""
+    """Record what pyvfio reads of this host (for --root, or a bug report).
+
+    Example: pyvfio snapshot host.tar.gz
+    """
     from pyvfio.host.snapshot import record
 
     count = record(out)

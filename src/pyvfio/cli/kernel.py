@@ -9,7 +9,9 @@ import typer
 from pyvfio.cli.common import JsonOpt, handle_errors, lab_app, print_json
 
 kernel_app = typer.Typer(
-    help="The lab kernel with IOMMUFD, built from Debian's linux-source.", no_args_is_help=True
+    help="The lab kernel with IOMMUFD, built from Debian's linux-source.\n\n"
+    "Example: pyvfio lab kernel list",
+    no_args_is_help=True,
 )
 lab_app.add_typer(kernel_app, name="kernel")
 
@@ -20,7 +22,10 @@ def kernel_build(
     force: Annotated[bool, typer.Option(help="rebuild even if the cache has this build")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="make -j", min=1)] = 3,
 ) -> None:
-    """Fetch the newest linux-source-6.12 and build the lab kernel unless it is cached."""
+    """Fetch the newest linux-source-6.12 and build the lab kernel unless it is cached.
+
+    Example: pyvfio lab kernel build
+    """
     from pyvfio.lab.kernel_build import build_kernel
 
     build = build_kernel(force=force, jobs=jobs, say=lambda line: print(line, flush=True))
@@ -32,7 +37,10 @@ def kernel_build(
 def kernel_list(
     as_json: JsonOpt = False,
 ) -> None:
-    """Cached builds of the lab kernel, newest first; * marks the current config's."""
+    """Cached builds of the lab kernel, newest first; * marks the current config's.
+
+    Example: pyvfio lab kernel list --json
+    """
     from pyvfio.lab.kernel_build import cached_builds, config_hash, default_cache_dir, load_fragment
 
     current = config_hash(load_fragment())

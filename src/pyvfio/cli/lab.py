@@ -22,7 +22,9 @@ AccelOpt = Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)"
 @lab_app.command("run", context_settings={"allow_interspersed_args": False})
 @handle_errors
 def lab_run(
-    command: Annotated[list[str], typer.Argument(help="command to run in the guest")],
+    command: Annotated[
+        list[str], typer.Argument(metavar="COMMAND", help="command to run in the guest")
+    ],
     device: DeviceOpt = None,
     kernel: KernelOpt = None,
     accel: AccelOpt = None,
@@ -35,7 +37,10 @@ def lab_run(
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds before the guest is killed")] = 1800,
 ) -> None:
-    """Boot the lab and run COMMAND as root inside: pyvfio lab run -d edu -- lspci -nn"""
+    """Boot the lab and run COMMAND as root inside.
+
+    Example: pyvfio lab run -d edu -- lspci -nn
+    """
     from pyvfio.lab.runner import run
     from pyvfio.lab.topology import Topology
 
@@ -67,7 +72,10 @@ def lab_shell(
     kernel: KernelOpt = None,
     accel: AccelOpt = None,
 ) -> None:
-    """Boot the lab with an interactive root shell."""
+    """Boot the lab with an interactive root shell.
+
+    Example: pyvfio lab shell -d edu -d nvme
+    """
     from pyvfio.lab.runner import shell
     from pyvfio.lab.topology import Topology
 
@@ -77,7 +85,10 @@ def lab_shell(
 @lab_app.command("accel")
 @handle_errors
 def lab_accel() -> None:
-    """Say whether KVM works here or the lab falls back to TCG, and why."""
+    """Say whether KVM works here or the lab falls back to TCG, and why.
+
+    Example: pyvfio lab accel
+    """
     from pyvfio.lab.accel import kvm_usable
 
     works, why = kvm_usable()
@@ -93,7 +104,10 @@ def lab_sid_qemu(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build (when missing) the sid chroot whose QEMU is a vfio-user client; print it."""
+    """Build (when missing) the sid chroot whose QEMU is a vfio-user client; print it.
+
+    Example: pyvfio lab sid-qemu --json
+    """
     from pyvfio.lab.sid_qemu import ensure_chroot
 
     chroot = ensure_chroot(

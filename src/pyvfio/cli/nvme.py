@@ -13,18 +13,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pyvfio.cli.common import JsonOpt, app, handle_errors, print_json
+from pyvfio.cli.common import JsonOpt, app, handle_errors, output_file, print_json
 
 if TYPE_CHECKING:
     from pyvfio.drivers.nvme import Controller
 
 nvme_app = typer.Typer(
-    help="NVMe controllers through pyvfio's userspace driver (device on vfio-pci).",
+    help="NVMe controllers through pyvfio's userspace driver (device on vfio-pci).\n\n"
+    "Example: pyvfio nvme identify 0000:00:11.0",
     no_args_is_help=True,
 )
 app.add_typer(nvme_app, name="nvme")
 
-Address = Annotated[str, typer.Argument(help="PCI address of the controller, e.g. 0000:00:11.0")]
+Address = Annotated[
+    str, typer.Argument(metavar="BDF", help="PCI address of the controller, e.g. 0000:00:11.0")
+]
 NsidOpt = Annotated[int, typer.Option("--nsid", help="namespace ID")]
 
 
@@ -56,7 +59,10 @@ def identify_json(ctrl: Controller) -> dict[str, Any]:
 @nvme_app.command("identify")
 @handle_errors
 def identify(address: Address, as_json: JsonOpt = False) -> None:
-    """Serial, model, firmware and namespaces (Identify Controller / Namespace)."""
+    """Serial, model, firmware and namespaces (Identify Controller / Namespace).
+
+    Example: pyvfio nvme identify 0000:00:11.0 --json
+    """
     from pyvfio.drivers.nvme import Controller
 
     with Controller.open(address, io_queues=0) as ctrl:
@@ -85,18 +91,16 @@ def read(
     output: Annotated[str, typer.Option("-o", "--output", help="file to write, - for stdout")],
     nsid: NsidOpt = 1,
 ) -> None:
-    """Read COUNT blocks from LBA into a file."""
+    """Read COUNT blocks from LBA into a file.
+
+    Example: pyvfio nvme read 0000:00:11.0 --lba 0 --count 8 -o first.bin
+    """
     from pyvfio.drivers.nvme import Controller
 
     if count < 1 or lba < 0:
         raise ValueError(f"--lba must be >= 0 and --count >= 1 (got {lba}, {count})")
-    with Controller.open(address) as ctrl:
-        data = ctrl.read(lba, count, nsid=nsid)
-    if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        Path(output).write_bytes(data)
+    with output_file(output) as out, Controller.open(address) as ctrl:  # bad -o: device untouched
+        out.write(ctrl.read(lba, count, nsid=nsid))
 
 
 @nvme_app.command("write")
@@ -107,7 +111,10 @@ def write(
     input_file: Annotated[str, typer.Option("-i", "--input", help="file to write, - for stdin")],
     nsid: NsidOpt = 1,
 ) -> None:
-    """Write a file (a whole number of blocks) from LBA."""
+    """Write a file (a whole number of blocks) from LBA.
+
+    Example: pyvfio nvme write 0000:00:11.0 --lba 0 -i first.bin
+    """
     from pyvfio.drivers.nvme import Controller
 
     try:
@@ -125,7 +132,10 @@ def write(
 @nvme_app.command("smart")
 @handle_errors
 def smart(address: Address, as_json: JsonOpt = False) -> None:
-    """SMART / health information (log page 02h)."""
+    """SMART / health information (log page 02h).
+
+    Example: pyvfio nvme smart 0000:00:11.0
+    """
     from pyvfio.drivers.nvme import Controller
 
     with Controller.open(address, io_queues=0) as ctrl:

@@ -24,10 +24,22 @@ def device_line(dev: PciDeviceInfo) -> Text:
 
 
 def groups_tree(
-    groups: list[IommuGroup], noiommu: frozenset[int] = frozenset(), unsafe: str = ""
+    groups: list[IommuGroup],
+    noiommu: frozenset[int] = frozenset(),
+    unsafe: str = "",
+    *,
+    filtered: str = "",
 ) -> Tree:
+    """The groups as a tree; ``filtered`` names the filter that chose them (none: all)."""
     tree = Tree(Text(f"IOMMU groups: {len(groups)}", style="bold"))
-    if not groups:
+    if not groups and filtered:  # the host has groups, the filter chose none of them
+        tree.add(
+            Text(
+                f"no group matches {filtered} ('pyvfio ls' with no filter lists them all)",
+                style="yellow",
+            )
+        )
+    elif not groups:
         tree.add(Text("none: the IOMMU is off (pyvfio doctor says why)", style="red"))
     for group in groups:
         verdict = Text(group.verdict, style="green" if group.viable else "red")

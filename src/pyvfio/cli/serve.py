@@ -31,7 +31,7 @@ def _mode(text: str) -> int:
 @app.command("serve")
 @handle_errors
 def serve(
-    device: Annotated[str, typer.Argument(help="the device to serve: edu")],
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="the device to serve: edu")],
     socket_path: Annotated[
         Path, typer.Option("--socket", help="UNIX socket path to listen on", show_default=False)
     ],
@@ -56,7 +56,10 @@ def serve(
         bool, typer.Option("--verbose", "-v", help="log connections and refused commands")
     ] = False,
 ) -> None:
-    """Serve a Python PCI device over vfio-user (QEMU's vfio-user-pci, or pyvfio's client)."""
+    """Serve a Python PCI device over vfio-user (QEMU's vfio-user-pci, or pyvfio's client).
+
+    Example: pyvfio serve edu --socket /tmp/edu.sock
+    """
     from pyvfio.server import DEVICES, Server
 
     factory = DEVICES.get(device)

@@ -11,7 +11,11 @@ import typer
 
 from pyvfio.cli.common import JsonOpt, RootOpt, app, handle_errors, print_json
 
-vm_app = typer.Typer(help="Pass devices through to a VM: QEMU and libvirt.", no_args_is_help=True)
+vm_app = typer.Typer(
+    help="Pass devices through to a VM: QEMU and libvirt.\n\n"
+    "Example: pyvfio vm qemu 0000:01:00.0 --check",
+    no_args_is_help=True,
+)
 app.add_typer(vm_app, name="vm")
 
 
@@ -27,8 +31,9 @@ def _split(args: list[str]) -> tuple[list[str], list[str]]:
 @handle_errors
 def qemu(
     args: Annotated[
-        list[str], typer.Argument(help="PCI addresses, then -- and extra QEMU arguments")
-    ],
+        list[str] | None,
+        typer.Argument(metavar="BDF", help="PCI addresses, then -- and extra QEMU arguments"),
+    ] = None,
     memory: Annotated[
         str | None, typer.Option(help="guest RAM, e.g. 4G (default 4G; 64M with --check)")
     ] = None,
@@ -54,11 +59,19 @@ def qemu(
     as_json: JsonOpt = False,
     root: RootOpt = "/",
 ) -> None:
-    """QEMU (q35) with the devices passed through: print it, check it, or run it (managed)."""
+    """QEMU (q35) with the devices passed through: print it, check it, or run it (managed).
+
+    Example: pyvfio vm qemu 0000:01:00.0 --memory 8G -- -cdrom debian.iso
+    """
     from pyvfio.host.snapshot import open_root
     from pyvfio.vm import qemu as q
 
-    addresses, extra = _split(args)
+    addresses, extra = _split(args or [])
+    if not addresses:  # one line instead of click's "Missing argument 'args'"
+        raise ValueError(
+            "name the devices to pass through: pyvfio vm qemu BDF... [-- QEMU ARGS], "
+            "e.g. pyvfio vm qemu 0000:01:00.0 --check"
+        )
     sysfs = open_root(root)
     if not sysfs.is_live and not dry_run:  # before build: nothing probed for a refusal
         raise ValueError("--root reads a snapshot: only --dry-run works on one")
@@ -86,6 +99,8 @@ def qemu(
         print_json(report.to_json())
     else:
         typer.echo(str(report))
+    if report.interrupted:  # the shell's status for a command ended by SIGINT
+        raise typer.Exit(130)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -93,7 +108,9 @@ def qemu(
 @vm_app.command("libvirt")
 @handle_errors
 def libvirt(
-    addresses: Annotated[list[str], typer.Argument(help="PCI addresses, e.g. 0000:01:00.0")],
+    addresses: Annotated[
+        list[str], typer.Argument(metavar="BDF", help="PCI addresses, e.g. 0000:01:00.0")
+    ],
     domain: Annotated[
         str | None, typer.Option(help="print a whole minimal q35 domain of this name")
     ] = None,
@@ -103,7 +120,10 @@ def libvirt(
     rombar: Annotated[bool, typer.Option(help="GPU: expose the ROM BAR")] = True,
     root: RootOpt = "/",
 ) -> None:
-    """libvirt <hostdev managed='yes'> elements, or with --domain a whole q35 domain."""
+    """libvirt <hostdev managed='yes'> elements, or with --domain a whole q35 domain.
+
+    Example: pyvfio vm libvirt 0000:01:00.0 --domain gpu-vm
+    """
     from pyvfio.host.snapshot import open_root
     from pyvfio.vm import libvirt as lv
     from pyvfio.vm.qemu import GpuOptions
@@ -123,7 +143,8 @@ def libvirt(
 @handle_errors
 def persist(
     addresses: Annotated[
-        list[str] | None, typer.Argument(help="PCI addresses to bind to vfio-pci at boot")
+        list[str] | None,
+        typer.Argument(metavar="BDF", help="PCI addresses to bind to vfio-pci at boot"),
     ] = None,
     apply: Annotated[
         bool, typer.Option("--apply", help="write the files (with backups); else a diff")
@@ -143,7 +164,10 @@ def persist(
     ] = "/",
     as_json: JsonOpt = False,
 ) -> None:
-    """Make the vfio-pci binding survive reboot: udev rule, softdep, initramfs, cmdline."""
+    """Make the vfio-pci binding survive reboot: udev rule, softdep, initramfs, cmdline.
+
+    Example: pyvfio persist 0000:01:00.0 --apply
+    """
     from pyvfio.host.bind import require_root
     from pyvfio.host.sysfs import Sysfs
     from pyvfio.vm import persist as p

@@ -8,6 +8,8 @@ hint saying what to do. The checks read only through :class:`~pyvfio.host.sysfs.
 from __future__ import annotations
 
 import enum
+import os
+import pwd
 import re
 import stat
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from typing import Any
 from pyvfio._limits import memlock_limits
 from pyvfio._sizes import size_text
 from pyvfio.host import bind, details, inventory, kcmdline, usage
+from pyvfio.host.grant import MemlockAdvice
 from pyvfio.host.snapshot import device_nodes, euid_of, kernel_log
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.noiommu import (
@@ -368,13 +371,32 @@ def check_memlock(sysfs: Sysfs, need: int) -> CheckResult:
     if limit is None or limit >= need:
         shown = "unlimited" if limit is None else size_text(limit)
         return CheckResult("RLIMIT_MEMLOCK", Status.PASS, f"{shown}, enough for {size_text(need)}")
+    name = limits_user(sysfs)
+    soft, hard = MemlockAdvice(name or "NAME", need, None, None).limits_lines
+    whom = "" if name else f" (NAME: the name of uid {euid_of(sysfs)} on that host)"
     return CheckResult(
         "RLIMIT_MEMLOCK",
         Status.FAIL,
         f"{size_text(limit)}: less than the {size_text(need)} to pin",
-        "raise it: 'ulimit -l unlimited' in a root shell, LimitMEMLOCK= in a systemd unit, "
-        "or '@USER hard memlock unlimited' in /etc/security/limits.conf",
+        f"raise it: 'ulimit -l unlimited' in a root shell, LimitMEMLOCK={need} in a systemd "
+        f"unit, or '{soft}' and '{hard}' (KiB) in /etc/security/limits.conf{whom}, then "
+        "log in again",
     )
+
+
+def limits_user(sysfs: Sysfs) -> str | None:
+    """The user whose limits.conf lines doctor's memlock hint writes: the one behind sudo
+    (``SUDO_USER``), else whoever runs pyvfio (the real uid's name); None for a snapshot,
+    whose user names are another host's."""
+    if not sysfs.is_live:
+        return None
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and sudo_user != "root":
+        return sudo_user
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (a container): limits.conf cannot name it
+        return None
 
 
 def check_hugepages(sysfs: Sysfs) -> CheckResult:
@@ -450,6 +472,21 @@ def device_checks(address: str, sysfs: Sysfs) -> list[CheckResult]:
         )
     elif group.viable:
         out.append(CheckResult(f"{addr} group", Status.PASS, f"group {group.number} is viable"))
+    elif [d.address for d in group.blockers] == [addr]:  # only the device itself is in the way
+        driver = group.blockers[0].driver
+        out.append(
+            CheckResult(
+                f"{addr} group",
+                Status.FAIL,
+                f"{addr} is not bound to vfio-pci yet: it is on {driver} "
+                + (
+                    f"(alone in group {group.number})"
+                    if len(group.devices) == 1
+                    else f"(the rest of group {group.number} is ready)"
+                ),
+                f"bind it: pyvfio bind {addr}",
+            )
+        )
     else:
         out.append(
             CheckResult(

@@ -47,12 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyvfio.errors import HostError
+from pyvfio.errors import DeviceNotFoundError, HostError
 from pyvfio.host import inventory, kcmdline
 from pyvfio.host.bind import VFIO_MODULES, VFIO_PCI
 from pyvfio.host.durable import Replacement, fsync_dir
 from pyvfio.host.journal import read_journal
-from pyvfio.host.sysfs import Sysfs
+from pyvfio.host.sysfs import PCI_DEVICES, Sysfs
 from pyvfio.pci.address import normalize
 from pyvfio.vm import shellconf
 
@@ -199,10 +199,31 @@ def detect_distro(root: Path) -> str:
     for name in [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]:
         if name in _FAMILY:
             return _FAMILY[name]
-    shown = fields.get("PRETTY_NAME") or fields.get("ID") or "no /etc/os-release"
-    raise PersistError(
-        f"pyvfio persist knows Debian/Ubuntu, Fedora/RHEL and Arch, not {shown}: "
-        "--distro debian|fedora|arch picks the closest"
+    shown = fields.get("PRETTY_NAME") or fields.get("ID")
+    if shown:
+        raise PersistError(
+            f"pyvfio persist knows Debian/Ubuntu, Fedora/RHEL and Arch, not {shown}: "
+            "--distro debian|fedora|arch picks the closest"
+        )
+    raise PersistRefusedError(  # the tree lacks a file: bad input (exit 2), as a refusal
+        f"{_no_os_release(root)}; or name it: --distro debian|fedora|arch", ["/etc/os-release"]
+    )
+
+
+def _no_os_release(root: Path) -> str:
+    """Why ``root`` tells no distribution: most often a copy of /etc whose os-release is
+    the usual link to ../usr/lib/os-release, which the copy does not hold."""
+    shown = os.path.join(os.fspath(root), "etc/os-release")
+    link = _under(root, "/etc/os-release")
+    if link.is_symlink():
+        return (
+            f"{shown} links to {os.readlink(link)}, which {os.fspath(root)} does not hold "
+            "(a copy of /etc alone): copy the file itself into the tree, "
+            f"e.g. cp --remove-destination -L /etc/os-release {shown}"
+        )
+    return (
+        f"{os.fspath(root)} has neither etc/os-release nor usr/lib/os-release to tell the "
+        "distribution"
     )
 
 
@@ -554,6 +575,27 @@ cp {RULE} "$DESTDIR/lib/udev/rules.d/"
 """
 
 
+def _device_info(address: str, root: Path, sysfs: Sysfs) -> inventory.PciDeviceInfo:
+    """The device as the tree's sysfs shows it; under a ``--root`` without the device a
+    DeviceNotFoundError that says what the tree lacks (not "on this host")."""
+    addr = normalize(address)
+    try:
+        return inventory.device_info(addr, sysfs)
+    except DeviceNotFoundError:
+        if sysfs.is_live:
+            raise
+    if not _under(root, PCI_DEVICES).is_dir():
+        raise DeviceNotFoundError(
+            f"{root} has no {PCI_DEVICES}/ to read {addr} from: --root takes a tree with "
+            "etc/ beside the sys/ and proc/ of the machine; unpack a 'pyvfio snapshot' "
+            "of it and copy its /etc in (docs/vm.md shows how)"
+        )
+    raise DeviceNotFoundError(
+        f"no PCI device {addr} in {root}/{PCI_DEVICES} (the snapshot's machine has none "
+        f"there; 'pyvfio ls --root {root}' lists its devices)"
+    )
+
+
 def plan(
     addresses: Sequence[str],
     *,
@@ -567,6 +609,8 @@ def plan(
     Raises :class:`PersistRefusedError` where a file cannot be changed safely.
     """
     base = Path(root)
+    if not base.is_dir():
+        raise ValueError(f"--root {os.fspath(root)}: no such folder (a tree with etc/ and sys/)")
     sysfs = Sysfs(base)
     if not addresses:
         raise PersistError("name at least one PCI address, e.g. 0000:01:00.0")
@@ -578,7 +622,7 @@ def plan(
         raise PersistError(
             f"pyvfio persist was applied already ({MANIFEST}): 'pyvfio persist --undo' first"
         )
-    infos = [inventory.device_info(normalize(a), sysfs) for a in dict.fromkeys(addresses)]
+    infos = [_device_info(a, base, sysfs) for a in dict.fromkeys(addresses)]
     notes: list[str] = []
     rule_lines = [HEADER]
     modules = []

@@ -640,7 +640,8 @@ def preflight(plan: QemuPlan, sysfs: Sysfs = LIVE) -> list[CheckResult]:
             ""
             if lock.can_raise
             else "run as root, or raise the hard limit: LimitMEMLOCK= in a systemd unit, "
-            "'@USER hard memlock unlimited' in /etc/security/limits.conf",
+            f"'{doctor.limits_user(sysfs) or 'NAME'} hard memlock unlimited' in "
+            "/etc/security/limits.conf",
         )
     )
     if plan.hugepages is not None:
@@ -829,6 +830,9 @@ class PassthroughReport:
     notes: tuple[str, ...] = ()
     accel: str = "auto"
     process: QemuProcess | None = None
+    #: Ctrl-C (SIGINT) ended the run. The terminal sends it to QEMU too, which exits 0 on
+    #: it as on a clean shutdown, so only this tells an interrupted run from a finished one.
+    interrupted: bool = False
 
     @property
     def preflight_failed(self) -> bool:
@@ -836,18 +840,19 @@ class PassthroughReport:
 
     @property
     def ok(self) -> bool:
-        return (
-            not self.preflight_failed
-            and self.started
-            and self.error is None
-            and bool(self.confirmations)
-            and all(c.ok for c in self.confirmations)
-        )
+        return not self.preflight_failed and self.started and self.error is None and self.confirmed
+
+    @property
+    def confirmed(self) -> bool:
+        """Every device was confirmed over QMP (whatever happened after)."""
+        return bool(self.confirmations) and all(c.ok for c in self.confirmations)
 
     def reasons(self) -> list[str]:
         out = [f"{c.name}: {c.message}" for c in self.checks if c.failed]
         if self.error:
             out.append(self.error)
+        if self.interrupted and not self.confirmed:
+            out.append("interrupted (Ctrl-C) before QEMU confirmed the devices")
         out += [str(c) for c in self.confirmations if not c.ok]
         return out
 
@@ -860,7 +865,12 @@ class PassthroughReport:
         if self.process is not None:
             lines.append(str(self.process))
         lines += [f"restored {r}" for r in self.restored]
-        if self.ok:
+        if self.ok and self.interrupted:  # confirmed, then the guest ran until Ctrl-C
+            lines.append(
+                f"stopped by Ctrl-C after {self.seconds:.1f} s: QEMU had the devices "
+                f"(confirmed over QMP) and exited with status {self.qemu_exit}"
+            )
+        elif self.ok:
             lines.append(f"yes: passthrough works for these devices ({self.seconds:.1f} s)")
         else:
             lines.append("no: " + "; ".join(self.reasons() or ["QEMU gave no answer"]))
@@ -881,6 +891,7 @@ class PassthroughReport:
             "accel": self.accel,
             "qemu_process": None if self.process is None else self.process.to_json(),
             "notes": list(self.notes),
+            "interrupted": self.interrupted,
         }
 
 
@@ -1029,16 +1040,16 @@ class _Qemu:
         """Ask QEMU to quit over QMP, then SIGTERM, then SIGKILL; its exit status."""
         return _stop(self.proc, self.monitor)
 
-    def run_on(self, resumed: bool) -> int:
+    def run_on(self, resumed: bool) -> tuple[int, bool]:
         """The guest runs (``cont``, unless its CPUs run already) until QEMU exits, or
-        until Ctrl-C stops it; QEMU's exit status."""
+        until Ctrl-C stops it; QEMU's exit status, and whether Ctrl-C stopped it."""
         assert self.monitor is not None
         try:
             if not resumed:
                 self.monitor.execute("cont")
-            return self.proc.wait()
+            return self.proc.wait(), False
         except KeyboardInterrupt:
-            return self.stop()
+            return self.stop(), True
 
 
 @contextlib.contextmanager
@@ -1141,15 +1152,27 @@ def run(
         argv = [*plan.argv, *qmp_args(qmp_path), "-S"]  # a refused TMPDIR: nothing bound
         if check:
             argv += ["-nodefaults", "-display", "none"]
-        with (
-            _bound_devices(plan.addresses, sysfs, journal_dir) as restored,
-            _qemu_process(argv, check=check, memlock=lock.need, echo_stderr=echo_stderr) as qemu,
-        ):
-            answer = _ask(qemu, plan, qmp_path, began + timeout, timeout)
-            if check or answer.error is not None or not all(c.ok for c in answer.confirmations):
-                status = qemu.stop()
-            else:
-                status = qemu.run_on(answer.resumed)
+        restored: list[Restored] = []
+        answer, interrupted = _Answer(started=False), False
+        status: int | None = None
+        started: list[_Qemu] = []  # the QEMU, once there is one: its status after Ctrl-C
+        try:
+            with (
+                _bound_devices(plan.addresses, sysfs, journal_dir) as restored,
+                _qemu_process(
+                    argv, check=check, memlock=lock.need, echo_stderr=echo_stderr
+                ) as qemu,
+            ):
+                started.append(qemu)
+                answer = _ask(qemu, plan, qmp_path, began + timeout, timeout)
+                confirmed = all(c.ok for c in answer.confirmations)
+                if check or answer.error is not None or not confirmed:
+                    status = qemu.stop()
+                else:
+                    status, interrupted = qemu.run_on(answer.resumed)
+        except KeyboardInterrupt:  # before the run: QEMU stopped, devices back (finally)
+            interrupted = True
+            status = started[0].proc.returncode if started else None
     return PassthroughReport(
         checks,
         answer.confirmations,
@@ -1162,4 +1185,5 @@ def run(
         notes=plan.notes,
         accel=plan.accel,
         process=answer.process,
+        interrupted=interrupted,
     )
