@@ -355,7 +355,7 @@ def section(results: Mapping[str, Any]) -> str:
     if before:
         conditions += (
             f" Before: pyvfio at commit {before['src_commit']}, counted {before['date']}"
-            f" (`{results['backend']}{BEFORE_SUFFIX}`)."
+            f" (`instructions-{results['backend']}{BEFORE_SUFFIX}`)."
         )
     return "\n\n".join([f"### {results['backend']} backend", conditions, table(results)])
 

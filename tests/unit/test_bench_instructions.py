@@ -402,6 +402,7 @@ def test_table_against_a_baseline_of_other_code(tmp_path: Path) -> None:
     assert rows[1] == "| --- | ---: | ---: | ---: | ---: | ---: |"
     assert rows[2] == "| MMIO read32 (BAR0) | 24,690 | 12,345 | 1,000 | 12.3x | 2.0x |"
     assert "Before: pyvfio at commit aaaaaaaaaaaa" in instructions.section(results)
+    assert "(`instructions-type1-before.json`)" in instructions.section(results)
 
 
 def test_a_baseline_of_the_same_code_is_not_shown(tmp_path: Path) -> None:
