@@ -1,14 +1,17 @@
-"""Time VFIO primitives through pyvfio and through a C program, on one edu device.
+"""Time VFIO primitives through pyvfio, plain Python and a C program, on one edu device.
 
 Runs as root where an edu device (1234:11e8) is present: inside the lab guest (what
-``bench/run_primitives.py`` does) or on a host with one. It binds the edu to vfio-pci,
-times each operation through pyvfio's public API, closes everything, runs
-``bench/c/vfio_prims.c`` (compiled with gcc into a temporary folder unless
-``--c-binary`` names a build) on the same device, gives the device back, and writes one
-JSON file with both measurements and the pyvfio/C ratio of each operation.
+``bench/run_primitives.py`` does) or on a host with one. It binds the edu to vfio-pci
+and, in turns, times each operation three ways, each side opening and closing the
+device itself: through pyvfio's public API; through ``floor.py``, the least plain
+Python that makes the same system calls (the floor any Python driver pays); and
+through ``bench/c/vfio_prims.c`` (compiled with gcc into a temporary folder unless
+``--c-binary`` names a build). It gives the device back and writes one JSON file with
+the three measurements and the pyvfio/floor and pyvfio/C ratios of each operation.
 
-Both sides time the same way (see ``measure``): a batch size calibrated to a fifth of
-the budget, five batches of it; the best and the median batch give ns per op.
+The Python sides time the same way as the C program (see ``measure``): a batch size
+calibrated to a fifth of the budget, five batches of it; the best and the median batch
+give ns per op.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import ctypes
 import datetime
 import json
 import mmap
+import os
 import platform
 import shutil
 import subprocess
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import primitives_report as report
+from floor import IOVA_EXTRA, FloorDevice
 
 import pyvfio
 from pyvfio.drivers import edu
@@ -101,6 +106,61 @@ def anonymous_pages(count: int) -> Iterator[tuple[mmap.mmap, int]]:
         mem.close()
 
 
+def pyvfio_ops(
+    iommu: pyvfio.Iommu,
+    dev: pyvfio.Device,
+    irq: pyvfio.Interrupt,
+    page: mmap.mmap,
+    *,
+    stand_in: bool = False,
+) -> dict[str, Op]:
+    """One loop per primitive through pyvfio's public API (``op(n)`` runs it n times).
+
+    ``stand_in``: nothing raises the interrupt (bench/instructions.py's stub has no
+    device), so the loop writes the eventfd itself after the raise, as the floor's does.
+    """
+    edu_dev = edu.Edu(dev)
+    bar, config = dev.bar(0), dev.config
+    efd = irq.fileno()
+
+    def mmio_read32(n: int) -> None:
+        for _ in range(n):
+            bar.read32(edu.REG_ID)
+
+    def mmio_write32(n: int) -> None:
+        for i in range(n):
+            bar.write32(edu.REG_LIVENESS, i)
+
+    def config_read32(n: int) -> None:
+        for _ in range(n):
+            config.read32(0)
+
+    def map_unmap(n: int) -> None:
+        for _ in range(n):
+            iommu.unmap(iommu.map(page))
+
+    def irq_round_trip(n: int) -> None:
+        for _ in range(n):
+            edu_dev.raise_interrupt(1)
+            irq.wait(timeout=5.0)
+            edu_dev.acknowledge(1)
+
+    def irq_round_trip_stand_in(n: int) -> None:
+        for _ in range(n):
+            edu_dev.raise_interrupt(1)
+            os.eventfd_write(efd, 1)  # the device's MSI, which the stub cannot send
+            irq.wait(timeout=5.0)
+            edu_dev.acknowledge(1)
+
+    return {
+        "mmio_read32": mmio_read32,
+        "mmio_write32": mmio_write32,
+        "config_read32": config_read32,
+        "dma_map_unmap_4k": map_unmap,
+        "irq_round_trip": irq_round_trip_stand_in if stand_in else irq_round_trip,
+    }
+
+
 def bench_pyvfio(
     bdf: str, backend: str, budget_ns: int, max_iters: int, live_counts: list[int]
 ) -> dict[str, Any]:
@@ -113,34 +173,12 @@ def bench_pyvfio(
 
     with pyvfio.Iommu(backend=backend) as iommu:
         dev = iommu.open(bdf)
-        edu_dev = edu.Edu(dev)
-        bar, config = dev.bar(0), dev.config
         (irq,) = dev.enable_irqs("msi")
-
-        def mmio_read32(n: int) -> None:
-            for _ in range(n):
-                bar.read32(edu.REG_ID)
-
-        def config_read32(n: int) -> None:
-            for _ in range(n):
-                config.read32(0)
-
-        def irq_round_trip(n: int) -> None:
-            for _ in range(n):
-                edu_dev.raise_interrupt(1)
-                irq.wait(timeout=5.0)
-                edu_dev.acknowledge(1)
-
         with anonymous_pages(1) as (page, _):
-
-            def map_unmap(n: int) -> None:
-                for _ in range(n):
-                    iommu.unmap(iommu.map(page))
-
-            run("mmio_read32", mmio_read32)
-            run("config_read32", config_read32)
-            run("dma_map_unmap_4k", map_unmap)
-            run("irq_round_trip", irq_round_trip)
+            loops = pyvfio_ops(iommu, dev, irq, page)
+            for name, op in loops.items():
+                run(name, op)
+            map_unmap = loops["dma_map_unmap_4k"]
 
             for count in live_counts:
                 with anonymous_pages(count) as (_, base):
@@ -154,6 +192,31 @@ def bench_pyvfio(
                         iommu.unmap(mapping)
                     del live
         dev.disable_irqs("msi")
+    return ops
+
+
+def bench_floor(
+    bdf: str, backend: str, budget_ns: int, max_iters: int, live_counts: list[int]
+) -> dict[str, Any]:
+    """Each operation as plain Python's raw syscalls (floor.py); closed on return."""
+    ops: dict[str, Any] = {}
+
+    def run(name: str, op: Op) -> None:
+        got = ops[name] = measure(op, budget_ns, max_iters)
+        say(f"floor {name}: {progress(got)}")
+
+    with FloorDevice(bdf, backend) as dev, anonymous_pages(2) as (_, pages):
+        for name, op in dev.ops(pages).items():
+            run(name, op)
+        extra = dev.map_op(pages + PAGE, IOVA_EXTRA)
+        for count in live_counts:
+            with anonymous_pages(count) as (_, base):
+                t0 = time.monotonic()
+                with dev.live_mappings(base, count):
+                    setup = time.monotonic() - t0
+                    say(f"floor: {count:,} live mapping(s) made in {setup:.1f} s")
+                    run(report.live_op(count), extra)
+                    ops[report.live_op(count)]["setup_seconds"] = round(setup, 2)
     return ops
 
 
@@ -217,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iters", type=int, default=10_000_000, help="cap on one batch")
     parser.add_argument("--live", default=",".join(map(str, report.LIVE_COUNTS)))
     parser.add_argument(
-        "--repeat", type=int, default=2, help="alternate the two sides this many times"
+        "--repeat", type=int, default=2, help="alternate the three sides this many times"
     )
     parser.add_argument("--c-binary", type=Path, help="a built vfio_prims (default: build one)")
     parser.add_argument("--cc", help="how --c-binary was built, for the report")
@@ -236,15 +299,21 @@ def main(argv: list[str] | None = None) -> int:
             say(f"built {binary} with {cc}")
         original = bind.bind_vfio(bdf)
         mine_runs: list[dict[str, Any]] = []
+        floor_runs: list[dict[str, Any]] = []
         c_runs: list[dict[str, Any]] = []
         try:
-            # The sides alternate so that both sample the host's load over the whole run.
+            # The sides take turns so that all sample the host's load over the whole run.
             for rep in range(1, args.repeat + 1):
                 started = time.monotonic()
                 mine_runs.append(
                     bench_pyvfio(bdf, args.backend, budget_ns, args.max_iters, live_counts)
                 )
                 say(f"pyvfio side {rep}/{args.repeat} took {time.monotonic() - started:.0f} s")
+                started = time.monotonic()
+                floor_runs.append(
+                    bench_floor(bdf, args.backend, budget_ns, args.max_iters, live_counts)
+                )
+                say(f"floor side {rep}/{args.repeat} took {time.monotonic() - started:.0f} s")
                 started = time.monotonic()
                 c_runs.append(
                     bench_c(binary, bdf, args.backend, budget_ns, args.max_iters, live_counts)
@@ -253,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bind.give_back(bdf, original)
     mine = report.merge_repeats(mine_runs)
+    base = report.merge_repeats(floor_runs)
     theirs = {**c_runs[-1], "ops": report.merge_repeats([run["ops"] for run in c_runs])}
 
     results = {
@@ -270,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_ms": args.budget_ms,
         "rounds": ROUNDS,
         "repeats": args.repeat,
-        "ops": report.combine(mine, theirs["ops"], report.op_names(live_counts)),
+        "ops": report.combine(mine, base, theirs["ops"], report.op_names(live_counts)),
     }
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     say(f"wrote {args.out}")

@@ -2,7 +2,8 @@
 
 Shared by the guest side (``primitives.py``, which measures) and the host side
 (``run_primitives.py``, which saves and reports); nothing here touches a device, so
-the unit tests check it without a lab.
+the unit tests check it without a lab. Three sides measure each operation: pyvfio,
+the plain-Python floor (``floor.py``) and C (``c/vfio_prims.c``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 #: Version of the results file's layout; bump it when a field changes meaning.
-SCHEMA = 1
+#: 2: a ``floor`` side and ``ratio_floor`` (pyvfio / floor) beside ``c`` and ``ratio``.
+SCHEMA = 2
 #: The live-mapping counts the map cost is measured with (issue 3).
 LIVE_COUNTS = (1, 1000, 30000)
 #: The README block the host side rewrites, between these two lines.
@@ -28,15 +30,20 @@ def live_op(count: int) -> str:
 
 def op_names(live_counts: Iterable[int] = LIVE_COUNTS) -> list[str]:
     """Every operation, in the order both sides run and report them."""
-    return ["mmio_read32", "config_read32", "dma_map_unmap_4k", "irq_round_trip"] + [
-        live_op(n) for n in live_counts
-    ]
+    return [
+        "mmio_read32",
+        "mmio_write32",
+        "config_read32",
+        "dma_map_unmap_4k",
+        "irq_round_trip",
+    ] + [live_op(n) for n in live_counts]
 
 
 def describe(op: str) -> str:
     """What one operation does, for the README table."""
     fixed = {
         "mmio_read32": "32-bit MMIO read of BAR0 (edu ID register)",
+        "mmio_write32": "32-bit MMIO write of BAR0 (edu liveness register)",
         "config_read32": "32-bit config-space read (pread on the config region)",
         "dma_map_unmap_4k": "DMA map + unmap of 4 KiB",
         "irq_round_trip": "interrupt round trip: raise (0x60), eventfd wake, ack (0x64)",
@@ -51,25 +58,41 @@ def describe(op: str) -> str:
     return op
 
 
+def ratio(mine: Mapping[str, Any] | None, theirs: Mapping[str, Any] | None) -> float | None:
+    """``mine``'s best batch over ``theirs``'s; None when either is missing."""
+    if mine and theirs and theirs.get("best_ns_per_op"):
+        return round(float(mine["best_ns_per_op"]) / float(theirs["best_ns_per_op"]), 2)
+    return None
+
+
 def combine(
-    pyvfio: Mapping[str, Any], c: Mapping[str, Any], names: Iterable[str]
+    pyvfio: Mapping[str, Any],
+    floor: Mapping[str, Any],
+    c: Mapping[str, Any],
+    names: Iterable[str],
 ) -> list[dict[str, Any]]:
-    """One entry per operation: both measurements and the pyvfio/C ratio of the best batches.
+    """One entry per operation: the three measurements, pyvfio/C (``ratio``) and
+    pyvfio/floor (``ratio_floor``), of the best batches.
 
     The best batch, not the median, because on a shared machine noise only ever adds
     time (timeit's reasoning); the median stays in the JSON beside it.
 
     An operation one side lacks keeps its entry with ``None`` there and no ratio, so a
-    failed half still shows in the report rather than vanishing.
+    failed side still shows in the report rather than vanishing.
     """
     out = []
     for name in names:
-        mine, theirs = pyvfio.get(name), c.get(name)
-        ratio = None
-        if mine and theirs and theirs.get("best_ns_per_op"):
-            ratio = round(mine["best_ns_per_op"] / theirs["best_ns_per_op"], 2)
+        mine, base, theirs = pyvfio.get(name), floor.get(name), c.get(name)
         out.append(
-            {"name": name, "what": describe(name), "pyvfio": mine, "c": theirs, "ratio": ratio}
+            {
+                "name": name,
+                "what": describe(name),
+                "pyvfio": mine,
+                "floor": base,
+                "c": theirs,
+                "ratio": ratio(mine, theirs),
+                "ratio_floor": ratio(mine, base),
+            }
         )
     return out
 
@@ -119,19 +142,29 @@ def format_ratio(value: float | None) -> str:
     return f"{value:,.0f}x" if value >= 100 else f"{value:.1f}x"
 
 
+def best(side: Mapping[str, Any] | None) -> float | None:
+    return side["best_ns_per_op"] if side else None
+
+
 def table(results: Mapping[str, Any]) -> str:
-    """A Markdown table of one results file: operation, pyvfio, C, ratio."""
+    """A Markdown table of one results file: operation, the three sides, two ratios.
+
+    A results file from before the floor (schema 1) shows ``n/a`` in its columns.
+    """
     lines = [
-        "| operation | pyvfio | C | pyvfio / C |",
-        "| --- | ---: | ---: | ---: |",
+        "| operation | pyvfio | floor | C | pyvfio / floor | pyvfio / C |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for op in results["ops"]:
-        mine = op["pyvfio"]["best_ns_per_op"] if op["pyvfio"] else None
-        theirs = op["c"]["best_ns_per_op"] if op["c"] else None
-        ratio = format_ratio(op["ratio"])
-        lines.append(
-            f"| {describe(op['name'])} | {format_ns(mine)} | {format_ns(theirs)} | {ratio} |"
-        )
+        cells = [
+            describe(op["name"]),
+            format_ns(best(op["pyvfio"])),
+            format_ns(best(op.get("floor"))),
+            format_ns(best(op["c"])),
+            format_ratio(op.get("ratio_floor")),
+            format_ratio(op["ratio"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

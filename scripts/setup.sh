@@ -13,11 +13,12 @@ cd "$(dirname "$0")/.."
 # header download; make, bc, bison, flex, libelf-dev, libssl-dev, cpio, xz-utils and
 # debian-archive-keyring: building the lab kernel with IOMMUFD (docs/lab-kernel.md);
 # fio: the kernel side of the NVMe benchmark (bench/nvme); debootstrap: the sid chroot whose
-# QEMU is the vfio-user client the tests attach to pyvfio's server (pyvfio lab sid-qemu).
+# QEMU is the vfio-user client the tests attach to pyvfio's server (pyvfio lab sid-qemu);
+# valgrind: callgrind and its client-request headers for bench/instructions.py.
 packages=(qemu-system-x86 linux-image-amd64 pciutils pci.ids gcc libc6-dev file binutils
           kmod busybox-static python3-venv python3-dev ca-certificates dpkg-dev
           make bc bison flex libelf-dev libssl-dev cpio xz-utils debian-archive-keyring
-          libvirt-clients libxml2-utils fio debootstrap)  # virt-xml-validate (and its xmllint) for the vm libvirt tests
+          libvirt-clients libxml2-utils fio debootstrap valgrind)  # virt-xml-validate (and its xmllint) for the vm libvirt tests
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

@@ -85,6 +85,7 @@ struct vfio_device_attach_iommufd_pt {
 #define ROUNDS 5
 #define PAGE 4096UL
 #define EDU_ID 0x00
+#define EDU_LIVENESS 0x04
 #define EDU_IRQ_RAISE 0x60
 #define EDU_IRQ_ACK 0x64
 #define PCI_COMMAND 0x04
@@ -377,6 +378,13 @@ static void op_mmio_read32(unsigned long n)
 		sink = dev.bar0[EDU_ID / 4];
 }
 
+static void op_mmio_write32(unsigned long n)
+{
+	/* edu's liveness register: any value, no side effect but the next read. */
+	while (n--)
+		dev.bar0[EDU_LIVENESS / 4] = (uint32_t)n;
+}
+
 static void op_config_read32(unsigned long n)
 {
 	while (n--)
@@ -539,6 +547,7 @@ int main(int argc, char **argv)
 	       "\"edu_ident\": %u, \"rounds\": %d, \"ops\": {",
 	       dev.backend == IOMMUFD ? "iommufd" : "type1", bdf, ident, ROUNDS);
 	print_result("mmio_read32", measure(op_mmio_read32, budget_ns, max_iters), &first);
+	print_result("mmio_write32", measure(op_mmio_write32, budget_ns, max_iters), &first);
 	print_result("config_read32", measure(op_config_read32, budget_ns, max_iters), &first);
 	print_result("dma_map_unmap_4k", measure(op_dma_map_unmap, budget_ns, max_iters),
 		     &first);

@@ -23,6 +23,7 @@ def result(ns: float) -> dict[str, Any]:
 def sample(backend: str = "type1") -> dict[str, Any]:
     names = report.op_names()
     mine = {name: result(1000.0 * (i + 1)) for i, name in enumerate(names)}
+    base = {name: result(500.0) for name in names}
     theirs = {name: result(100.0) for name in names}
     return {
         "backend": backend,
@@ -33,13 +34,14 @@ def sample(backend: str = "type1") -> dict[str, Any]:
         "cc": "gcc 12 -O2",
         "budget_ms": 2000,
         "rounds": 5,
-        "ops": report.combine(mine, theirs, names),
+        "ops": report.combine(mine, base, theirs, names),
     }
 
 
 def test_op_names_cover_the_fixed_ops_then_each_live_count() -> None:
     assert report.op_names((1, 1000)) == [
         "mmio_read32",
+        "mmio_write32",
         "config_read32",
         "dma_map_unmap_4k",
         "irq_round_trip",
@@ -54,21 +56,33 @@ def test_describe_names_live_counts_readably() -> None:
     assert report.describe("something_new") == "something_new"
 
 
-def test_combine_gives_the_pyvfio_over_c_ratio() -> None:
-    (op,) = report.combine({"x": result(2500.0)}, {"x": result(100.0)}, ["x"])
-    assert op["ratio"] == 25.0
+def test_combine_gives_the_pyvfio_over_c_and_over_floor_ratios() -> None:
+    (op,) = report.combine(
+        {"x": result(2500.0)}, {"x": result(1000.0)}, {"x": result(100.0)}, ["x"]
+    )
+    assert op["ratio"] == 25.0 and op["ratio_floor"] == 2.5
     assert op["pyvfio"]["ns_per_op"] == 2500.0 and op["c"]["ns_per_op"] == 100.0
+    assert op["floor"]["ns_per_op"] == 1000.0
 
 
 def test_combine_takes_the_ratio_of_the_best_batches() -> None:
     mine = {**result(5000.0), "best_ns_per_op": 3000.0}
     theirs = {**result(200.0), "best_ns_per_op": 100.0}
-    assert report.combine({"x": mine}, {"x": theirs}, ["x"])[0]["ratio"] == 30.0
+    base = {**result(900.0), "best_ns_per_op": 600.0}
+    (op,) = report.combine({"x": mine}, {"x": base}, {"x": theirs}, ["x"])
+    assert op["ratio"] == 30.0 and op["ratio_floor"] == 5.0
 
 
 def test_combine_keeps_an_op_one_side_lacks_without_a_ratio() -> None:
-    ops = report.combine({"x": result(1.0)}, {}, ["x", "y"])
-    assert [(o["name"], o["ratio"], o["c"]) for o in ops] == [("x", None, None), ("y", None, None)]
+    ops = report.combine({"x": result(1.0)}, {}, {"x": result(1.0)}, ["x", "y"])
+    assert [(o["name"], o["ratio_floor"], o["floor"]) for o in ops] == [
+        ("x", None, None),
+        ("y", None, None),
+    ]
+    assert [(o["name"], o["ratio"], o["c"]) for o in ops] == [
+        ("x", 1.0, ops[0]["c"]),
+        ("y", None, None),
+    ]
 
 
 def test_merge_repeats_keeps_the_fastest_repeat_and_every_best() -> None:
@@ -103,12 +117,26 @@ def test_parse_c_output_explains_what_is_wrong(text: str, says: str) -> None:
         report.parse_c_output(text)
 
 
-def test_table_has_a_row_per_op_with_units_and_ratio() -> None:
+def test_table_has_a_row_per_op_with_units_and_ratios() -> None:
     rows = report.table(sample()).splitlines()
-    assert rows[0] == "| operation | pyvfio | C | pyvfio / C |"
+    assert rows[0] == "| operation | pyvfio | floor | C | pyvfio / floor | pyvfio / C |"
     assert len(rows) == 2 + len(report.op_names())
-    assert rows[2] == "| 32-bit MMIO read of BAR0 (edu ID register) | 1,000 ns | 100 ns | 10.0x |"
-    assert rows[-1].endswith("with 30,000 live mappings | 7,000 ns | 100 ns | 70.0x |")
+    assert rows[2] == (
+        "| 32-bit MMIO read of BAR0 (edu ID register) | 1,000 ns | 500 ns | 100 ns | 2.0x | 10.0x |"
+    )
+    assert rows[3].startswith("| 32-bit MMIO write of BAR0 (edu liveness register) | 2,000 ns")
+    assert rows[-1].endswith(
+        "with 30,000 live mappings | 8,000 ns | 500 ns | 100 ns | 16.0x | 80.0x |"
+    )
+
+
+def test_table_of_a_results_file_from_before_the_floor() -> None:
+    """Schema 1 files (no floor side) still render, the floor's cells n/a."""
+    results = sample()
+    for op in results["ops"]:
+        del op["floor"], op["ratio_floor"]
+    row = report.table(results).splitlines()[2]
+    assert row.endswith("| 1,000 ns | n/a | 100 ns | n/a | 10.0x |")
 
 
 @pytest.mark.parametrize(
@@ -134,7 +162,9 @@ def test_table_shows_a_missing_side_as_na() -> None:
     results = sample()
     results["ops"][0]["c"] = None
     results["ops"][0]["ratio"] = None
-    assert report.table(results).splitlines()[2].endswith("| 1,000 ns | n/a | n/a |")
+    assert (
+        report.table(results).splitlines()[2].endswith("| 1,000 ns | 500 ns | n/a | 2.0x | n/a |")
+    )
 
 
 def test_section_names_backend_and_accelerator() -> None:
