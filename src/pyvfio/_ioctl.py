@@ -466,6 +466,7 @@ def iommu_unmap_dma(container: int, iova: int, size: int, flags: int = 0) -> int
 # -- DMA map and unmap on the hot path ------------------------------------------------------
 
 _U64_MASK = (1 << 64) - 1
+_EBADF = OSError(E.EBADF, os.strerror(E.EBADF))  # what ioctl(-1, ...) answers
 
 
 def _u64_fields(kernel_struct: type[ctypes.Structure], *names: str) -> tuple[struct.Struct, int]:
@@ -522,6 +523,8 @@ class Type1Dma:
                 continue
             except OSError as err:
                 raise _dma_error(err, "VFIO_IOMMU_MAP_DMA", size, None) from err
+            except ValueError as err:  # fd -1: fcntl refuses it before the kernel would
+                raise _dma_error(_EBADF, "VFIO_IOMMU_MAP_DMA", size, None) from err
 
     def unmap(self, iova: int, size: int) -> int:
         """Unmap; the number of bytes the kernel unmapped."""
@@ -534,6 +537,8 @@ class Type1Dma:
                 continue
             except OSError as err:
                 raise _dma_error(err, "VFIO_IOMMU_UNMAP_DMA", 0, None) from err
+            except ValueError as err:  # fd -1: fcntl refuses it before the kernel would
+                raise _dma_error(_EBADF, "VFIO_IOMMU_UNMAP_DMA", 0, None) from err
 
 
 def _dma_error(err: OSError, name: str, size: int, device: str | None) -> VfioError:
@@ -637,6 +642,8 @@ class IoasDma:
                 continue
             except OSError as err:
                 raise _dma_error(err, "IOMMU_IOAS_MAP", size, "/dev/iommu") from err
+            except ValueError as err:  # fd -1: fcntl refuses it before the kernel would
+                raise _dma_error(_EBADF, "IOMMU_IOAS_MAP", size, "/dev/iommu") from err
 
     def unmap(self, iova: int, size: int) -> int:
         """Unmap; the number of bytes the kernel unmapped."""
@@ -649,6 +656,8 @@ class IoasDma:
                 continue
             except OSError as err:
                 raise _dma_error(err, "IOMMU_IOAS_UNMAP", 0, "/dev/iommu") from err
+            except ValueError as err:  # fd -1: fcntl refuses it before the kernel would
+                raise _dma_error(_EBADF, "IOMMU_IOAS_UNMAP", 0, "/dev/iommu") from err
 
 
 def ioas_copy(

@@ -418,6 +418,7 @@ class Iommu:
             backend.map(vaddr, iova, size, -1 if fd is None else fd, fd_offset)
         except BaseException:
             allocator.free(iova)
+            keep = None  # the traceback keeps this frame: let the buffer go now
             raise
         self._mappings[iova] = (size, vaddr)
         self._pinned += size
@@ -509,6 +510,7 @@ class Iommu:
                     self._pinned += page_size
             except BaseException:
                 self._unmap_all(backend, allocator, reversed(iovas))
+                keep = None  # the traceback keeps this frame: let the buffer go now
                 raise
             return iovas
 
