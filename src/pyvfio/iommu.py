@@ -335,13 +335,9 @@ class Iommu:
     def _memory(self, buffer_or_address: Buffer | int, size: int | None, call: str) -> _Memory:
         """The address and size of what ``call`` (``map()``) was given, and what keeps a
         buffer alive and unresizable while it is mapped (its exported buffer)."""
-        if type(buffer_or_address) is int:  # the common case first
-            if size is None:
-                raise TypeError(f"{call[:-1]}address, size): the size is required with an address")
-            return buffer_or_address, size, None
-        if isinstance(buffer_or_address, bool):
-            raise TypeError(f"{call} needs a writable buffer or an address, not a bool")
         if isinstance(buffer_or_address, int):
+            if isinstance(buffer_or_address, bool):
+                raise TypeError(f"{call} needs a writable buffer or an address, not a bool")
             if size is None:
                 raise TypeError(f"{call[:-1]}address, size): the size is required with an address")
             return int(buffer_or_address), size, None

@@ -57,10 +57,11 @@ _DEFAULT_PAGE_SIZE = 4096
 _KEY_SHIFT = 64
 _LOAD = 512  # sublists of _SortedInts hold _LOAD // 2 .. 2 * _LOAD values
 # The cache of freed ranges: sizes of up to 32 pages (the kernel's
-# IOVA_RANGE_CACHE_MAX_SIZE of 6 orders: 1 to 32 pages), at most 128 ranges of each
-# (its magazine holds 127). What it can hold is bounded: 32 stacks of 128.
+# IOVA_RANGE_CACHE_MAX_SIZE of 6 orders: 1 to 32 pages), at most 4096 ranges of each
+# (its depot holds 32 magazines of 127), so a driver that unmaps a batch of a few
+# thousand pages and maps it again finds them all. Bounded: 32 stacks of 4096 ints.
 _CACHE_MAX_PAGES = 32
-_CACHE_DEPTH = 128
+_CACHE_DEPTH = 4096
 
 
 def _size_key(start: int, last: int) -> int:
