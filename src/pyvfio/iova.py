@@ -30,10 +30,10 @@ so a driver that maps and unmaps buffers of a few sizes pays two dict operations
 allocate + free instead of the ten index updates of a split and a merge, however many
 mappings are live. Cached ranges are free: they are never handed out twice, never
 counted as allocated, and they go back into the blocks (merged with their
-neighbours) when a stack is full, when a request cannot be met without them (an
-exhausted space, a fixed :meth:`~IovaAllocator.reserve` over one), and before the
-free space is shown (:meth:`~IovaAllocator.free_blocks`,
-:meth:`~IovaAllocator.largest_free_block`). So a cache hit may return a range other
+neighbours) when a request cannot be met without them (an exhausted space, a fixed
+:meth:`~IovaAllocator.reserve` over one) and before the free space is shown
+(:meth:`~IovaAllocator.free_blocks`, :meth:`~IovaAllocator.largest_free_block`); a
+range freed when its size's stack is full goes straight back. So a cache hit may return a range other
 than the best fit; every other guarantee (page alignment, ``align``, ``max_iova``,
 the usable and reserved ranges, the exhaustion error) is the same with or without it.
 """
