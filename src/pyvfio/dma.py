@@ -27,13 +27,14 @@ class DmaMapping:
 
 class DmaOwner(Protocol):
     """What a DmaBuffer needs of its Iommu (a `~pyvfio.Iommu` is one): mapping its
-    memory, and being told when the buffer is freed, to unmap it (unless the Iommu
-    is closed: then nothing is mapped any more). The underscored member is the
-    Iommu's side for its buffers, not for its callers."""
+    memory (the IOVA; no DmaMapping is made, the buffer is the public object), and
+    being told when the buffer is freed, to unmap it (unless the Iommu is closed:
+    then nothing is mapped any more). The members are the Iommu's side for its
+    buffers, not for its callers."""
 
-    def map(
+    def _map_buffer(
         self, address: int, size: int, /, *, max_iova: int | None, align: int, fd: int | None
-    ) -> DmaMapping: ...
+    ) -> int: ...
 
     def _unmap_buffer(self, buf: DmaBuffer) -> None: ...
 
@@ -99,9 +100,9 @@ class DmaBuffer:
         self._finalizer = weakref.finalize(self, _release, self.address, self.size, self._memfd)
         try:
             fd = self._memfd if self._memfd >= 0 else None
-            self.iova = iommu.map(
+            self.iova = iommu._map_buffer(
                 self.address, self.size, max_iova=max_iova, align=page, fd=fd
-            ).iova
+            )
         except BaseException:
             self._finalizer()
             raise

@@ -31,9 +31,13 @@ import contextlib
 import ctypes
 import errno as E
 import functools
+import mmap
 import os
 import resource
+import threading
 import weakref
+from array import array
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pyvfio import _mem, backends
@@ -57,12 +61,13 @@ from pyvfio.vfio_user import SCHEME, is_vfio_user, socket_path
 from pyvfio.viability import VIABLE_DRIVERS, blocking_peers, bound_group, not_viable_error
 
 if TYPE_CHECKING:
-    import mmap
-
     from pyvfio._transport import DeviceTransport
 
     #: What map() accepts besides an address: writable, contiguous memory.
     Buffer = bytearray | memoryview | mmap.mmap | ctypes.Array[Any]
+
+#: A mapping's address, size, and what keeps its buffer exported (None for an address).
+_Memory = tuple[int, int, "ctypes.Array[ctypes.c_char] | None"]
 
 #: ``unsafe-noiommu`` is the explicit opt-in for VFIO's no-IOMMU mode (pyvfio.noiommu).
 BACKENDS = ("auto", *backends.NAMES)
@@ -71,9 +76,10 @@ BACKENDS = ("auto", *backends.NAMES)
 def _has_cap_ipc_lock() -> bool:
     """CAP_IPC_LOCK (bit 14 of CapEff) exempts a process from RLIMIT_MEMLOCK for pinning.
 
-    Read once per effective uid: reading /proc on every map was most of a map's cost
-    (the primitives benchmark), and a process that drops root (a child that
-    setresuid()s to the user it serves) loses its capabilities with it. A process that
+    Asked only when a mapping would pass RLIMIT_MEMLOCK, and read once per effective
+    uid: reading /proc on every map was most of a map's cost (the primitives
+    benchmark), and a process that drops root (a child that setresuid()s to the user
+    it serves) loses its capabilities with it. A process that
     drops only the capability still meets the kernel's own check, which raises
     MemlockLimitError from the ioctl.
     """
@@ -114,7 +120,12 @@ def _finalize_backend(backend: Backend) -> None:
 
 
 class Iommu:
-    """An IOMMU address space: open devices into it, map and allocate DMA memory."""
+    """An IOMMU address space: open devices into it, map and allocate DMA memory.
+
+    Threads may share an Iommu: map, unmap, their batched forms and DMA buffers'
+    allocation and freeing hold its lock, which also guards the one argument struct
+    per backend that the map and unmap ioctls are packed into.
+    """
 
     def __init__(
         self,
@@ -140,7 +151,10 @@ class Iommu:
         self._finalizer: weakref.finalize[[Backend], Iommu] | None = None
         self._allocator: IovaAllocator | None = None
         self._info: IommuInfo | None = None
-        self._mappings: dict[int, DmaMapping] = {}
+        # The lock map and unmap hold: the allocator, these books and the backend's
+        # preallocated ioctl arguments are shared by every call.
+        self._lock = threading.Lock()
+        self._mappings: dict[int, tuple[int, int]] = {}  # iova -> (size, vaddr)
         self._pinned = 0
         self._keep: dict[int, object] = {}  # caller buffers kept alive while mapped
         self._buffers: weakref.WeakSet[DmaBuffer] = weakref.WeakSet()
@@ -291,7 +305,8 @@ class Iommu:
 
     @property
     def mappings(self) -> tuple[DmaMapping, ...]:
-        return tuple(self._mappings.values())
+        """The live mappings, in the order they were made (buffers' and pages' too)."""
+        return tuple(DmaMapping(iova, size, va) for iova, (size, va) in self._mappings.items())
 
     def _alloc(self) -> IovaAllocator:
         if self._allocator is None:
@@ -304,10 +319,16 @@ class Iommu:
         return self._allocator
 
     def _check_memlock(self, size: int) -> None:
-        if _has_cap_ipc_lock():
-            return
-        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        if soft != resource.RLIM_INFINITY and self._pinned + size > soft:
+        """MemlockLimitError, before the kernel is asked, for a mapping that would pin
+        more than RLIMIT_MEMLOCK. The limit is read on every map (a process may change
+        it; one getrlimit call); whether CAP_IPC_LOCK exempts the process is asked only
+        when the limit would be passed."""
+        soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+        if (
+            soft != resource.RLIM_INFINITY
+            and self._pinned + size > soft
+            and not _has_cap_ipc_lock()
+        ):
             raise MemlockLimitError(
                 f"mapping {size} bytes for DMA would pin {self._pinned + size} bytes, over "
                 f"RLIMIT_MEMLOCK of {soft} bytes: raise it (ulimit -l "
@@ -316,6 +337,31 @@ class Iommu:
                 limit=soft,
                 requested=size,
             )
+
+    def _memory(self, buffer_or_address: Buffer | int, size: int | None, call: str) -> _Memory:
+        """The address and size of what ``call`` (``map()``) was given, and what keeps a
+        buffer alive and unresizable while it is mapped (its exported buffer)."""
+        if isinstance(buffer_or_address, int):
+            if isinstance(buffer_or_address, bool):
+                raise TypeError(f"{call} needs a writable buffer or an address, not a bool")
+            if size is None:
+                raise TypeError(f"{call[:-1]}address, size): the size is required with an address")
+            return int(buffer_or_address), size, None
+        cls = type(buffer_or_address)
+        try:
+            # bytearray and mmap count bytes in len() and are contiguous: no view needed
+            # to learn the size. The array below holds the one export the mapping needs.
+            n = (
+                len(buffer_or_address)
+                if cls is bytearray or cls is mmap.mmap
+                else len(memoryview(buffer_or_address).cast("B"))
+            )
+            keep = (ctypes.c_char * n).from_buffer(buffer_or_address)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{call} needs a writable, contiguous buffer or an address: {err}"
+            ) from err
+        return ctypes.addressof(keep), n if size is None else size, keep
 
     def map(
         self,
@@ -336,25 +382,26 @@ class Iommu:
         ``fd`` says the memory is that file mapped from ``fd_offset`` (a memfd, say):
         a vfio-user server then maps it itself; the kernel backends ignore it.
         """
+        with self._lock:
+            iova, size, vaddr = self._map(
+                buffer_or_address, size, iova, max_iova, align, fd, fd_offset
+            )
+        return DmaMapping(iova, size, vaddr)
+
+    def _map(
+        self,
+        buffer_or_address: Buffer | int,
+        size: int | None,
+        iova: int | None,
+        max_iova: int | None,
+        align: int | None,
+        fd: int | None,
+        fd_offset: int,
+    ) -> tuple[int, int, int]:
+        """map() under the lock; the IOVA, size and address, with no DmaMapping made."""
         backend = self._require_backend()
-        allocator = self._alloc()
-        if isinstance(buffer_or_address, bool):
-            raise TypeError("map() needs a writable buffer or an address, not a bool")
-        if isinstance(buffer_or_address, int):
-            if size is None:
-                raise TypeError("map(address, size): the size is required with an address")
-            vaddr, keep = buffer_or_address, None
-        else:
-            try:
-                keep = (ctypes.c_char * len(memoryview(buffer_or_address).cast("B"))).from_buffer(
-                    buffer_or_address
-                )
-            except (TypeError, ValueError) as err:
-                raise TypeError(
-                    f"map() needs a writable, contiguous buffer or an address: {err}"
-                ) from err
-            vaddr = ctypes.addressof(keep)
-            size = len(keep) if size is None else size
+        allocator = self._allocator or self._alloc()
+        vaddr, size, keep = self._memory(buffer_or_address, size, "map()")
         page = allocator.page_size
         if size <= 0 or size % page or vaddr % page:
             raise ValueError(
@@ -373,31 +420,147 @@ class Iommu:
             backend.map(vaddr, iova, size, -1 if fd is None else fd, fd_offset)
         except BaseException:
             allocator.free(iova)
+            keep = None  # the traceback keeps this frame: let the buffer go now
             raise
-        mapping = DmaMapping(iova, size, vaddr)
-        self._mappings[iova] = mapping
+        self._mappings[iova] = (size, vaddr)
         self._pinned += size
         if keep is not None:
             self._keep[iova] = keep
-        return mapping
+        return iova, size, vaddr
 
     def unmap(self, mapping_or_iova: DmaMapping | int) -> None:
         """Remove a mapping made with :meth:`map` (by the mapping or its IOVA)."""
         iova = mapping_or_iova.iova if isinstance(mapping_or_iova, DmaMapping) else mapping_or_iova
-        mapping = self._mappings.get(iova)
-        if not isinstance(iova, int):
-            raise TypeError(f"unmap() takes a DmaMapping or its IOVA, not {iova!r}")
-        if mapping is None:
-            raise ValueError(f"no DMA mapping starts at iova {iova:#x}")
-        backend = self._require_backend()
-        del self._mappings[iova]
-        self._pinned -= mapping.size
-        self._keep.pop(iova, None)
-        try:
-            backend.unmap(iova, mapping.size)
-        finally:
-            if self._allocator is not None:
-                self._allocator.free(iova)
+        with self._lock:
+            record = self._mappings.get(iova)
+            if not isinstance(iova, int):
+                raise TypeError(f"unmap() takes a DmaMapping or its IOVA, not {iova!r}")
+            if record is None:
+                raise ValueError(f"no DMA mapping starts at iova {iova:#x}")
+            backend = self._require_backend()
+            size = record[0]
+            del self._mappings[iova]
+            self._pinned -= size
+            self._keep.pop(iova, None)
+            try:
+                backend.unmap(iova, size)
+            finally:
+                if self._allocator is not None:
+                    self._allocator.free(iova)
+
+    def map_pages(
+        self,
+        buffer_or_address: Buffer | int,
+        page_size: int | None = None,
+        *,
+        size: int | None = None,
+        max_iova: int | None = None,
+        fd: int | None = None,
+        fd_offset: int = 0,
+    ) -> array[int]:
+        """Map memory page by page; the pages' IOVAs in order, as an ``array('Q')``.
+
+        For a driver that hands a device many pages (buffer pools, PRP or descriptor
+        lists): each ``page_size`` piece of the memory (by default the IOMMU page
+        size) is a mapping of its own at an IOVA of its own, so any page can later be
+        unmapped alone (the kernel refuses to unmap part of a mapping), and no object
+        is made per page. ``buffer_or_address``, ``max_iova``, ``fd`` and
+        ``fd_offset`` are as for :meth:`map`; an address needs ``size``. The address
+        must be page aligned and the size a multiple of ``page_size``, itself a
+        multiple of the IOMMU page size.
+
+        All or nothing: when a page cannot be mapped (the kernel's limit of mappings,
+        RLIMIT_MEMLOCK, the IOVA space), the pages already mapped are unmapped and
+        the error is raised. Each page is one of :attr:`mappings`; :meth:`unmap_pages`
+        (or :meth:`unmap`, page by page) removes them.
+        """
+        with self._lock:
+            backend = self._require_backend()
+            allocator = self._allocator or self._alloc()
+            vaddr, size, keep = self._memory(buffer_or_address, size, "map_pages()")
+            page = allocator.page_size
+            if page_size is None:
+                page_size = page
+            elif type(page_size) is not int or page_size <= 0 or page_size % page:
+                raise ValueError(
+                    f"page_size must be a positive multiple of the IOMMU page size {page:#x}, "
+                    f"not {page_size!r}"
+                )
+            if size <= 0 or size % page_size or vaddr % page:
+                raise ValueError(
+                    f"map_pages() maps whole pages: address {vaddr:#x} must be a multiple "
+                    f"of {page:#x} and size {size:#x} a positive multiple of page_size "
+                    f"{page_size:#x}"
+                )
+            if backend.pins_memory:
+                self._check_memlock(size)
+            iovas: array[int] = array("Q")
+            mappings, keeps = self._mappings, self._keep
+            fd, offset = (-1, 0) if fd is None else (fd, fd_offset - vaddr)
+            try:
+                for va in range(vaddr, vaddr + size, page_size):
+                    iova = allocator.allocate(page_size, max_iova=max_iova)
+                    try:
+                        backend.map(va, iova, page_size, fd, 0 if fd < 0 else va + offset)
+                    except BaseException:
+                        allocator.free(iova)
+                        raise
+                    mappings[iova] = (page_size, va)
+                    iovas.append(iova)
+                    if keep is not None:
+                        keeps[iova] = keep
+                    self._pinned += page_size
+            except BaseException:
+                self._unmap_all(backend, allocator, reversed(iovas))
+                keep = None  # the traceback keeps this frame: let the buffer go now
+                raise
+            return iovas
+
+    def unmap_pages(self, iovas: Iterable[int]) -> None:
+        """Unmap pages :meth:`map_pages` mapped, by their IOVAs (all of them or any).
+
+        Every IOVA is checked before anything is unmapped: one that starts no mapping,
+        or is listed twice, raises ValueError and nothing is unmapped. When the kernel
+        fails to unmap a page, the others are still unmapped, every page leaves
+        :attr:`mappings`, and the first error is raised.
+        """
+        with self._lock:
+            todo = list(iovas)
+            mappings = self._mappings
+            for iova in todo:
+                if not isinstance(iova, int) or isinstance(iova, bool):
+                    raise TypeError(
+                        f"unmap_pages() takes the IOVAs map_pages() returned, not {iova!r}"
+                    )
+                if iova not in mappings:
+                    raise ValueError(f"no DMA mapping starts at iova {iova:#x}")
+            if len(set(todo)) != len(todo):
+                twice = next(i for i in todo if todo.count(i) > 1)
+                raise ValueError(f"iova {twice:#x} is listed twice: each page unmaps once")
+            backend = self._require_backend()
+            if not todo:
+                return
+            failed = self._unmap_all(backend, self._alloc(), todo)
+        if failed is not None:
+            raise failed
+
+    def _unmap_all(
+        self, backend: Backend, allocator: IovaAllocator, iovas: Iterable[int]
+    ) -> VfioError | None:
+        """Unmap each of ``iovas`` (mappings all); the first VfioError, the rest go on."""
+        mappings, keeps = self._mappings, self._keep
+        failed: VfioError | None = None
+        for iova in iovas:
+            size = mappings.pop(iova)[0]
+            self._pinned -= size
+            keeps.pop(iova, None)
+            try:
+                backend.unmap(iova, size)
+            except VfioError as err:
+                failed = failed or err
+            finally:
+                allocator.free(iova)
+        return failed
 
     def dma_alloc(
         self, size: int, max_iova: int | None = None, *, hugepages: bool = False
@@ -411,6 +574,14 @@ class Iommu:
         )
         self._buffers.add(buf)
         return buf
+
+    def _map_buffer(
+        self, address: int, size: int, /, *, max_iova: int | None, align: int, fd: int | None
+    ) -> int:
+        """A DmaBuffer's memory mapped; its IOVA (the buffer is the public object, so
+        no DmaMapping is made for it)."""
+        with self._lock:
+            return self._map(address, size, None, max_iova, align, fd, 0)[0]
 
     def _unmap_buffer(self, buf: DmaBuffer) -> None:
         self._buffers.discard(buf)

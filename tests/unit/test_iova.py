@@ -633,3 +633,188 @@ TestAllocatorVersusModel = AllocatorVersusModel.TestCase
 TestAllocatorVersusModel.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
+
+
+# -- the cache of freed ranges (the kernel's IOVA rcache) -----------------------------
+
+
+@contextmanager
+def counted_index_updates() -> Iterator[list[int]]:
+    """Count the updates of the ordered indexes (_SortedInts.add/remove) made inside."""
+    counts = [0]
+    add, remove = iova_module._SortedInts.add, iova_module._SortedInts.remove
+
+    def counting_add(self: iova_module._SortedInts, value: int) -> None:
+        counts[0] += 1
+        add(self, value)
+
+    def counting_remove(self: iova_module._SortedInts, value: int) -> None:
+        counts[0] += 1
+        remove(self, value)
+
+    with (
+        mock.patch.object(iova_module._SortedInts, "add", counting_add),
+        mock.patch.object(iova_module._SortedInts, "remove", counting_remove),
+    ):
+        yield counts
+
+
+@pytest.mark.parametrize("live", [1, 1_000, 30_000])
+def test_allocate_free_pairs_touch_no_index_once_the_size_is_cached(live: int) -> None:
+    """The common pair (a page, freed, a page again) is O(1) however many allocations
+    are live: no update of the ordered indexes (each pair cost ten before the cache)."""
+    a = IovaAllocator([(0, 0xFEDFFFFF), (0xFEF00000, (1 << 48) - 1)])
+    held = [a.allocate(PAGE) for _ in range(live)]
+    with counted_index_updates() as first:
+        a.free(a.allocate(PAGE))  # the first pair of a size splits a block: the cache fills
+        a.free(a.allocate(pages(2), align=PAGE))
+    with counted_index_updates() as counts:
+        for _ in range(100):
+            a.free(a.allocate(PAGE))
+            a.free(a.allocate(pages(2), align=PAGE))
+    assert first[0] >= 2  # the counting sees the updates a split makes
+    assert counts == [0]
+    assert a.allocated() == live and a.allocations() == [(s, PAGE) for s in held]
+
+
+def test_a_freed_range_is_reused_for_the_same_size() -> None:
+    a = IovaAllocator([(0, GiB - 1)])
+    x = a.allocate(pages(3))
+    a.allocate(PAGE)
+    assert a.free(x) == pages(3)
+    assert a.cached == 1
+    assert x not in a and a.lookup(x) is None and a.allocated() == 1
+    assert a.bytes_allocated == PAGE
+    assert a.allocate(pages(2)) != x  # another size: not from the 3-page stack
+    assert a.allocate(pages(3)) == x  # the same size: the cached range
+    assert a.cached == 0 and a.lookup(x + PAGE) == (x, pages(3))
+
+
+def test_a_cached_range_is_handed_out_once() -> None:
+    a = IovaAllocator([(0, GiB - 1)])
+    first = [a.allocate(PAGE) for _ in range(4)]
+    for iova in first[:2]:
+        a.free(iova)
+    again = [a.allocate(PAGE) for _ in range(4)]
+    assert sorted(again[:2]) == sorted(first[:2])  # both cached ranges, once each
+    assert len(set(again) | set(first[2:])) == 6  # the other two are new ranges
+    spans = a.allocations()
+    assert len(spans) == 6
+    for (s, n), (t, _) in pairwise(spans):
+        assert s + n <= t
+
+
+def test_a_double_free_of_a_cached_range_is_refused() -> None:
+    a = IovaAllocator([(0, GiB - 1)])
+    x = a.allocate(PAGE)
+    a.free(x)
+    with pytest.raises(ValueError, match=r"it is not allocated \(freed twice\?\)"):
+        a.free(x)
+    assert a.cached == 1
+
+
+def test_cached_ranges_keep_to_align_and_max_iova() -> None:
+    a = IovaAllocator([(0, GiB - 1)])
+    a.allocate(PAGE)  # the range at 0x1000, so the next is at 0x2000: not 16 KiB aligned
+    high = a.allocate(pages(2))
+    assert high == pages(2)
+    a.free(high)
+    assert a.allocate(pages(2), align=pages(4)) % pages(4) == 0  # not the cached 0x2000
+    assert a.cached == 1
+    assert a.allocate(pages(2), max_iova=pages(2) + pages(2) - 1) == high  # it fits under
+    a.reserve(pages(64), pages(2))
+    a.free(pages(64))  # a reservation is the caller's address: not cached
+    assert a.cached == 0
+
+
+def test_free_blocks_merge_the_cached_ranges_back() -> None:
+    a = IovaAllocator([(0, MiB - 1)])
+    initial = a.free_blocks()
+    live = [a.allocate(pages(1 + i % 3)) for i in range(30)]
+    for iova in live:
+        a.free(iova)
+    assert a.cached == 30 and a.allocated() == 0
+    assert a.free_blocks() == initial  # flushed: one block again
+    assert a.cached == 0
+
+
+def test_the_cache_is_bounded_and_the_rest_merges_at_once() -> None:
+    a = IovaAllocator([(0, GiB - 1)])
+    small = [a.allocate(PAGE) for _ in range(iova_module._CACHE_DEPTH + 10)]
+    big = a.allocate(pages(iova_module._CACHE_MAX_PAGES + 1))
+    for iova in small:
+        a.free(iova)
+    assert a.cached == iova_module._CACHE_DEPTH
+    a.free(big)  # above the largest cached size: merged at once
+    assert a.cached == iova_module._CACHE_DEPTH
+    # The ten that did not fit went back into the blocks, joined with the big range
+    # and the space above (the cached ones hold the space below them).
+    assert a._free[small[-10]] == GiB - 1
+    a.flush_cache()
+    assert a.cached == 0 and a.free_blocks() == [(PAGE, GiB - 1)]
+
+
+def test_an_allocation_that_needs_the_cached_space_gets_it() -> None:
+    """Fragmentation: four cached 1-page ranges are all the free space; a 4-page
+    request merges them back rather than failing."""
+    a = IovaAllocator([(0, pages(5) - 1)])
+    singles = [a.allocate(PAGE) for _ in range(4)]
+    with pytest.raises(IovaExhaustedError):
+        a.allocate(PAGE)
+    for iova in singles:
+        a.free(iova)
+    assert a.cached == 4
+    assert a.allocate(pages(4)) == PAGE
+    assert a.cached == 0
+    with pytest.raises(IovaExhaustedError, match="no IOVA space is free"):
+        a.allocate(PAGE)
+
+
+def test_exhaustion_with_cached_ranges_reports_the_true_free_space() -> None:
+    a = IovaAllocator([(0, pages(5) - 1)])
+    singles = [a.allocate(PAGE) for _ in range(4)]
+    a.free(singles[1])
+    with pytest.raises(IovaExhaustedError, match=r"largest free block is 0x1000 \(4 KiB\)"):
+        a.allocate(pages(2))
+
+
+def test_reserve_over_a_cached_range_succeeds() -> None:
+    a = IovaAllocator([(0, GiB - 1)])
+    x = a.allocate(pages(2))
+    a.free(x)
+    a.reserve(x + PAGE, PAGE)  # inside the cached range: it goes back first
+    assert a.lookup(x + PAGE) == (x + PAGE, PAGE)
+    assert a.allocate(PAGE) == x
+    with pytest.raises(ValueError, match=r"overlaps the live allocation \[0x1000, 0x1fff\]"):
+        a.reserve(x, PAGE)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 6), st.integers(0, 99)), max_size=120))
+def test_cache_never_overlaps_and_everything_comes_back(ops: list[tuple[int, int, int]]) -> None:
+    """Random allocate/free with no look at the free space in between (which would
+    flush the cache): live ranges never overlap, keep to their bounds, and freeing
+    everything gives back the space as built."""
+    a = IovaAllocator([(0, pages(96) - 1)], reserved=[(pages(40), pages(41) - 1)])
+    initial = a.free_blocks()
+    live: dict[int, int] = {}
+    for kind, n, pick in ops:
+        if kind == 2 and live:
+            iova = sorted(live)[pick % len(live)]
+            assert a.free(iova) == live.pop(iova)
+            continue
+        max_iova = pages(48) - 1 if kind == 1 else None
+        try:
+            iova = a.allocate(pages(n), max_iova=max_iova)
+        except IovaExhaustedError:
+            continue
+        assert max_iova is None or iova + pages(n) - 1 <= max_iova
+        assert not iova <= pages(40) < iova + pages(n)  # never the reserved page
+        live[iova] = pages(n)
+        spans = sorted(live.items())
+        for (s, size), (t, _) in pairwise(spans):
+            assert s + size <= t
+        assert a.allocations() == spans
+    for iova in list(live):
+        a.free(iova)
+    assert a.free_blocks() == initial

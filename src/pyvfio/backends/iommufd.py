@@ -72,6 +72,7 @@ class IommufdBackend:
         except BaseException:
             _ioctl.close_node(self.fd)
             raise
+        self.dma = _ioctl.IoasDma(self.fd, self.ioas)  # map/unmap's arguments, made once
         self.devices: dict[str, int] = {}
         self.alignment = 0
 
@@ -133,13 +134,14 @@ class IommufdBackend:
         return IommuInfo(_mem.PAGE_SIZE, ranges)
 
     def map(self, vaddr: int, iova: int, size: int, fd: int = -1, fd_offset: int = 0) -> None:
-        _ioctl.ioas_map(self.fd, self.ioas, vaddr, iova, size)
+        self.dma.map(vaddr, iova, size)
 
     def unmap(self, iova: int, size: int) -> None:
-        _ioctl.ioas_unmap(self.fd, self.ioas, iova, size)
+        self.dma.unmap(iova, size)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
+        self.dma.fd = -1
         if fd >= 0:
             with contextlib.suppress(VfioError):
                 _ioctl.iommufd_destroy(fd, self.ioas)

@@ -53,6 +53,7 @@ class Type1Backend:
                 f"{path} does not exist: load the vfio module (modprobe vfio-pci)", device=path
             )
         self.fd = _ioctl.open_node(path)
+        self.dma = _ioctl.Type1Dma(self.fd)  # map/unmap's arguments, made once
         self.groups: dict[int, _Group] = {}
         self.iommu_set = False
         try:
@@ -128,15 +129,16 @@ class Type1Backend:
         return _ioctl.iommu_get_info(self.fd)
 
     def map(self, vaddr: int, iova: int, size: int, fd: int = -1, fd_offset: int = 0) -> None:
-        _ioctl.iommu_map_dma(self.fd, vaddr, iova, size)
+        self.dma.map(vaddr, iova, size)
 
     def unmap(self, iova: int, size: int) -> None:
-        _ioctl.iommu_unmap_dma(self.fd, iova, size)
+        self.dma.unmap(iova, size)
 
     def close(self) -> None:
         for grp in list(self.groups.values()):
             for address in list(grp.devices):
                 self.detach(address)
         fd, self.fd = self.fd, -1
+        self.dma.fd = -1
         if fd >= 0:
             _ioctl.close_node(fd)
