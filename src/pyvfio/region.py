@@ -198,24 +198,13 @@ class Region:
             self._w8, self._w16, self._w32, self._w64 = r8, r16, r32, r64
 
     def _drop_views(self) -> None:
-        views = {
-            id(v): v
-            for v in (
-                self._r8,
-                self._r16,
-                self._r32,
-                self._r64,
-                self._w8,
-                self._w16,
-                self._w32,
-                self._w64,
-            )
-            if v is not None
-        }
+        r8, r16, r32, r64 = self._r8, self._r16, self._r32, self._r64
+        w8, w16, w32, w64 = self._w8, self._w16, self._w32, self._w64
         self._r8 = self._r16 = self._r32 = self._r64 = None
         self._w8 = self._w16 = self._w32 = self._w64 = None
-        for view in views.values():
-            view.release()
+        for view in (r8, r16, r32, r64, w8, w16, w32, w64):
+            if view is not None:
+                view.release()  # (twice for a view both lists hold: release is idempotent)
 
     def _map_areas(self, areas: tuple[SparseArea, ...], size: int, prot: int, fd: int) -> int:
         """Reserve ``size`` bytes and lay each area over its place; the reservation's
