@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import mmap
 import random
+import time
 
 import pytest
 
 import pyvfio
 from pyvfio.drivers import edu as edu_mod
+from pyvfio.drivers import edu_spec
 from pyvfio.drivers.edu import Edu
 
 
@@ -37,6 +39,28 @@ class EduDriverSuite:
             edu.device.config.read32(edu.device.config.size)
         with pytest.raises(pyvfio.UnsupportedError):
             edu.device.bar(1)
+
+    def test_block_operations_are_one_32_bit_access_per_register(self, edu: Edu) -> None:
+        """edu answers only 4-byte accesses below 0x80 (a wider read is all ones, a
+        wider write is dropped), so a run that merged two registers would show."""
+        bar = edu.bar0
+        bar.write32(edu_mod.REG_LIVENESS, 0x12345678)
+        ident, liveness = bar.read_block32(edu_mod.REG_ID, 2)
+        assert (ident, liveness) == (edu_spec.IDENT, 0x12345678 ^ 0xFFFFFFFF)
+        # Liveness and factorial side by side, in one run of two stores.
+        assert edu_mod.REG_FACTORIAL == edu_mod.REG_LIVENESS + 4
+        bar.write_block32(edu_mod.REG_LIVENESS, [0x0F0F0F0F, 5])
+        deadline = time.monotonic() + 5
+        while bar.read32(edu_mod.REG_STATUS) & edu_mod.STATUS_COMPUTING:
+            assert time.monotonic() < deadline, "the factorial did not finish"
+            time.sleep(0.001)
+        assert bar.read_block32(edu_mod.REG_LIVENESS, 2) == [0xF0F0F0F0, 120]
+        with pytest.raises(ValueError, match="is not 4-byte aligned"):
+            bar.read_block32(2, 1)
+        with pytest.raises(ValueError, match="is outside its"):
+            bar.write_block32(bar.size - 4, [0, 0])
+        config = edu.device.config
+        assert config.read_block32(0, 1) == [edu_mod.DEVICE_ID << 16 | edu_mod.VENDOR_ID]
 
     def test_factorial_by_polling_and_by_msi(self, edu: Edu) -> None:
         assert edu.factorial(10) == 3628800

@@ -5,8 +5,9 @@ the same public objects work over both. `KernelTransport` is the kernel's: one
 ioctl of `pyvfio._ioctl` per method, ``pread``/``pwrite`` at the region's offset, the
 device fd to mmap. The vfio-user one is `pyvfio.vfio_user.client.VfioUserClient`.
 
-The MMIO hot path does not come through here: `Region` loads and stores through its
-mapping directly, and only asks the transport for the fd to map.
+The register hot path does not come through here: `Region` loads and stores through
+its mapping directly, and only asks the transport for the fd to map; a region that is
+never mapped (the config space) asks once for the fd to ``pread`` (`region_fd`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class DeviceTransport(Protocol):
 
     def mmap_fd(self, info: RegionInfo) -> int:
         """The fd whose ``info.offset + area.offset`` maps each of the region's areas."""
+        ...
+
+    def region_fd(self, info: RegionInfo) -> int:
+        """The fd on which ``pread``/``pwrite`` at ``info.offset + offset`` are
+        ``region_read``/``region_write``, or -1 when they are not (messages). A
+        never-mapped region (the config space) keeps it for its fast path."""
         ...
 
     def irq_info(self, index: int) -> IrqInfo: ...
@@ -93,6 +100,9 @@ class KernelTransport:
         return os.pwrite(self.fd, data, info.offset + offset)
 
     def mmap_fd(self, info: RegionInfo) -> int:
+        return self.fd
+
+    def region_fd(self, info: RegionInfo) -> int:
         return self.fd
 
     def irq_info(self, index: int) -> IrqInfo:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno as E
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,11 @@ class RemovalRequest(Interrupt):
             self._device._removal_requested = True
         return count
 
+    def wait(self, timeout: float | None = None) -> int:
+        count = super().wait(timeout)
+        self._device._removal_requested = True
+        return count
+
     async def wait_async(self, timeout: float | None = None) -> int:
         count = await super().wait_async(timeout)
         self._device._removal_requested = True
@@ -66,34 +71,45 @@ class RemovalRequest(Interrupt):
 
 
 class Config:
-    """The device's configuration space (vfio-pci's config region), typed."""
+    """The device's configuration space (vfio-pci's config region), typed.
 
-    __slots__ = ("_region",)
+    ``read8``/``read16``/``read32``, ``write8``/``write16``/``write32`` and the
+    32-bit block operations are the config `Region`'s own methods (bound here, not
+    wrapped: a config access is one Python frame, a ``pread`` or ``pwrite`` on the
+    device fd at the region's offset), with the Region's checks and errors.
+    """
+
+    __slots__ = (
+        "_region",
+        "read8",
+        "read16",
+        "read32",
+        "read_block32",
+        "write8",
+        "write16",
+        "write32",
+        "write_block32",
+    )
+
+    read8: Callable[[int], int]
+    read16: Callable[[int], int]
+    read32: Callable[[int], int]
+    write8: Callable[[int, int], None]
+    write16: Callable[[int, int], None]
+    write32: Callable[[int, int], None]
+    read_block32: Callable[[int, int], list[int]]
+    write_block32: Callable[[int, Iterable[int]], None]
 
     def __init__(self, region: Region) -> None:
         self._region = region
+        self.read8, self.read16, self.read32 = region.read8, region.read16, region.read32
+        self.write8, self.write16 = region.write8, region.write16
+        self.write32 = region.write32
+        self.read_block32, self.write_block32 = region.read_block32, region.write_block32
 
     @property
     def size(self) -> int:
         return self._region.size
-
-    def read8(self, offset: int) -> int:
-        return self._region.read8(offset)
-
-    def read16(self, offset: int) -> int:
-        return self._region.read16(offset)
-
-    def read32(self, offset: int) -> int:
-        return self._region.read32(offset)
-
-    def write8(self, offset: int, value: int) -> None:
-        self._region.write8(offset, value)
-
-    def write16(self, offset: int, value: int) -> None:
-        self._region.write16(offset, value)
-
-    def write32(self, offset: int, value: int) -> None:
-        self._region.write32(offset, value)
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         return self._region.read(offset, self.size - offset if length is None else length)
@@ -387,7 +403,7 @@ class Device:
                     self.disable_irqs(kind)
             for region in self._regions.values():
                 with contextlib.suppress(OSError):
-                    region.unmap()
+                    region._release()
         finally:
             self._fd, self._removed = -1, removed
             self._finalizer()

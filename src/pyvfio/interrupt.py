@@ -40,7 +40,16 @@ class InterruptOwner(Protocol):
 class Interrupt:
     """One vector of one interrupt index, wired to an eventfd."""
 
-    __slots__ = ("__weakref__", "_device", "_fd", "_finalizer", "index", "kind", "vector")
+    __slots__ = (
+        "__weakref__",
+        "_device",
+        "_fd",
+        "_finalizer",
+        "_poller",
+        "index",
+        "kind",
+        "vector",
+    )
 
     def __init__(self, device: InterruptOwner, kind: str, vector: int) -> None:
         self._device = device
@@ -49,6 +58,9 @@ class Interrupt:
         self.vector = vector
         self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._finalizer = weakref.finalize(self, _close_fd, self._fd)
+        # One poll object for every wait that has to block (it holds only the number).
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"eventfd {self._fd}"
@@ -69,26 +81,32 @@ class Interrupt:
     def wait(self, timeout: float | None = None) -> int:
         """Block until the interrupt fires; the eventfd's count. TimeoutError otherwise.
 
-        EINTR is retried with the time left (PEP 475 covers select(); the deadline
-        keeps a stream of signals from stretching the wait).
+        An interrupt that has already fired is read at once, without a poll (a
+        driver that raises one and then waits usually finds it pending). EINTR is
+        retried with the time left (PEP 475 covers poll(); the deadline keeps a
+        stream of signals from stretching the wait).
         """
-        fd = self.fileno()
+        fd = self._fd
+        if fd < 0:
+            self.fileno()  # raises ClosedError
+        try:
+            return os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
+        poll = self._poller.poll
         while True:
-            count = self.poll()
-            if count:
-                return count
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
                 raise TimeoutError(
                     f"{self.kind}[{self.vector}] of {self._device.bdf} did not "
                     f"fire within {timeout} s"
                 )
+            with contextlib.suppress(InterruptedError):  # a signal: read, then the time left
+                poll(None if left is None else left * 1000)
             try:
-                poller.poll(None if left is None else left * 1000)
-            except InterruptedError:
+                return os.eventfd_read(fd)
+            except BlockingIOError:
                 continue
 
     async def wait_async(self, timeout: float | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import threading
 import time
@@ -129,3 +130,47 @@ def test_a_removal_request_is_remembered_whoever_consumes_it(how: str) -> None:
         assert dev._removal_requested
         assert req.poll() == 0  # the count was consumed, the request is not forgotten
         assert dev._removal_requested
+
+
+class _CountingPoll:
+    """select.poll, counting the poll objects made and the polls that blocked."""
+
+    made = 0
+    polls = 0
+
+    def __init__(self) -> None:
+        type(self).made += 1
+        self._poll = _real_poll()
+
+    def register(self, fd: int, mask: int) -> None:
+        self._poll.register(fd, mask)
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        type(self).polls += 1
+        return self._poll.poll(timeout)
+
+
+_real_poll = select.poll
+
+
+def test_a_pending_interrupt_is_read_without_a_poll_and_one_poll_object_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The round trip's wait (issue 16): an interrupt already pending is read at once,
+    and waits that must block reuse one poll object instead of making one each."""
+    monkeypatch.setattr(select, "poll", _CountingPoll)
+    monkeypatch.setattr(_CountingPoll, "made", 0)
+    monkeypatch.setattr(_CountingPoll, "polls", 0)
+    with Interrupt(_Dev(), "msi", 0) as irq:
+        for _ in range(3):
+            os.eventfd_write(irq.fileno(), 1)
+            assert irq.wait(1) == 1
+        assert _CountingPoll.polls == 0, "a pending interrupt was polled for"
+        for _ in range(2):
+            t = _fire_later(irq, 0.05)
+            assert irq.wait(5) == 1
+            t.join()
+        with pytest.raises(TimeoutError):
+            irq.wait(0.01)
+        assert _CountingPoll.polls >= 3  # the blocking waits did poll
+    assert _CountingPoll.made <= 1, f"{_CountingPoll.made} poll objects for one interrupt"

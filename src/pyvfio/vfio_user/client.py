@@ -486,6 +486,9 @@ class VfioUserClient:
             )
         return fd
 
+    def region_fd(self, info: RegionInfo) -> int:
+        return -1  # a region is reached by VFIO_USER_REGION_READ/WRITE messages
+
     def region_read(self, info: RegionInfo, offset: int, length: int) -> bytes:
         chunk = self._chunk
         if length <= chunk:
