@@ -33,9 +33,10 @@ counted as allocated, and they go back into the blocks (merged with their
 neighbours) when a request cannot be met without them (an exhausted space, a fixed
 :meth:`~IovaAllocator.reserve` over one) and before the free space is shown
 (:meth:`~IovaAllocator.free_blocks`, :meth:`~IovaAllocator.largest_free_block`); a
-range freed when its size's stack is full goes straight back. So a cache hit may return a range other
-than the best fit; every other guarantee (page alignment, ``align``, ``max_iova``,
-the usable and reserved ranges, the exhaustion error) is the same with or without it.
+range freed when its size's stack is full goes straight back. So a cache hit may
+return a range other than the best fit; every other guarantee (page alignment,
+``align``, ``max_iova``, the usable and reserved ranges, the exhaustion error) is the
+same with or without it.
 """
 
 from __future__ import annotations
