@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -179,14 +180,19 @@ def test_guests_boot_side_by_side_while_the_unit_tests_run(
     real = _fake_run(calls)
     both_started = threading.Barrier(2, timeout=60)
 
+    cpus: list[int] = []
+
     def side_by_side(command, topology, **kwargs):  # type: ignore[no-untyped-def]
         both_started.wait()  # breaks (a failed boot) unless the other guest runs too
+        cpus.append(kwargs["cpus"])
         return real(command, topology, **kwargs)
 
     monkeypatch.setattr(pytest_plugin, "run", side_by_side)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-v", "--lab-jobs", "2")
     result.assert_outcomes(passed=4, failed=1, skipped=1)
     assert sorted(name for name, _ in calls) == ["edu", "edu+nvme"]
+    # Two guests share the host's CPUs: never more vCPUs than host CPUs in all.
+    assert cpus == [max(1, min(2, (os.cpu_count() or 1) // 2))] * 2
     result.stdout.fnmatch_lines(
         ["*test_unit.py::test_unit PASSED*", "*test_lab.py::test_passes PASSED*"]
     )
@@ -202,6 +208,7 @@ def test_one_job_boots_one_guest_at_a_time(
 
     def alone(command, topology, **kwargs):  # type: ignore[no-untyped-def]
         assert running.acquire(blocking=False), "two guests at once with --lab-jobs 1"
+        assert kwargs["cpus"] == min(2, os.cpu_count() or 1)
         try:
             return real(command, topology, **kwargs)
         finally:
@@ -244,6 +251,7 @@ def test_a_guests_progress_is_printed_even_while_a_unit_test_runs(
     said = tmp_path / "said"
     pytester.makeconftest(
         f"""
+import os
 import signal
 import subprocess
 import sys

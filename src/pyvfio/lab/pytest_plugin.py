@@ -145,6 +145,7 @@ class LabScheduler:
         self.runs: dict[Topology, Future[_GuestRun]] = {}
         self.items: dict[Topology, list[pytest.Item]] = {}
         self.pool: ThreadPoolExecutor | None = None
+        self.cpus = 2
         self.cancel = threading.Event()
         # Progress lines from the guests' threads, printed by the main thread between
         # tests: written from a thread, a line would land in the captured output of
@@ -168,6 +169,10 @@ class LabScheduler:
         jobs = self.config.getoption("--lab-jobs") or (2 if (os.cpu_count() or 1) >= 2 else 1)
         if jobs < 1:
             raise pytest.UsageError("--lab-jobs must be 1 or more")
+        # No more virtual CPUs than host CPUs in all: under TCG a guest's vCPU that spins
+        # on a lock whose holder's vCPU the host has descheduled burns its time slice,
+        # and two 2-vCPU guests on a 2-CPU host ran each topology 2-3 times slower.
+        self.cpus = max(1, min(2, (os.cpu_count() or 1) // jobs))
         precompile(self.config.invocation_params.dir)  # once, before guests race to it
         if threading.current_thread() is threading.main_thread() and (
             signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -303,6 +308,7 @@ class LabScheduler:
                     on_output=say,
                     scratch=scratch,
                     cancel=self.cancel,
+                    cpus=self.cpus,
                 )
                 result.output = lab.output
                 result.log = _save_log(topo, lab.output)

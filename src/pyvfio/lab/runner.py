@@ -165,12 +165,14 @@ def run(
     on_output: Callable[[str], None] | None = None,
     scratch: Path | None = None,
     cancel: threading.Event | None = None,
+    cpus: int = 2,
 ) -> LabResult:
     """Boot the lab, run ``command`` as root in the guest, and return how it ended.
 
     ``on_output`` receives the guest's output line by line as it comes (progress);
     ``scratch`` is a host folder to share read-write (a temporary one by default);
-    setting ``cancel`` kills the guest (a run stopped from another thread).
+    setting ``cancel`` kills the guest (a run stopped from another thread); ``cpus``
+    is the guest's number of virtual CPUs.
     Raises LabUnavailableError when QEMU, virtme-ng or a kernel is missing, and
     LabError when the guest does not finish within ``timeout`` seconds.
     """
@@ -191,7 +193,9 @@ def run(
             f"cd {shlex.quote(str(cwd or os.getcwd()))} || exit 125\n"
             f"{cmd}\n"
         )
-        argv = vng_argv(topology, manifest, image, scratch, f"sh {shlex.quote(str(script))}")
+        argv = vng_argv(
+            topology, manifest, image, scratch, f"sh {shlex.quote(str(script))}", cpus=cpus
+        )
         return _execute(argv, manifest, timeout, say, cancel)
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack never swallows
 
