@@ -8,7 +8,6 @@ host tools, the VM side, the lab and the CLI, which sit beside it and may import
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -17,67 +16,19 @@ from pathlib import Path
 
 import pytest
 
-import pyvfio
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-PACKAGE = Path(pyvfio.__file__).parent
+import module_map  # from scripts/, put on the path just above
+
 #: What sits beside the core: the core imports none of it.
 BESIDE = ("pyvfio.host", "pyvfio.vm", "pyvfio.lab", "pyvfio.cli")
 #: The command-line entry point, which is the CLI's.
 ENTRY = "pyvfio.__main__"
 
 
-def _modules() -> dict[str, Path]:
-    found = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        found[".".join(parts)] = path
-    return found
-
-
-MODULES = _modules()
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _imported(name: str, path: Path) -> set[str]:
-    """The package's modules that ``name`` imports when its code runs."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for statement in node.orelse:
-                visit(statement)
-            return
-        if isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names if alias.name in MODULES)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                module = node.module or ""
-            for alias in node.names:
-                if f"{module}.{alias.name}" in MODULES:  # a submodule: from pkg import mod
-                    out.add(f"{module}.{alias.name}")
-                elif module in MODULES:
-                    out.add(module)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text(), str(path)))
-    out.discard(name)
-    return out
-
-
-GRAPH = {name: _imported(name, path) for name, path in MODULES.items()}
+MODULES = module_map.modules()
+# Read by scripts/module_map.py, which also draws docs/architecture.md's map from it.
+GRAPH = module_map.import_graph()
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
