@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import primitives_report
+
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent
 RESULTS = HERE / "results"
@@ -385,11 +387,8 @@ def render_block(all_results: Iterable[Mapping[str, Any]]) -> str:
 
 
 def update_readme(text: str, block: str) -> str:
-    """``text`` with the generated block replaced (or appended when it has none)."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        return text.rstrip("\n") + "\n\n" + block + "\n"
-    return text[:start] + block + text[end + len(END) :]
+    """``text`` with the instruction block replaced (or appended when it has none)."""
+    return primitives_report.update_readme(text, block, BEGIN, END)
 
 
 def regenerate_readme() -> None:

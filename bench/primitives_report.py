@@ -204,9 +204,10 @@ def render_block(all_results: Iterable[Mapping[str, Any]]) -> str:
     return "\n".join([BEGIN, "", "\n\n".join(sections), "", END])
 
 
-def update_readme(text: str, block: str) -> str:
-    """``text`` with the generated block replaced (or appended when it has none)."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
+def update_readme(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with the generated block between ``begin`` and ``end`` replaced (or
+    appended when it has none); bench/instructions.py's block uses its own markers."""
+    first, last = text.find(begin), text.find(end)
+    if first < 0 or last < first:
         return text.rstrip("\n") + "\n\n" + block + "\n"
-    return text[:start] + block + text[end + len(END) :]
+    return text[:first] + block + text[last + len(end) :]
