@@ -86,15 +86,25 @@ def _find_edu() -> str:
 
 def in_lab(console: Console, kernel: str | None = None) -> int:
     """Boot the lab with an edu device and run the demo there."""
+    from pyvfio.lab.runner import interrupt_on_sigterm
+
     argv = [sys.executable, "-m", "pyvfio", "demo", "--here"]
-    result = run(
-        argv,
-        Topology(devices=("edu",)),
-        kernel=kernel,
-        on_output=lambda line: console.print(line, markup=False, highlight=False),
-    )
-    console.print(f"[dim]lab: {result}[/]")
+    with interrupt_on_sigterm():  # a SIGTERM stops the guest too, as Ctrl-C does
+        result = run(
+            argv,
+            Topology(devices=("edu",)),
+            kernel=kernel,
+            on_output=lambda line: console.print(line, markup=False, highlight=False),
+            on_progress=_progress,
+            log_name="demo",
+        )
+    _progress(f"lab: {result.summary()}")
     return result.returncode
+
+
+def _progress(line: str) -> None:
+    # The boot's progress goes to stderr, apart from the demo's own output.
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(here_only: bool, kernel: str | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -41,7 +42,7 @@ def lab_run(
 
     Example: pyvfio lab run -d edu -- lspci -nn
     """
-    from pyvfio.lab.runner import run
+    from pyvfio.lab.runner import interrupt_on_sigterm, run
     from pyvfio.lab.topology import Topology
 
     if not timeout > 0:
@@ -53,16 +54,24 @@ def lab_run(
         intremap=not no_intremap,
         iommu_cmdline=not no_iommu_cmdline,
     )
-    result = run(
-        command,
-        topology,
-        kernel=kernel,
-        accel=accel,
-        timeout=timeout,
-        on_output=lambda line: print(line, flush=True),
-    )
-    err_console.print(f"lab: {result}", highlight=False)
+    with interrupt_on_sigterm():  # a SIGTERM stops the guest too, as Ctrl-C does
+        result = run(
+            command,
+            topology,
+            kernel=kernel,
+            accel=accel,
+            timeout=timeout,
+            on_output=lambda line: print(line, flush=True),
+            on_progress=_progress,
+            log_name=f"run-{topology.name}",
+        )
+    _progress(f"lab: {result.summary()}")
     raise typer.Exit(result.returncode)
+
+
+def _progress(line: str) -> None:
+    # Plain print: kernel text in a line ("[    0.000000]") is not rich markup.
+    print(line, file=sys.stderr, flush=True)
 
 
 @lab_app.command("shell")

@@ -38,7 +38,7 @@ import pytest
 
 from pyvfio.errors import LabError, LabUnavailableError
 from pyvfio.lab import guest
-from pyvfio.lab.runner import precompile, run, scratch_dir
+from pyvfio.lab.runner import log_dir, precompile, run, scratch_dir
 from pyvfio.lab.topology import Manifest, Topology
 
 _TOPOLOGY_ARGS = ("devices", "viommu", "intremap", "iommu_cmdline", "memory", "kernel")
@@ -106,7 +106,7 @@ class _GuestRun:
 
 def _save_log(topo: Topology, output: str) -> str:
     """Keep the guest's whole output (QEMU's last words included) for a failure report."""
-    folder = Path(os.environ.get("PYVFIO_LAB_LOG_DIR", "/tmp/pyvfio-lab-logs"))
+    folder = log_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{topo.name.replace('/', '_')}.log"
     path.write_text(output)
@@ -311,8 +311,11 @@ class LabScheduler:
                     cpus=self.cpus,
                 )
                 result.output = lab.output
-                result.log = _save_log(topo, lab.output)
-                if lab.returncode not in (0, 1):
+                # The runner keeps the whole output (boot console included) itself.
+                result.log = str(lab.log) if lab.log else _save_log(topo, lab.output)
+                if lab.failure:
+                    result.error = lab.failure
+                elif lab.returncode not in (0, 1):
                     result.error = f"the guest's pytest exited with {lab.returncode}"
                 say(f"lab: {topo.name}: {len(nodeids)} tests, {lab}")
             except LabUnavailableError as err:
