@@ -57,7 +57,7 @@ sys.exit(done.returncode)
 def logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The log folder of these runs (not the real lab's)."""
     folder = tmp_path / "lab-logs"
-    monkeypatch.setenv(runner.LOG_DIR_ENV, str(folder))
+    monkeypatch.setenv("PYVFIO_LAB_LOG_DIR", str(folder))  # the documented variable
     return folder
 
 
@@ -294,7 +294,7 @@ def test_stopping_lab_run_stops_the_guest_and_leaves_nothing(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, runner.LOG_DIR_ENV: str(logs)},
+        env={**os.environ, "PYVFIO_LAB_LOG_DIR": str(logs)},
     )
     try:
         deadline = time.monotonic() + 120
