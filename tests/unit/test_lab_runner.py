@@ -200,6 +200,20 @@ def test_lab_run_says_where_the_guest_is_and_keeps_its_output(
     assert [p.name for p in logs.iterdir()] == ["run-edu.log"], "no partial file left"
 
 
+def test_a_log_folder_that_cannot_be_written_is_said_and_the_run_goes_on(
+    fake_vng: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_vng("run")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PYVFIO_LAB_LOG_DIR", str(blocker / "logs"))
+    done = CliRunner().invoke(app, ["lab", "run", "--", "sh", "-c", "echo hi; exit 4"])
+    assert (done.exit_code, done.stdout) == (4, "hi\n")
+    assert "lab: the guest's output is not kept: " in done.stderr
+    assert "(set PYVFIO_LAB_LOG_DIR to a folder)" in done.stderr
+    assert "whole log" not in done.stderr.splitlines()[-1]
+
+
 def test_a_failed_command_names_the_log(fake_vng: Callable[[str], Path], logs: Path) -> None:
     fake_vng("run")
     done = CliRunner().invoke(app, ["lab", "run", "--", "sh", "-c", "echo oops; exit 3"])

@@ -57,6 +57,7 @@ BOOT_STEPS: tuple[tuple[re.Pattern[str], str], ...] = (
         "guest userspace up, udev probing the devices",
     ),
 )
+#: The kernel's last words (panic(): emergency level, so on the console at any loglevel).
 PANIC = re.compile(r"Kernel panic - not syncing:.*")
 
 
