@@ -352,5 +352,6 @@ def test_vng_boots_with_the_console_on_and_without_trying_virtiofsd(tmp_path: Pa
     manifest = Manifest(topology=topology.name, accel="tcg", kernel="k")
     argv = runner.vng_argv(topology, manifest, Path("/k"), tmp_path, "true", boot_console=True)
     assert {"--verbose", "--force-9p"} <= set(argv)
+    assert "--append=no_timer_check intel_iommu=on" in argv, "no timer panic on a loaded host"
     quiet = runner.vng_argv(topology, manifest, Path("/k"), tmp_path, None)
     assert "--verbose" not in quiet, "lab shell's terminal gets no boot console"
