@@ -157,6 +157,27 @@ def test_a_test_that_kills_the_guest_twice_fails(
     assert len(calls) == 2
 
 
+def test_a_panicked_guest_fails_its_tests_with_the_panic_and_the_runners_log(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The runner's one-line failure and its whole log (boot console included) are what
+    a test the guest never reported fails with."""
+    pytester.makepyfile(test_lab=LAB_TESTS)
+    log = tmp_path / "edu.log"
+    why = (
+        "the guest's kernel panicked while booting (the command had not started): "
+        "Kernel panic - not syncing: timer doesn't work through Interrupt-remapped IO-APIC"
+    )
+
+    def panicked(command, topology, **kwargs):  # type: ignore[no-untyped-def]
+        return LabResult(255, "", "tcg", "fake", 0.1, failure=why, log=log)
+
+    monkeypatch.setattr(pytest_plugin, "run", panicked)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines([f"*{why} (whole output: {log})*"])
+
+
 SECOND_TOPOLOGY = """
 import pytest
 pytestmark = pytest.mark.lab(devices=("edu", "nvme"))
