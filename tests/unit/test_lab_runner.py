@@ -198,6 +198,7 @@ def test_lab_run_says_where_the_guest_is_and_keeps_its_output(
     assert "guest up, command starting" in log, "the progress lines are in the log too"
     assert not leftover.exists()
     assert [p.name for p in logs.iterdir()] == ["run-edu.log"], "no partial file left"
+    assert (logs / "run-edu.log").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_log_folder_that_cannot_be_written_is_said_and_the_run_goes_on(

@@ -368,6 +368,7 @@ class GuestLog:
             fd, self._partial = tempfile.mkstemp(
                 prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent
             )
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide it from whoever reads logs
             self._file = os.fdopen(fd, "w", errors="replace")
         except OSError as err:
             say(f"lab: the guest's output is not kept: {err} (set {LOG_DIR_ENV} to a folder)")
