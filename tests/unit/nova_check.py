@@ -106,7 +106,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         for name, (rc, vendor, product) in case.get("resource_class_of", {}).items()
     }
     out["traits_of"] = {
-        name: sorted(translator.get_traits(text)) for name, text in case.get("traits_of", {}).items()
+        name: sorted(translator.get_traits(text))
+        for name, text in case.get("traits_of", {}).items()
     }
     return out
 
