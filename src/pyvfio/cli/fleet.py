@@ -135,12 +135,12 @@ def nova(
     ] = None,
     name: Annotated[
         list[str] | None,
-        typer.Option("--name", metavar="VVVV:DDDD=ALIAS", help="alias name for an ID"),
+        typer.Option("--name", metavar="VVVV:DDDD=ALIAS", help="alias name for an ID (repeatable)"),
     ] = None,
     as_json: JsonOpt = False,
     root: RootOpt = "/",
 ) -> None:
-    """[pci] device_spec and alias entries for nova.conf: one device per viable group.
+    """nova.conf's device_spec and alias entries (section pci): one device per viable group.
 
     Example: pyvfio export nova --class gpu --resource-class CUSTOM_GPU
     """
