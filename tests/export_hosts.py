@@ -13,7 +13,7 @@ from pyvfio.testing.config import msix_cap, pcie_cap, pm_cap, sriov_ext
 from pyvfio.testing.sysfs import SyntheticHost
 
 #: The lab's main topology, recorded (tests/data/snapshots/README.md).
-LAB_SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "snapshots" / "lab-main.tar.gz"
+LAB_SNAPSHOT = Path(__file__).resolve().parent / "data" / "snapshots" / "lab-main.tar.gz"
 
 
 def bind(kernel: SimulatedKernel, driver: str | None, *addresses: str) -> SimulatedKernel:
