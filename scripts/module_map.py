@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("testing", ("pyvfio.testing",)),
     ("host", ("pyvfio.host",)),
     ("vm", ("pyvfio.vm",)),
+    ("fleet", ("pyvfio.fleet",)),
     ("lab", ("pyvfio.lab",)),
     ("cli", ("pyvfio.cli", "pyvfio.__main__")),
 )

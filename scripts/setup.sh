@@ -58,6 +58,21 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c
     touch "$stamp"
 fi
 
+# Nova's own PCI config parser for the export tests (tests/unit/test_export_nova.py) in
+# a virtual environment of its own, .venv-nova: Nova brings ~140 packages (eventlet among
+# them, 400 MB, 3 minutes on a busy machine) that pyvfio's .venv should not carry.
+# Reinstalled only when pyproject.toml's `nova` extra changes.
+nova_requirement=$(.venv/bin/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["nova"]))')
+nova_stamp=.venv-nova/.pyvfio-installed
+if [ ! -f "$nova_stamp" ] || [ "$(cat "$nova_stamp")" != "$nova_requirement $base_version" ] \
+   || ! .venv-nova/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("nova") is None)' 2>/dev/null; then
+    echo "setup: installing $nova_requirement into .venv-nova (Nova's parser, for the export tests)"
+    rm -rf .venv-nova
+    "$base_python" -m venv .venv-nova
+    .venv-nova/bin/python -m pip install -q $nova_requirement
+    echo "$nova_requirement $base_version" > "$nova_stamp"
+fi
+
 # The sid chroot with QEMU >= 10.1 (vfio-user-pci) for tests/vfio_user/test_qemu.py:
 # built once (about a minute) into ~/.cache/pyvfio/sid-qemu; the tests build it too when missing.
 if [ "$(id -u)" -eq 0 ]; then

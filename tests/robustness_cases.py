@@ -90,7 +90,7 @@ class CliCase:
         if self.argument == "command":
             return "pyvfio"
         words = [a for a in self.args[:2] if not a.startswith("-") and "{" not in a]
-        if words and words[0] in ("nvme", "vm", "lab"):
+        if words and words[0] in ("nvme", "vm", "lab", "export"):
             return "pyvfio " + " ".join(words[:2])
         return "pyvfio " + self.args[0]
 
@@ -764,6 +764,23 @@ CLI: list[CliCase] = [
             "above 777", 2, "is not octal permission bits"),
     CliCase(("serve", "edu", "--socket", "{tmp}/edu.sock", "--group", "no-such-group-here"),
             "--group", "unknown", 2, "no group 'no-such-group-here' on this host"),
+    CliCase(("export", "nova", "--root", S), "selection", "none", 2, "choose what to offer"),
+    CliCase(("export", "nova", "--all-bound", "--root", S), "selection", "nothing matches", 2,
+            "no device matches --all-bound"),
+    CliCase(("export", "nova", "--device", "00:1f.2", "--root", S), "--device",
+            "group not viable", 2, "IOMMU group 14 of 0000:00:1f.2 is not viable"),
+    CliCase(("export", "nova", "--device", "00:10.0", "--root", S), "--device",
+            "not on vfio-pci", 2, "not bound to any driver, not vfio-pci: bind it first"),
+    CliCase(("export", "nova", "--group", "99", "--root", S), "--group", "missing", 2,
+            "no IOMMU group 99 on this host"),
+    CliCase(("export", "nova", "--all-bound", "--resource-class", "gpu", "--root", S),
+            "--resource-class", "not CUSTOM_", 2, "write a Placement custom resource class"),
+    CliCase(("export", "nova", "--all-bound", "--name", "10de:1b80=a:b", "--root", S),
+            "--name", "has ':'", 2, "a flavor writes NAME:COUNT"),
+    CliCase(("export", "kubevirt", "--ids", "10de:zz", "--root", S), "--ids", "not hex", 2,
+            "is not a hex ID"),
+    CliCase(("export", "kubevirt", "--all-bound", "--name", "10de:1b80=gpu", "--root", S),
+            "--name", "no domain", 2, "write DOMAIN/NAME"),
 ]
 # fmt: on
 

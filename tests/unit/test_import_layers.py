@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import module_map  # from scripts/, put on the path just above
 
 #: What sits beside the core: the core imports none of it.
-BESIDE = ("pyvfio.host", "pyvfio.vm", "pyvfio.lab", "pyvfio.cli")
+BESIDE = ("pyvfio.host", "pyvfio.vm", "pyvfio.fleet", "pyvfio.lab", "pyvfio.cli")
 #: The command-line entry point, which is the CLI's.
 ENTRY = "pyvfio.__main__"
 
