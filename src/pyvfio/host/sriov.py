@@ -392,9 +392,7 @@ def _settle(sysfs: Sysfs, addr: str, count: int, timeout: float, progress: Progr
         _write_numvfs(sysfs, addr, 0, timeout)
         step("sriov zero")
     if count:
-        progress(
-            f"{addr}: creating {count} VFs (the kernel probes each: this can take a while)"
-        )
+        progress(f"{addr}: creating {count} VFs (the kernel probes each: this can take a while)")
         _write_numvfs(sysfs, addr, count, timeout)
         step("sriov write")
 
