@@ -21,7 +21,17 @@ against the kernel's own headers.
 
 from __future__ import annotations
 
-from ctypes import POINTER, Array, _Pointer, c_int32, c_uint8, c_uint16, c_uint32, c_uint64
+from ctypes import (
+    POINTER,
+    Array,
+    Structure,
+    _Pointer,
+    c_int32,
+    c_uint8,
+    c_uint16,
+    c_uint32,
+    c_uint64,
+)
 from enum import IntEnum, IntFlag
 from typing import Final
 
@@ -1142,9 +1152,9 @@ BIND_FLAG_TOKEN: Final = 1 << 0
 BIND_TOKEN_SINCE: Final = (6, 17)
 
 
-class vfio_device_bind_iommufd_token(KernelStruct):
-    """`vfio_device_bind_iommufd` as Linux 6.17 extends it (no ``_c_name_``: the 6.12
-    headers the ABI test reads have only the first four members).
+class vfio_device_bind_iommufd_token(Structure):
+    """`vfio_device_bind_iommufd` as Linux 6.17 extends it (a plain ctypes Structure, not
+    a `KernelStruct`: the 6.12 headers the ABI test reads have only the first four members).
 
     ::
 

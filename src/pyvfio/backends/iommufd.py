@@ -104,8 +104,11 @@ class IommufdBackend:
         fd = _ioctl.open_node(cdev)
         try:
             try:
-                token = None if vf_token is None else uuid.UUID(vf_token).bytes
-                _ioctl.device_bind_iommufd(fd, self.fd, address, token)
+                if vf_token is None:
+                    _ioctl.device_bind_iommufd(fd, self.fd, address)
+                else:
+                    token = uuid.UUID(vf_token).bytes
+                    _ioctl.device_bind_iommufd(fd, self.fd, address, token)
             except VfioError as err:
                 # iommu_device_claim_dma_owner: -EPERM while a kernel driver owns DMA
                 # for a member of the group (owner_cnt set by another owner), -EBUSY

@@ -86,7 +86,11 @@ class Type1Backend:
         if grp is None:
             grp = self._open_group(address, group)
         try:
-            fd = _ioctl.group_get_device_fd(grp.fd, address, vf_token)
+            fd = (
+                _ioctl.group_get_device_fd(grp.fd, address)
+                if vf_token is None
+                else _ioctl.group_get_device_fd(grp.fd, address, vf_token)
+            )
         except BaseException:
             if not grp.devices:  # the group was opened for this device: let it go again
                 self.detach_group(group)

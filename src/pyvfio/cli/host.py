@@ -109,7 +109,8 @@ def ls(
                 entry["verdict"] = UNSAFE_VERDICT
             for dev in entry["devices"]:  # PFs and VFs only: the others stay as they were
                 dev.update(vf_relations.get(dev["address"], {}))
-        data["sriov_journal"] = [e.to_json() for e in vf_journal.values()]
+        if vf_journal:  # only then, so the schema stays as it was
+            data["sriov_journal"] = [e.to_json() for e in vf_journal.values()]
         if damaged is not None:  # only then, so the schema stays as it was
             data["journal_error"] = str(damaged)
         print_json(data)
