@@ -142,8 +142,6 @@ def test_kill_after_every_step_then_restore_all_puts_the_count_back(
         assert os.WTERMSIG(status) == signal.SIGKILL
         killed += 1
         assert list(sriov.journal_entries()) == [PF]
-        result = runner.invoke(app, ["restore", "--all", "--json"])
-        assert result.exit_code != 0  # the CLI acts on the live host: not root's here
         sriov.restore(all_devices=True, sysfs=kernel)
         assert numvfs(kernel) == 2, n
         assert sriov.journal_entries() == {}
@@ -195,3 +193,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(kernel: SimulatedKernel) -> None:
     result = runner.invoke(app, ["sriov", "zz:99", "--vfs", "1"])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_restore_leaves_a_device_that_is_no_pf_now_alone(kernel: SimulatedKernel) -> None:
+    sriov.set_num_vfs(PF, 3, sysfs=kernel)
+    (kernel.path(kernel.device_dir(PF)) / "sriov_totalvfs").unlink()  # another card there
+    [result] = sriov.restore(all_devices=True, sysfs=kernel)
+    assert (result.changed, result.note) == (False, "no SR-IOV PF there now")
+    assert numvfs(kernel) == 3 and sriov.journal_entries() == {}

@@ -500,6 +500,11 @@ def restore(
                 journal.forget(addr)
                 done.append(SriovRestored(addr, entry.original, False, "device gone"))
                 continue
+            if sysfs.read_int(f"{sysfs.device_dir(addr)}/sriov_totalvfs") is None:
+                # Another device at that address now (hot-plug): nothing of pyvfio's to undo.
+                journal.forget(addr)
+                done.append(SriovRestored(addr, entry.original, False, "no SR-IOV PF there now"))
+                continue
             current = sysfs.read_int(f"{sysfs.device_dir(addr)}/sriov_numvfs") or 0
             if current != entry.original and current:
                 refuse_vfs_in_use(state(addr, sysfs), sysfs, force=True)
