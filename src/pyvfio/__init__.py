@@ -31,6 +31,7 @@ from pyvfio.errors import (
     PyvfioError,
     UnsupportedError,
     VfioError,
+    VfTokenError,
 )
 from pyvfio.interrupt import Interrupt
 from pyvfio.iommu import Iommu, open
@@ -59,6 +60,7 @@ __all__ = [
     "PyvfioError",
     "Region",
     "UnsupportedError",
+    "VfTokenError",
     "VfioError",
     "open",
 ]

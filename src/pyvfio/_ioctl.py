@@ -38,6 +38,7 @@ from pyvfio.errors import (
     PermissionDeniedError,
     UnsupportedError,
     VfioError,
+    VfTokenError,
 )
 from pyvfio.info import (
     DependentDevice,
@@ -229,9 +230,66 @@ def group_unset_container(group: int, device: str | None = None) -> None:
     call(group, v.VFIO_GROUP_UNSET_CONTAINER, 0, "VFIO_GROUP_UNSET_CONTAINER", device)
 
 
-def group_get_device_fd(group: int, address: str) -> int:
-    name = ctypes.create_string_buffer(address.encode())
-    return call(group, v.VFIO_GROUP_GET_DEVICE_FD, name, "VFIO_GROUP_GET_DEVICE_FD", address)
+def group_get_device_fd(group: int, address: str, vf_token: str | None = None) -> int:
+    """The device's fd; ``vf_token`` (a UUID's 36 characters) goes in the name, as
+    vfio_pci_core_match reads it: ``"0000:04:10.0 vf_token=bd8d9d2b-..."``."""
+    text = address if vf_token is None else f"{address} vf_token={vf_token}"
+    name = ctypes.create_string_buffer(text.encode())
+    try:
+        return call(group, v.VFIO_GROUP_GET_DEVICE_FD, name, "VFIO_GROUP_GET_DEVICE_FD", address)
+    except VfioError as err:
+        raise _vf_token_error(err, address, vf_token) from err
+
+
+def _vf_token_error(err: VfioError, address: str, vf_token: str | None) -> VfioError:
+    """vfio_pci_validate_vf_token's answers as VfTokenError: -EACCES for a token missing
+    or not the PF's, -EINVAL for a token given where none is wanted; other errors as
+    they are. (The token itself is never put in a message: it is the PF user's secret.)"""
+    doing = f"{err.ioctl} on {address} failed: {os.strerror(err.errno or 0)} (errno {err.errno})"
+    if err.errno == E.EACCES and vf_token is None:
+        text = (
+            f"{doing}: {address} needs a VF token: an SR-IOV VF whose PF is on vfio-pci "
+            "(or such a PF while its VFs are open) opens only with the token the PF's user "
+            f"set (Device.set_vf_token): pyvfio.open({address!r}, vf_token=UUID)"
+        )
+    elif err.errno == E.EACCES:
+        text = (
+            f"{doing}: the VF token given for {address} is not the one the PF's user set "
+            "(Device.set_vf_token); ask the PF's user for the token"
+        )
+    elif err.errno == E.EINVAL and vf_token is not None:
+        text = (
+            f"{doing}: {address} takes no VF token: its PF is not on vfio-pci, or it is no "
+            "SR-IOV device; open it without vf_token"
+        )
+    else:
+        return err
+    return VfTokenError(text, errno=err.errno, ioctl=err.ioctl, device=address)
+
+
+def device_set_vf_token(device: int, token: bytes, address: str | None = None) -> None:
+    """``VFIO_DEVICE_FEATURE`` SET ``VFIO_DEVICE_FEATURE_PCI_VF_TOKEN``: the PF's VF token,
+    16 bytes (the UUID's). The kernel offers no GET: it would show the last user's."""
+    head = ctypes.sizeof(v.vfio_device_feature)
+    buf = (ctypes.c_uint8 * (head + 16))()
+    feature = v.vfio_device_feature.from_buffer(buf)
+    feature.argsz = head + 16
+    feature.flags = (
+        v.VfioDeviceFeatureFlag.VFIO_DEVICE_FEATURE_SET
+        | v.VfioDeviceFeature.VFIO_DEVICE_FEATURE_PCI_VF_TOKEN
+    )
+    ctypes.memmove(ctypes.addressof(buf) + head, token, 16)
+    try:
+        call(device, v.VFIO_DEVICE_FEATURE, buf, "VFIO_DEVICE_FEATURE", address)
+    except UnsupportedError as err:
+        # vfio_pci_core_feature_token: -ENOTTY unless the device is an SR-IOV PF.
+        raise UnsupportedError(
+            f"{address or 'the device'} takes no VF token: only an SR-IOV PF on vfio-pci "
+            "does (VFIO_DEVICE_FEATURE_PCI_VF_TOKEN answered ENOTTY)",
+            errno=err.errno or E.ENOTTY,
+            ioctl="VFIO_DEVICE_FEATURE",
+            device=address,
+        ) from err
 
 
 # -- device ----------------------------------------------------------------------------
@@ -368,12 +426,34 @@ def device_pci_hot_reset(device: int, group_fds: list[int], address: str | None 
     call(device, v.VFIO_DEVICE_PCI_HOT_RESET, buf, "VFIO_DEVICE_PCI_HOT_RESET", address)
 
 
-def device_bind_iommufd(device: int, iommufd: int, address: str | None = None) -> int:
-    """``VFIO_DEVICE_BIND_IOMMUFD``; the device's id in that iommufd."""
-    bind = v.vfio_device_bind_iommufd(
-        argsz=ctypes.sizeof(v.vfio_device_bind_iommufd), iommufd=iommufd
-    )
-    call(device, v.VFIO_DEVICE_BIND_IOMMUFD, bind, "VFIO_DEVICE_BIND_IOMMUFD", address)
+def device_bind_iommufd(
+    device: int, iommufd: int, address: str | None = None, vf_token: bytes | None = None
+) -> int:
+    """``VFIO_DEVICE_BIND_IOMMUFD``; the device's id in that iommufd. ``vf_token`` (16
+    bytes) needs Linux 6.17+ (``VFIO_DEVICE_BIND_FLAG_TOKEN``); an older kernel answers
+    EINVAL (its flags must be 0), as it does to a second bind: the caller tells them apart.
+    EACCES (6.17+: the VF token missing or wrong; the cdev's own access was checked when
+    it was opened) is a VfTokenError."""
+    bind: v.vfio_device_bind_iommufd | v.vfio_device_bind_iommufd_token
+    uuid_buf = ctypes.create_string_buffer(vf_token or b"", 16)
+    if vf_token is None:
+        bind = v.vfio_device_bind_iommufd(
+            argsz=ctypes.sizeof(v.vfio_device_bind_iommufd), iommufd=iommufd
+        )
+    else:
+        bind = v.vfio_device_bind_iommufd_token(
+            argsz=ctypes.sizeof(v.vfio_device_bind_iommufd_token),
+            flags=v.BIND_FLAG_TOKEN,
+            iommufd=iommufd,
+            token_uuid_ptr=ctypes.addressof(uuid_buf),
+        )
+    try:
+        call(device, v.VFIO_DEVICE_BIND_IOMMUFD, bind, "VFIO_DEVICE_BIND_IOMMUFD", address)
+    except VfioError as err:
+        if err.errno == E.EACCES:
+            token = None if vf_token is None else "given"
+            raise _vf_token_error(err, address or "the device", token) from err
+        raise
     return int(bind.out_devid)
 
 

@@ -127,6 +127,10 @@ class KernelTransport:
     def hot_reset(self, group_fds: list[int]) -> None:
         _ioctl.device_pci_hot_reset(self.fd, group_fds, self.address)
 
+    def set_vf_token(self, token: bytes) -> None:
+        """An SR-IOV PF's VF token (16 bytes); vfio-pci's alone, so not in the protocol."""
+        _ioctl.device_set_vf_token(self.fd, token, self.address)
+
     def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:

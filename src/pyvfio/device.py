@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as E
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
@@ -34,6 +35,18 @@ _SET = v.VfioIrqSetFlag
 _TRIGGER_EVENTFD = _SET.VFIO_IRQ_SET_DATA_EVENTFD | _SET.VFIO_IRQ_SET_ACTION_TRIGGER
 _DISABLE = _SET.VFIO_IRQ_SET_DATA_NONE | _SET.VFIO_IRQ_SET_ACTION_TRIGGER
 _UNMASK = _SET.VFIO_IRQ_SET_DATA_NONE | _SET.VFIO_IRQ_SET_ACTION_UNMASK
+
+
+def parse_vf_token(token: str | uuid.UUID) -> str:
+    """A VF token as vfio-pci's ``uuid_parse`` takes it (the 36-character form);
+    ValueError saying what a token looks like otherwise."""
+    try:
+        return str(token if isinstance(token, uuid.UUID) else uuid.UUID(token))
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(
+            f"VF token {token!r} is not a UUID: give one like "
+            "bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3 (uuidgen makes one)"
+        ) from None
 
 
 def _close_transport(transport: DeviceTransport) -> None:
@@ -319,6 +332,22 @@ class Device:
     @property
     def enabled_irqs(self) -> dict[str, list[Interrupt]]:
         return {kind: list(irqs) for kind, irqs in self._irqs.items()}
+
+    # -- SR-IOV ---------------------------------------------------------------------------
+
+    def set_vf_token(self, token: str | uuid.UUID) -> None:
+        """Set the VF token of this SR-IOV PF (on vfio-pci): its VFs then open only with
+        it, ``pyvfio.open(vf, vf_token=token)`` (vfio-pci's trust between the PF's user
+        and the VFs' users). The kernel never shows a token back. UnsupportedError for a
+        device that is not an SR-IOV PF or not on vfio-pci (a vfio-user device)."""
+        text = parse_vf_token(token)
+        transport = self._require_transport()
+        if not isinstance(transport, KernelTransport):
+            raise UnsupportedError(
+                f"{self.bdf} takes no VF token: only an SR-IOV PF on vfio-pci does",
+                device=self.bdf,
+            )
+        transport.set_vf_token(uuid.UUID(text).bytes)
 
     # -- reset ----------------------------------------------------------------------------
 

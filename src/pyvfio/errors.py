@@ -9,6 +9,7 @@ The tree::
     │   ├── DeviceNotBoundError      the device is not on vfio-pci
     │   ├── GroupNotViableError      a group member sits on a host driver; .peers
     │   ├── PermissionDeniedError    /dev/vfio/N or /dev/iommu cannot be opened (pyvfio grant)
+    │   ├── VfTokenError             an SR-IOV VF refused: VF token missing, wrong or unwanted
     │   ├── UnsafeNoIommuError       a no-IOMMU group, opened without backend="unsafe-noiommu"
     │   ├── MemlockLimitError        RLIMIT_MEMLOCK too small to pin the DMA memory
     │   ├── NoInterruptRemappingError  type1 refuses to attach without IRQ remapping
@@ -125,6 +126,12 @@ class GroupNotViableError(VfioError):
 
 class PermissionDeniedError(VfioError):
     """A VFIO node exists but this process may not open it."""
+
+
+class VfTokenError(VfioError):
+    """vfio-pci refused an SR-IOV device for its VF token: a VF whose PF is on vfio-pci
+    opens only with the token the PF's user set (``Device.set_vf_token``), passed as
+    ``pyvfio.open(vf, vf_token=UUID)``; a token where none is wanted is refused too."""
 
 
 class UnsafeNoIommuError(VfioError):

@@ -35,6 +35,7 @@ import mmap
 import os
 import resource
 import threading
+import uuid
 import weakref
 from array import array
 from collections.abc import Iterable
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from pyvfio import _mem, backends
 from pyvfio._limits import holds_cap_ipc_lock, memlock_kib
 from pyvfio.backends import UNSAFE_NOIOMMU, Backend, IommufdBackend, Type1Backend
-from pyvfio.device import Device
+from pyvfio.device import Device, parse_vf_token
 from pyvfio.dma import DmaBuffer, DmaMapping
 from pyvfio.errors import (
     ClosedError,
@@ -203,21 +204,40 @@ class Iommu:
 
     # -- devices ----------------------------------------------------------------------
 
-    def open(self, address: str) -> Device:
-        """Open a device (already bound to vfio-pci) into this address space."""
-        return self._open(address)
+    def open(self, address: str, *, vf_token: str | uuid.UUID | None = None) -> Device:
+        """Open a device (already bound to vfio-pci) into this address space.
 
-    def _open(self, address: str, *, owns_iommu: bool = False) -> Device:
+        ``vf_token``: for an SR-IOV VF whose PF is on vfio-pci, the token (a UUID) the
+        PF's user set with `Device.set_vf_token`; vfio-pci refuses the VF without it
+        (`VfTokenError`). type1 passes it in the device's name; the iommufd cdev path
+        takes it from Linux 6.17 (``auto`` picks type1 before that).
+        """
+        return self._open(address, vf_token=vf_token)
+
+    def _open(
+        self,
+        address: str,
+        *,
+        owns_iommu: bool = False,
+        vf_token: str | uuid.UUID | None = None,
+    ) -> Device:
         if self._closed:
             raise ClosedError("the Iommu is closed")
+        token = None if vf_token is None else parse_vf_token(vf_token)
+        if token is not None and is_vfio_user(address):
+            raise UnsupportedError(
+                f"{address}: a VF token is vfio-pci's, for an SR-IOV VF on this host; a "
+                "vfio-user device takes none (open it without vf_token)",
+                device=address,
+            )
         if is_vfio_user(address):
             addr, group = SCHEME + socket_path(address), None
             backend = self._vfio_user_backend(addr)
             self._check_not_open(addr)
             transport = backend.attach(addr, None)
         else:
-            addr, group, backend = self._pci_backend(address)
-            transport = self._attach_pci(backend, addr, group)
+            addr, group, backend = self._pci_backend(address, token is not None)
+            transport = self._attach_pci(backend, addr, group, token)
         try:
             device = Device(
                 self,
@@ -249,7 +269,7 @@ class Iommu:
             )
         return self._backend
 
-    def _pci_backend(self, address: str) -> tuple[str, int, Backend]:
+    def _pci_backend(self, address: str, vf_token: bool = False) -> tuple[str, int, Backend]:
         """The device's address, its group (checked: bound to vfio, the backend allowed
         for it) and the backend, started for it under ``auto``."""
         if self._backend is not None and self._backend.name == "vfio-user":
@@ -263,13 +283,18 @@ class Iommu:
         group = bound_group(addr, self._sysfs)
         check_backend(addr, group, self.requested, self._sysfs)
         if self._backend is None:
-            return addr, group, self._start(backends.choose(addr, self._sysfs))
+            chosen = backends.choose(addr, self._sysfs, vf_token=vf_token)
+            return addr, group, self._start(chosen)
         return addr, group, self._backend
 
     @staticmethod
-    def _attach_pci(backend: Backend, addr: str, group: int) -> DeviceTransport:
+    def _attach_pci(
+        backend: Backend, addr: str, group: int, vf_token: str | None = None
+    ) -> DeviceTransport:
         try:
-            return backend.attach(addr, group)
+            if vf_token is None:
+                return backend.attach(addr, group)
+            return backend.attach(addr, group, vf_token=vf_token)
         except PermissionDeniedError as err:
             raise _not_granted(addr, err) from err
         except VfioError as err:
@@ -619,11 +644,14 @@ class Iommu:
         self.close()
 
 
-def open(address: str, backend: str = "auto") -> Device:
-    """Open a device already bound to vfio-pci, in an IOMMU address space of its own."""
+def open(address: str, backend: str = "auto", *, vf_token: str | uuid.UUID | None = None) -> Device:
+    """Open a device already bound to vfio-pci, in an IOMMU address space of its own.
+
+    ``vf_token``: an SR-IOV VF's token, when its PF is on vfio-pci (see `Iommu.open`).
+    """
     iommu = Iommu(backend)
     try:
-        return iommu._open(address, owns_iommu=True)
+        return iommu._open(address, owns_iommu=True, vf_token=vf_token)
     except BaseException:
         iommu.close()
         raise

@@ -106,12 +106,12 @@ def test_nic_behind_a_root_port(lab: SimulatedKernel) -> None:
     assert "this QEMU is built without seccomp" in str(plan)
 
 
-def test_functions_without_function_0_are_renumbered(intel: SimulatedKernel) -> None:
-    placed = layout(["00:02.2", "00:02.1", "03:00.0"], intel)
+def test_functions_without_function_0_are_renumbered(amd: SimulatedKernel) -> None:
+    # (00:02.1 and 00:02.2 of the intel server are SR-IOV VFs: a port each, see
+    # tests/unit/test_vm_sriov.py; here functions of one device without its function 0.)
+    placed = layout(["0a:00.1"], amd)
     assert [(d.address, d.port, d.function, d.multifunction) for d in placed] == [
-        ("0000:00:02.1", 1, 0, True),
-        ("0000:00:02.2", 1, 1, False),
-        ("0000:03:00.0", 2, 0, False),
+        ("0000:0a:00.1", 1, 0, False),
     ]
 
 

@@ -21,7 +21,17 @@ against the kernel's own headers.
 
 from __future__ import annotations
 
-from ctypes import POINTER, Array, _Pointer, c_int32, c_uint8, c_uint16, c_uint32, c_uint64
+from ctypes import (
+    POINTER,
+    Array,
+    Structure,
+    _Pointer,
+    c_int32,
+    c_uint8,
+    c_uint16,
+    c_uint32,
+    c_uint64,
+)
 from enum import IntEnum, IntFlag
 from typing import Final
 
@@ -1132,6 +1142,43 @@ class vfio_device_bind_iommufd(KernelStruct):
 
 VFIO_DEVICE_BIND_IOMMUFD: Final = _IO(VFIO_TYPE, VFIO_BASE + 18)
 """Argument: `vfio_device_bind_iommufd`."""
+
+#: ``VFIO_DEVICE_BIND_FLAG_TOKEN`` (Linux 6.17+): ``token_uuid_ptr`` points to a VF token.
+#: Not spelled as the kernel's macro: the headers the ABI test reads (6.12) lack it.
+BIND_FLAG_TOKEN: Final = 1 << 0
+#: The first kernel release whose VFIO_DEVICE_BIND_IOMMUFD takes a VF token (before it the
+#: cdev path had no way to pass one, and checked none: kernel commit "vfio/pci: Do
+#: vf_token checks for VFIO_DEVICE_BIND_IOMMUFD").
+BIND_TOKEN_SINCE: Final = (6, 17)
+
+
+class vfio_device_bind_iommufd_token(Structure):
+    """`vfio_device_bind_iommufd` as Linux 6.17 extends it (a plain ctypes Structure, not
+    a `KernelStruct`: the 6.12 headers the ABI test reads have only the first four members).
+
+    ::
+
+        struct vfio_device_bind_iommufd {
+                __u32           argsz;
+                __u32           flags;          /* VFIO_DEVICE_BIND_FLAG_TOKEN */
+                __s32           iommufd;
+                __u32           out_devid;
+                __aligned_u64   token_uuid_ptr; /* 16 bytes, the VF token */
+        };
+    """
+
+    _fields_ = (
+        ("argsz", c_uint32),
+        ("flags", c_uint32),
+        ("iommufd", c_int32),
+        ("out_devid", c_uint32),
+        ("token_uuid_ptr", c_uint64),
+    )
+    argsz: int
+    flags: int
+    iommufd: int
+    out_devid: int
+    token_uuid_ptr: int
 
 
 class vfio_device_attach_iommufd_pt(KernelStruct):

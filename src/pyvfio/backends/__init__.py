@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from pyvfio._transport import DeviceTransport
-from pyvfio.backends.iommufd import IommufdBackend, cdev_of
+from pyvfio.backends.iommufd import IommufdBackend, cdev_of, cdev_takes_vf_token
 from pyvfio.backends.noiommu import UNSAFE_NOIOMMU, NoIommuBackend
 from pyvfio.backends.type1 import Type1Backend
 from pyvfio.info import IommuInfo
@@ -42,8 +42,11 @@ class Backend(Protocol):
         """The container's or iommufd's fd (UnsupportedError where there is none)."""
         ...
 
-    def attach(self, address: str, group: int | None) -> DeviceTransport:
-        """Open ``address`` (in IOMMU group ``group``) into this address space."""
+    def attach(
+        self, address: str, group: int | None, vf_token: str | None = None
+    ) -> DeviceTransport:
+        """Open ``address`` (in IOMMU group ``group``) into this address space;
+        ``vf_token``: an SR-IOV VF's token (a UUID's 36 characters), where vfio-pci wants one."""
         ...
 
     def detach(self, address: str) -> None:
@@ -86,9 +89,12 @@ def start(
     raise ValueError(f"unknown IOMMU backend {name!r}: use one of {', '.join(NAMES)}")
 
 
-def choose(address: str, sysfs: Sysfs) -> str:
+def choose(address: str, sysfs: Sysfs, *, vf_token: bool = False) -> str:
     """``auto`` for a PCI device: iommufd where ``/dev/iommu`` and the device's cdev
-    exist and this user may open both, type1 otherwise."""
+    exist and this user may open both, type1 otherwise; type1 also for a device opened
+    with a VF token on a kernel whose cdev path takes none (before 6.17)."""
+    if vf_token and not cdev_takes_vf_token(sysfs):
+        return "type1"
     cdev = cdev_of(address, sysfs)
     # A user granted only the type1 nodes (or none: then type1 names pyvfio grant)
     # must not be sent to an iommufd they cannot open.

@@ -11,15 +11,27 @@ from __future__ import annotations
 import contextlib
 import errno as E
 import os
+import re
 import stat
+import uuid
 from collections.abc import Mapping
 
 from pyvfio import _ioctl, _mem
 from pyvfio._transport import DeviceTransport, KernelTransport
+from pyvfio._uapi import vfio as v
 from pyvfio.errors import UnsupportedError, VfioError
 from pyvfio.info import IommuInfo
 from pyvfio.sysfs import Sysfs
 from pyvfio.viability import blocking_peers, not_viable_error
+
+OSRELEASE = "proc/sys/kernel/osrelease"
+
+
+def cdev_takes_vf_token(sysfs: Sysfs) -> bool:
+    """Whether this kernel's VFIO_DEVICE_BIND_IOMMUFD takes a VF token (6.17+): before it
+    a VF token can reach vfio-pci only through the group path (type1)."""
+    found = re.match(r"(\d+)\.(\d+)", sysfs.read_attr(OSRELEASE) or "")
+    return found is not None and (int(found[1]), int(found[2])) >= v.BIND_TOKEN_SINCE
 
 
 def cdev_of(address: str, sysfs: Sysfs) -> str | None:
@@ -79,7 +91,9 @@ class IommufdBackend:
     def fileno(self) -> int:
         return self.fd
 
-    def attach(self, address: str, group: int | None) -> DeviceTransport:
+    def attach(
+        self, address: str, group: int | None, vf_token: str | None = None
+    ) -> DeviceTransport:
         cdev = cdev_of(address, self.sysfs)
         if cdev is None or not os.path.exists(cdev):
             raise UnsupportedError(
@@ -90,7 +104,11 @@ class IommufdBackend:
         fd = _ioctl.open_node(cdev)
         try:
             try:
-                _ioctl.device_bind_iommufd(fd, self.fd, address)
+                if vf_token is None:
+                    _ioctl.device_bind_iommufd(fd, self.fd, address)
+                else:
+                    token = uuid.UUID(vf_token).bytes
+                    _ioctl.device_bind_iommufd(fd, self.fd, address, token)
             except VfioError as err:
                 # iommu_device_claim_dma_owner: -EPERM while a kernel driver owns DMA
                 # for a member of the group (owner_cnt set by another owner), -EBUSY
@@ -111,6 +129,17 @@ class IommufdBackend:
                     raise VfioError(
                         f"{address} is already open: {cdev} is bound to another iommufd",
                         errno=E.EBUSY,
+                        ioctl="VFIO_DEVICE_BIND_IOMMUFD",
+                        device=address,
+                    ) from err
+                if err.errno == E.EINVAL and vf_token is not None:
+                    raise UnsupportedError(
+                        f"{address}: this kernel ({self.sysfs.read_attr(OSRELEASE)}) takes no "
+                        "VF token on the device cdev path: VFIO_DEVICE_BIND_FLAG_TOKEN is "
+                        f"Linux {'.'.join(map(str, v.BIND_TOKEN_SINCE))}+ (before it, the cdev "
+                        "path checks no VF token at all); open it with backend='type1', "
+                        "which passes the token in the device name",
+                        errno=err.errno,
                         ioctl="VFIO_DEVICE_BIND_IOMMUFD",
                         device=address,
                     ) from err

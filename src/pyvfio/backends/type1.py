@@ -77,13 +77,24 @@ class Type1Backend:
     def fileno(self) -> int:
         return self.fd
 
-    def attach(self, address: str, group: int | None) -> DeviceTransport:
+    def attach(
+        self, address: str, group: int | None, vf_token: str | None = None
+    ) -> DeviceTransport:
         if group is None:
             raise UnsupportedError(f"{address} has no IOMMU group", device=address)
         grp = self.groups.get(group)
         if grp is None:
             grp = self._open_group(address, group)
-        fd = _ioctl.group_get_device_fd(grp.fd, address)
+        try:
+            fd = (
+                _ioctl.group_get_device_fd(grp.fd, address)
+                if vf_token is None
+                else _ioctl.group_get_device_fd(grp.fd, address, vf_token)
+            )
+        except BaseException:
+            if not grp.devices:  # the group was opened for this device: let it go again
+                self.detach_group(group)
+            raise
         grp.devices.add(address)
         return KernelTransport(fd, address)
 
@@ -117,10 +128,14 @@ class Type1Backend:
             if address in grp.devices:
                 grp.devices.discard(address)
                 if not grp.devices:
-                    del self.groups[number]
-                    with contextlib.suppress(VfioError):
-                        _ioctl.group_unset_container(grp.fd, address)
-                    _ioctl.close_node(grp.fd)
+                    self.detach_group(number, address)
+
+    def detach_group(self, number: int, address: str | None = None) -> None:
+        """Take group ``number`` out of the container and close it."""
+        grp = self.groups.pop(number)
+        with contextlib.suppress(VfioError):
+            _ioctl.group_unset_container(grp.fd, address)
+        _ioctl.close_node(grp.fd)
 
     def group_fds(self) -> Mapping[int, int]:
         return {number: grp.fd for number, grp in self.groups.items()}

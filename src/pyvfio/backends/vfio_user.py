@@ -43,8 +43,16 @@ class VfioUserBackend:
             "a vfio-user Iommu has no kernel fd (each device has its socket: dev.fileno())"
         )
 
-    def attach(self, address: str, group: int | None) -> DeviceTransport:
+    def attach(
+        self, address: str, group: int | None, vf_token: str | None = None
+    ) -> DeviceTransport:
         """Connect to ``vfio-user:PATH`` and give it every live mapping."""
+        if vf_token is not None:
+            raise UnsupportedError(
+                f"{address}: a VF token is vfio-pci's, for an SR-IOV VF on this host; a "
+                "vfio-user device takes none (open it without vf_token)",
+                device=address,
+            )
         if not is_vfio_user(address):
             raise UnsupportedError(
                 f"{address} is a PCI device on this host: a vfio-user Iommu opens only "

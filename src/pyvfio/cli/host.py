@@ -1,4 +1,4 @@
-"""Host commands: ls, show, doctor, bind, unbind, restore, snapshot.
+"""Host commands: ls, show, doctor, bind, unbind, restore, sriov, snapshot.
 
 Each is a few lines over :mod:`pyvfio.host`; read-only ones take ``--root`` (a snapshot
 folder or tarball) and give the same answers there as on the live host.
@@ -17,6 +17,7 @@ from pyvfio.cli.common import JsonOpt, RootOpt, app, handle_errors, print_json
 
 if TYPE_CHECKING:
     from pyvfio.host.bind import Restored
+    from pyvfio.host.sriov import SriovRestored
 
 CLASS_FILTERS = {
     "gpu": (0x03,),
@@ -60,6 +61,7 @@ def ls(
     Example: pyvfio ls --class gpu
     """
     from pyvfio.cli.render import groups_tree
+    from pyvfio.host import sriov
     from pyvfio.host.inventory import iommu_groups, listing_json
     from pyvfio.host.journal import JournalError, journal_of
     from pyvfio.host.snapshot import open_root
@@ -78,7 +80,7 @@ def ls(
     sysfs = open_root(root)
     groups = iommu_groups(sysfs)
     host_has_groups = bool(groups)
-    damaged: JournalError | None = None
+    damaged: JournalError | sriov.SriovError | None = None
     try:
         journal = journal_of(sysfs)
     except JournalError as err:  # the groups are still worth showing; then exit 2
@@ -94,12 +96,21 @@ def ls(
 
         groups = [g for g in groups if any(match(d.class_code, d.vendor_id) for d in g.devices)]
     unsafe = frozenset(noiommu_groups(sysfs))
+    vf_relations = sriov.relations(sysfs)
+    try:
+        vf_journal = sriov.journal_entries() if sysfs.is_live else {}
+    except sriov.SriovError as err:
+        vf_journal, damaged = {}, damaged or err
     if as_json:
         data = listing_json(groups, journal)
         for entry in data["groups"]:
             if entry["group"] in unsafe:  # only there, so the schema stays as it was
                 entry["noiommu"] = True
                 entry["verdict"] = UNSAFE_VERDICT
+            for dev in entry["devices"]:  # PFs and VFs only: the others stay as they were
+                dev.update(vf_relations.get(dev["address"], {}))
+        if vf_journal:  # only then, so the schema stays as it was
+            data["sriov_journal"] = [e.to_json() for e in vf_journal.values()]
         if damaged is not None:  # only then, so the schema stays as it was
             data["journal_error"] = str(damaged)
         print_json(data)
@@ -114,8 +125,20 @@ def ls(
                 groups, unsafe, UNSAFE_VERDICT, filtered=chosen_by if host_has_groups else ""
             )
         )
+        for addr, rel in vf_relations.items():
+            if "sriov" in rel:
+                pf = rel["sriov"]
+                vfs = ", ".join(
+                    f"{vf['address']} ({vf['driver'] or 'no driver'})" for vf in pf["vfs"]
+                )
+                typer.echo(
+                    f"SR-IOV: {addr} has {pf['num_vfs']} of {pf['total_vfs']} VFs"
+                    + (f": {vfs}" if vfs else "")
+                )
         for entry in journal.values():
             typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
+        for vf_entry in vf_journal.values():
+            typer.echo(f"journal: {vf_entry}" + ("" if vf_entry.done else "; pyvfio restore --all"))
     if damaged is not None:
         raise damaged
 
@@ -176,20 +199,68 @@ def restore(
 
     Example: pyvfio restore --all
     """
+    from pyvfio.host import sriov
     from pyvfio.host.bind import restore as do_restore
 
     _check_timeout(timeout)
-    _report(do_restore(addresses or (), all_devices=all_devices, timeout=timeout), as_json)
+    results = do_restore(addresses or (), all_devices=all_devices, timeout=timeout)
+    # VF counts after drivers: a PF given back to its own driver takes its original count.
+    vfs = sriov.restore(addresses or (), all_devices=all_devices, progress=_progress)
+    _report(results, as_json, vfs)
 
 
-def _report(results: Sequence[Restored], as_json: bool) -> None:
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)  # stderr: --json keeps stdout to itself
+
+
+def _report(results: Sequence[Restored], as_json: bool, vfs: Sequence[SriovRestored] = ()) -> None:
     if as_json:
-        print_json({"devices": [r.to_json() for r in results]})
+        print_json({"devices": [r.to_json() for r in results], "sriov": [v.to_json() for v in vfs]})
         return
     for r in results:
         typer.echo(str(r))
-    if not results:
+    for v in vfs:
+        typer.echo(str(v))
+    if not results and not vfs:
         typer.echo("nothing to restore: the journal is empty")
+
+
+@app.command("sriov")
+@handle_errors
+def sriov_command(
+    address: Annotated[str, typer.Argument(metavar="BDF", help="the PF, e.g. 0000:01:00.0")],
+    vfs: Annotated[
+        int | None, typer.Option("--vfs", help="the number of VFs to have (0 removes them)")
+    ] = None,
+    enable_sriov: Annotated[
+        bool,
+        typer.Option("--enable-sriov", help="set vfio-pci's enable_sriov for a PF on vfio-pci"),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="remove VFs the host uses too")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show or set a PF's VF count through sriov_numvfs, journaled so restore can undo it.
+
+    Example: pyvfio sriov 0000:01:00.0 --vfs 2
+    """
+    from pyvfio.host import sriov
+
+    if vfs is None:
+        now = sriov.state(address)
+        if as_json:
+            print_json(now.to_json())
+        else:
+            typer.echo(str(now))
+        return
+    change = sriov.set_num_vfs(
+        address, vfs, force=force, enable_sriov=enable_sriov, progress=_progress
+    )
+    if as_json:
+        print_json(change.to_json())
+        return
+    typer.echo(str(change))
+    if change.changed:
+        typer.echo("'pyvfio restore' puts the VF count back")
 
 
 @app.command("show")

@@ -56,6 +56,10 @@ def qemu(
         bool, typer.Option(help="QEMU's seccomp filter (-sandbox on), where QEMU has it")
     ] = True,
     timeout: Annotated[float, typer.Option(help="seconds for QEMU to answer on QMP")] = 120.0,
+    vf_token: Annotated[
+        str | None,
+        typer.Option(help="SR-IOV: the VF token for VFs whose PF is on vfio-pci (a UUID)"),
+    ] = None,
     as_json: JsonOpt = False,
     root: RootOpt = "/",
 ) -> None:
@@ -86,6 +90,7 @@ def qemu(
         check=check,
         run_as=run_as,
         sandbox=sandbox,
+        vf_token=vf_token,
         sysfs=sysfs,
     )
     if dry_run:

@@ -130,6 +130,12 @@ class DeviceDetails:
     group_verdict: str
     in_use: tuple[str, ...]
     notes: tuple[str, ...]
+    #: The driver of each of ``virtual_functions``, in the same order.
+    vf_drivers: tuple[str | None, ...] = ()
+
+    def _vfs(self) -> list[tuple[str, str | None]]:
+        drivers = [*self.vf_drivers, *[None] * len(self.virtual_functions)]
+        return list(zip(self.virtual_functions, drivers, strict=False))
 
     def __str__(self) -> str:
         d = self.device
@@ -156,7 +162,8 @@ class DeviceDetails:
             lines.append("  ACS on the path to the root complex:")
             lines += [f"    {hop}" for hop in self.acs_path]
         if self.sriov_total_vfs is not None:
-            vfs = f": {', '.join(self.virtual_functions)}" if self.virtual_functions else ""
+            named = [f"{vf} ({drv or 'no driver'})" for vf, drv in self._vfs()]
+            vfs = f": {', '.join(named)}" if named else ""
             lines.append(f"  SR-IOV: {self.sriov_num_vfs or 0} of {self.sriov_total_vfs} VFs{vfs}")
         if self.physical_function:
             lines.append(f"  virtual function of {self.physical_function}")
@@ -193,6 +200,7 @@ class DeviceDetails:
                 "num_vfs": self.sriov_num_vfs,
                 "virtual_functions": list(self.virtual_functions),
                 "physical_function": self.physical_function,
+                "vfs": [{"address": vf, "driver": drv} for vf, drv in self._vfs()],
             },
             "group": {
                 "number": self.device.iommu_group,
@@ -336,4 +344,5 @@ def describe(address: str, sysfs: Sysfs = LIVE) -> DeviceDetails:
         group_verdict=group.verdict if group else "no IOMMU group: the IOMMU is off",
         in_use=usage.device_users(addr, sysfs),
         notes=tuple(notes),
+        vf_drivers=tuple(sysfs.driver(vf) for vf in vfs),
     )

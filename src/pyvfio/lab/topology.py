@@ -3,7 +3,8 @@
 A topology is a list of device specs ``NAME[@PLACE]``:
 
 * ``NAME`` is ``edu`` (QEMU's educational device, 1234:11e8), ``nvme`` (QEMU's NVMe
-  controller, 1b36:0010, backed by a scratch file) or ``e1000e`` (8086:10d3);
+  controller, 1b36:0010, backed by a scratch file), ``e1000e`` (8086:10d3) or
+  ``nvmesriov`` (the NVMe controller as an SR-IOV PF, no namespace: see NVME_SRIOV_VFS);
 * ``PLACE`` is ``root`` (default: on the q35 root bus, as a root-complex endpoint),
   ``rootport`` (below a ``pcie-root-port`` of its own, which has ACS: its own
   IOMMU group) or ``switch`` (below the downstream port of an ``x3130-upstream`` +
@@ -30,7 +31,19 @@ from pathlib import Path
 from pyvfio.errors import LabSpecError
 
 #: vendor:device of each device the lab can add.
-DEVICE_IDS = {"edu": "1234:11e8", "nvme": "1b36:0010", "e1000e": "8086:10d3"}
+DEVICE_IDS = {
+    "edu": "1234:11e8",
+    "nvme": "1b36:0010",
+    "e1000e": "8086:10d3",
+    "nvmesriov": "1b36:0010",
+}
+#: ``nvmesriov``: QEMU's NVMe controller as an SR-IOV PF with this many VFs at most (its
+#: functions 1..N). QEMU requires a subsystem, at least 2 flexible queues and 1 flexible
+#: interrupt per VF, and 2 queues left private to the PF (hw/nvme/ctrl.c,
+#: nvme_check_params); the VFs need those resources assigned by NVMe Virtualization
+#: Management commands before they work as controllers, but their PCI side (config
+#: space, vfio-pci, VF tokens) works without.
+NVME_SRIOV_VFS = 2
 PLACES = ("root", "rootport", "switch")
 
 #: The serial number and model the lab gives QEMU's NVMe controller.
@@ -150,6 +163,17 @@ class Topology:
                     f"file={dev.backing_file},if=none,id={drive},format=raw",
                     "-device",
                     f"nvme,id={dev.qemu_id},serial={NVME_SERIAL},drive={drive}{bus}",
+                ]
+            elif dev.name == "nvmesriov":
+                subsys = f"subsys_{dev.qemu_id}"
+                vfs = NVME_SRIOV_VFS
+                args += [
+                    "-device",
+                    f"nvme-subsys,id={subsys}",
+                    "-device",
+                    f"nvme,id={dev.qemu_id},serial={NVME_SERIAL}-{dev.qemu_id},subsys={subsys},"
+                    f"sriov_max_vfs={vfs},sriov_vq_flexible={2 * vfs},sriov_vi_flexible={vfs}"
+                    f"{bus}",
                 ]
             elif dev.name == "e1000e":
                 # A NIC wants a peer: user networking restricted to the guest itself.

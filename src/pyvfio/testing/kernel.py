@@ -7,9 +7,10 @@ from __future__ import annotations
 import errno
 import os
 import select
+import shutil
 import time
 
-from pyvfio.sysfs import Sysfs, WriteTimeoutError, process_start
+from pyvfio.sysfs import IOMMU_GROUPS, PCI_DEVICES, Sysfs, WriteTimeoutError, process_start
 from pyvfio.testing.sysfs import SyntheticHost
 
 __all__ = ["SimulatedKernel"]
@@ -71,6 +72,8 @@ class SimulatedKernel(Sysfs):
             self.host.bind(addr, None)
         elif parts[:4] == ["sys", "bus", "pci", "drivers"] and parts[-1] == "bind":
             self._probe(addr, parts[4], explicit=True)
+        elif parts[-1] == "sriov_numvfs":
+            self._sriov_numvfs(parts[-2], value)
         elif rel.strip("/") == "sys/bus/pci/drivers_probe":
             override = self.read_attr(f"{self.device_dir(addr)}/driver_override")
             wanted = override if override not in (None, "(null)") else self.defaults.get(addr)
@@ -98,6 +101,53 @@ class SimulatedKernel(Sysfs):
         finally:
             os.close(reader)
         fifo.unlink()
+
+    def _sriov_numvfs(self, pf: str, value: str) -> None:
+        """The PCI core's sriov_numvfs_store: VFs at the PF's next functions, each in a
+        group of its own, on vfio-pci when the PF is (vfio-pci's bus notifier sets their
+        override), driverless otherwise."""
+        rel = self.device_dir(pf)
+        count, total = int(value), self.read_int(f"{rel}/sriov_totalvfs") or 0
+        current = self.read_int(f"{rel}/sriov_numvfs") or 0
+        driver = self.driver(pf)
+        if driver is None or (
+            driver == "vfio-pci"
+            and self.read_attr("sys/module/vfio_pci/parameters/enable_sriov") not in ("Y", "1")
+        ):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        if count > total:
+            raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
+        if count and current:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        if count == 0:
+            for name in self.listdir(rel):
+                if name.startswith("virtfn"):
+                    vf = self.link_name(f"{rel}/{name}") or ""
+                    group = self.link_name(f"{PCI_DEVICES}/{vf}/iommu_group")
+                    if group is not None:
+                        self.path(f"{IOMMU_GROUPS}/{group}/devices/{vf}").unlink()
+                        if not self.listdir(f"{IOMMU_GROUPS}/{group}/devices"):
+                            shutil.rmtree(self.path(f"{IOMMU_GROUPS}/{group}"))
+                    # The folder from sysfs, not host.real: a forked writer made it.
+                    shutil.rmtree(self.path(self.realpath(f"{PCI_DEVICES}/{vf}") or vf))
+                    self.host.real.pop(vf, None)
+                    self.path(f"{PCI_DEVICES}/{vf}").unlink()
+                    self.path(f"{rel}/{name}").unlink()
+        base, function = pf.rsplit(".", 1)
+        groups = [int(g) for g in self.listdir(IOMMU_GROUPS) if g.isdigit()]
+        for n in range(count):
+            vf = f"{base}.{int(function) + n + 1}"
+            self.host.add_device(
+                vf,
+                self.read_int(f"{rel}/vendor", 16) or 0,
+                self.read_int(f"{rel}/sriov_vf_device", 16) or 0,
+                self.read_int(f"{rel}/class", 16) or 0,
+                driver="vfio-pci" if driver == "vfio-pci" else None,
+                group=max(groups, default=0) + n + 1,
+            )
+            self.host.link(f"{self.host.real[vf]}/physfn", self.host.real[pf])
+            self.host.link(f"{self.host.real[pf]}/virtfn{n}", self.host.real[vf])
+        self.path(f"{rel}/sriov_numvfs").write_text(f"{count}\n")
 
     def _probe(self, addr: str, driver: str, *, explicit: bool) -> None:
         if self.driver(addr) is not None:

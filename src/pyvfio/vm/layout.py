@@ -4,7 +4,8 @@ QEMU and libvirt both want a passed function on a PCIe port of a q35 guest (a de
 on the root bus is an integrated endpoint: no link, no hotplug, and guest drivers that
 look at the link get confused). The functions of one physical device stay functions of
 one guest slot, with ``multifunction=on`` on function 0, because drivers expect them
-together (a GPU's driver finds its HDMI audio at function 1 of the same slot).
+together (a GPU's driver finds its HDMI audio at function 1 of the same slot). An
+SR-IOV VF is a device of its own: a port of its own, as function 0.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class PassedDevice:
     function: int
     multifunction: bool
     bars: tuple[Resource, ...]
+    #: The PF of an SR-IOV VF (None for any other device).
+    physical_function: str | None = None
 
     @property
     def address(self) -> str:
@@ -75,9 +78,12 @@ def layout(addresses: Sequence[str], sysfs: Sysfs = LIVE) -> tuple[PassedDevice,
                 f"{info.address} is a PCI bridge: VFIO passes endpoints, not bridges "
                 "(name the devices below it)"
             )
+    pfs = {a: sysfs.link_name(f"{sysfs.device_dir(a)}/physfn") for a in named}
     slots: dict[str, list[str]] = {}
     for addr in sorted(named):
-        slots.setdefault(_slot(addr), []).append(addr)
+        # A VF is a device of its own (its function number is the PF's offset and
+        # stride, not a sibling function): a port of its own, as function 0.
+        slots.setdefault(addr if pfs[addr] else _slot(addr), []).append(addr)
     out = []
     for port, members in enumerate(slots.values(), start=1):
         functions = [int(a.rsplit(".", 1)[1], 16) for a in members]
@@ -92,6 +98,7 @@ def layout(addresses: Sequence[str], sysfs: Sysfs = LIVE) -> tuple[PassedDevice,
                     function=function,
                     multifunction=function == 0 and len(members) > 1,
                     bars=bars,
+                    physical_function=pfs[addr],
                 )
             )
     return tuple(out)

@@ -60,6 +60,19 @@ def _text(el: ET.Element) -> str:
     return ET.tostring(el, encoding="unicode")
 
 
+def _check_vfs(devices: Sequence[PassedDevice], sysfs: Sysfs) -> None:
+    """A VF whose PF is on vfio-pci opens only with a VF token, which a libvirt
+    ``<hostdev>`` cannot carry: refused, naming what does."""
+    for dev in devices:
+        pf = dev.physical_function
+        if pf is not None and sysfs.driver(pf) == "vfio-pci":
+            raise ValueError(
+                f"{dev.address} is a VF of {pf}, which is on vfio-pci: vfio-pci opens it only "
+                "with a VF token, and a libvirt <hostdev> has no setting for one; give the PF "
+                "back to its own driver (pyvfio unbind), or use pyvfio vm qemu --vf-token UUID"
+            )
+
+
 def _check_gpu(devices: Sequence[PassedDevice], gpu: GpuOptions) -> None:
     # ElementTree escapes markup in attributes, but XML 1.0 has no way at all to carry
     # most control characters: ET would write them raw and libvirt reject the file.
@@ -85,6 +98,7 @@ def hostdevs(
     """
     devices = layout(addresses, sysfs)
     _check_gpu(devices, gpu)
+    _check_vfs(devices, sysfs)
     parts = []
     for dev in devices:
         if dev.multifunction:
@@ -113,6 +127,7 @@ def domain(
     check_text(name, "--domain")
     devices = layout(addresses, sysfs)
     _check_gpu(devices, gpu)
+    _check_vfs(devices, sysfs)
     size = parse_size(memory)
     root = ET.Element("domain", type="kvm")
     ET.SubElement(root, "name").text = name

@@ -460,7 +460,32 @@ def _accel_args(accel: str) -> list[str]:
     return ["-accel", accel]
 
 
-def _device_arg(dev: PassedDevice, gpu: GpuOptions) -> str:
+def vf_token_users(
+    devices: Sequence[PassedDevice], vf_token: str | None, sysfs: Sysfs = LIVE
+) -> frozenset[str]:
+    """The VFs that need ``vf_token`` (their PF is on vfio-pci: vfio-pci opens them only
+    with the token the PF's user set); ValueError for a token none of them needs, or a
+    VF that needs one when none is given."""
+    needing = frozenset(
+        d.address
+        for d in devices
+        if d.physical_function is not None and sysfs.driver(d.physical_function) == "vfio-pci"
+    )
+    if vf_token is None and needing:
+        first = next(d for d in devices if d.address in needing)
+        raise ValueError(
+            f"{first.address} is a VF of {first.physical_function}, which is on vfio-pci: "
+            "vfio-pci opens it only with the VF token the PF's user set; add --vf-token UUID"
+        )
+    if vf_token is not None and not needing:
+        raise ValueError(
+            "--vf-token is for SR-IOV VFs whose PF is on vfio-pci; none of these is one "
+            "(vfio-pci would refuse the token)"
+        )
+    return needing
+
+
+def _device_arg(dev: PassedDevice, gpu: GpuOptions, vf_token: str | None = None) -> str:
     # host, id and bus are pyvfio's own (a normalized address, hostdevN-F, rpN).
     opts = [
         "vfio-pci",
@@ -471,6 +496,8 @@ def _device_arg(dev: PassedDevice, gpu: GpuOptions) -> str:
     ]
     if dev.multifunction:
         opts.append("multifunction=on")
+    if vf_token is not None:
+        opts.append(f"vf-token={option_value(vf_token, '--vf-token')}")
     if dev.is_gpu:
         if gpu.x_vga and dev.is_vga:
             opts.append("x-vga=on")
@@ -507,6 +534,7 @@ def build(
     run_as: str | None = None,
     sandbox: bool = True,
     features: QemuFeatures | None = None,
+    vf_token: str | None = None,
     sysfs: Sysfs = LIVE,
 ) -> QemuPlan:
     """The QEMU command line; reads sysfs, changes nothing. Bad input raises ValueError.
@@ -516,8 +544,15 @@ def build(
     :func:`_check_accel`). ``run_as``, ``sandbox``: see :func:`confinement`;
     ``features`` are probed from ``qemu`` (:func:`qemu_features`) unless given.
     ``extra`` goes to QEMU as is: those are QEMU options already, in QEMU's syntax.
+    ``vf_token``: the VF token for VFs whose PF is on vfio-pci (QEMU's ``vf-token``).
     """
+    token = None
+    if vf_token is not None:
+        from pyvfio.device import parse_vf_token  # the core's one parser, when one is given
+
+        token = parse_vf_token(vf_token)
     devices = layout(addresses, sysfs)
+    tokened = vf_token_users(devices, token, sysfs)
     size = parse_size(memory or (CHECK_MEMORY if check else DEFAULT_MEMORY))
     notes = []
     jail = confinement(
@@ -559,7 +594,7 @@ def build(
     for port in sorted({d.port for d in devices}):
         argv += ["-device", f"pcie-root-port,id=rp{port},bus=pcie.0,chassis={port}"]
     for dev in devices:
-        argv += ["-device", _device_arg(dev, gpu)]
+        argv += ["-device", _device_arg(dev, gpu, token if dev.address in tokened else None)]
         if dev.info.driver is not None and not is_vfio_driver(dev.info.driver):
             notes.append(f"{dev.address} is on {dev.info.driver}: pyvfio binds it to vfio-pci")
     argv += list(extra)
