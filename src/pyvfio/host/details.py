@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pyvfio._sizes import size_text
-from pyvfio.host import inventory, usage
+from pyvfio.host import inventory, iommus, usage
 from pyvfio.host.inventory import PciDeviceInfo
+from pyvfio.host.iommus import IommuUnit
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.pci.address import normalize
 from pyvfio.pci.config import (
@@ -130,6 +131,13 @@ class DeviceDetails:
     group_verdict: str
     in_use: tuple[str, ...]
     notes: tuple[str, ...]
+    #: The IOMMU unit that translates the device's DMA (None: none, or not known).
+    iommu_unit: IommuUnit | None = None
+
+    @property
+    def iommu(self) -> str | None:
+        """``"AMD-Vi (ivhd0)"``: which IOMMU translates the device (None: none known)."""
+        return None if self.iommu_unit is None else str(self.iommu_unit)
 
     def __str__(self) -> str:
         d = self.device
@@ -161,6 +169,8 @@ class DeviceDetails:
         if self.physical_function:
             lines.append(f"  virtual function of {self.physical_function}")
         group = d.iommu_group
+        if self.iommu_unit is not None:
+            lines.append(f"  IOMMU: {self.iommu_unit}")
         lines.append(
             f"  IOMMU group {group if group is not None else 'none'}: {self.group_verdict}"
         )
@@ -196,6 +206,9 @@ class DeviceDetails:
             },
             "group": {
                 "number": self.device.iommu_group,
+                "iommu": None
+                if self.iommu_unit is None
+                else {"unit": self.iommu_unit.name, "kind": self.iommu_unit.kind},
                 "verdict": self.group_verdict,
                 "members": [m.to_json() for m in self.group_members],
             },
@@ -336,4 +349,5 @@ def describe(address: str, sysfs: Sysfs = LIVE) -> DeviceDetails:
         group_verdict=group.verdict if group else "no IOMMU group: the IOMMU is off",
         in_use=usage.device_users(addr, sysfs),
         notes=tuple(notes),
+        iommu_unit=iommus.device_unit(addr, sysfs),
     )
