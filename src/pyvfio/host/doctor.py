@@ -321,7 +321,7 @@ def check_iommu_driver(sysfs: Sysfs) -> CheckResult:
                 Status.FAIL,
                 "the firmware describes a virtio-iommu (ACPI VIOT) but no driver took it",
                 "use a kernel with CONFIG_VIRTIO_IOMMU and CONFIG_ACPI_VIOT (Debian's 6.1 "
-                "has neither; its 6.12 from backports has both)",
+                "has neither; pyvfio's lab kernel has both)",
             )
         return CheckResult(name, Status.FAIL, "none is active", _enable_hint(sysfs))
     kinds = sorted({u.kind for u in found})
