@@ -641,6 +641,18 @@ def iommufd_destroy(iommufd: int, object_id: int) -> None:
     call(iommufd, ufd.IOMMU_DESTROY, d, "IOMMU_DESTROY", "/dev/iommu")
 
 
+def option_get(iommufd: int, option: int, object_id: int = 0, device: str = "/dev/iommu") -> int:
+    """``IOMMU_OPTION`` with ``IOMMU_OPTION_OP_GET``: an option's value (0: the iommufd's own)."""
+    o = ufd.iommu_option(
+        size=ctypes.sizeof(ufd.iommu_option),
+        option_id=option,
+        op=ufd.IommuOptionOp.IOMMU_OPTION_OP_GET,
+        object_id=object_id,
+    )
+    call(iommufd, ufd.IOMMU_OPTION, o, "IOMMU_OPTION", device)
+    return int(o.val64)
+
+
 def ioas_iova_ranges(iommufd: int, ioas: int) -> tuple[tuple[IovaRange, ...], int]:
     """The IOAS's usable ranges and the alignment the kernel requires for IOVAs."""
     q = ufd.iommu_ioas_iova_ranges(size=ctypes.sizeof(ufd.iommu_ioas_iova_ranges), ioas_id=ioas)

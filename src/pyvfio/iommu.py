@@ -186,6 +186,16 @@ class Iommu:
         return self._backend.name if self._backend else self.requested
 
     @property
+    def mode(self) -> str | None:
+        """What serves this Iommu, in the kernel VFIO selftests' names:
+        ``vfio_type1v2_iommu`` (``/dev/vfio/vfio`` of VFIO itself, vfio_iommu_type1),
+        ``iommufd_compat_type1v2`` (the type1 ioctls on iommufd's compatibility container,
+        CONFIG_IOMMUFD_VFIO_CONTAINER), ``iommufd`` (``/dev/iommu``); ``vfio-user``, and
+        ``vfio_noiommu_iommu`` / ``iommufd_compat_noiommu`` for ``unsafe-noiommu``. None
+        while ``backend="auto"`` has not chosen yet."""
+        return self._backend.mode if self._backend else None
+
+    @property
     def devices(self) -> tuple[Device, ...]:
         return tuple(self._devices.values())
 

@@ -76,6 +76,15 @@ def _closed(irq: pyvfio.Interrupt) -> bool:
 class EduSuite(EduDriverSuite):
     """The suite, collected by a ``Test...`` subclass that gives the ``backend`` fixture."""
 
+    #: Whether the guest's IOMMU logs the DMA it blocks. QEMU 7.2's amd-iommu blocks it
+    #: but logs nothing (its page walk returns on a zero PTE without an IO_PAGE_FAULT
+    #: event), so there the suite checks only that nothing got through (docs/iommus.md).
+    faults_logged = True
+
+    def assert_fault_logged(self, address: str, since: str, iova: int) -> None:
+        if self.faults_logged:
+            assert wait_dmar_faults(address, since, iova), no_fault_seen(address, since, iova)
+
     @pytest.fixture
     def iommu(self, backend: str) -> Iterator[pyvfio.Iommu]:
         bind.load_module("vfio-pci")  # /dev/vfio/vfio appears with the vfio modules
@@ -139,8 +148,7 @@ class EduSuite(EduDriverSuite):
             edu.from_device(sink, len(secret))
             got = sink.read(0, len(secret))
             assert got != secret and secret[:14] not in got
-            faults = wait_dmar_faults(dev.bdf, before, mapping.iova)
-            assert faults, no_fault_seen(dev.bdf, before, mapping.iova)
+            self.assert_fault_logged(dev.bdf, before, mapping.iova)
         page.close()
 
     def test_isolation_just_past_a_mapping_is_not_reached(self, edu: Edu) -> None:
@@ -169,7 +177,7 @@ class EduSuite(EduDriverSuite):
                 assert area[4096:] == page_b, "the DMA wrote past the mapping's end"
                 assert area[:4088] == page_a[:4088]
                 assert area[4088:4096] == bytes(range(8))
-                assert wait_dmar_faults(dev.bdf, before, end), no_fault_seen(dev.bdf, before, end)
+                self.assert_fault_logged(dev.bdf, before, end)
 
                 # Device reads from the end: page B holds a secret it must not get.
                 secret = b"pyvfio-page-b-secret" * 8
@@ -180,7 +188,7 @@ class EduSuite(EduDriverSuite):
                 edu.from_device(source, len(secret))
                 got = source.read(0, len(secret))
                 assert secret[:20] not in got, "the device read past the mapping's end"
-                assert wait_dmar_faults(dev.bdf, before, end), no_fault_seen(dev.bdf, before, end)
+                self.assert_fault_logged(dev.bdf, before, end)
             finally:
                 for m in iommu.mappings:  # ours: the mmap cannot close while one holds it
                     if m.vaddr != source.address:
@@ -212,9 +220,7 @@ class EduSuite(EduDriverSuite):
             edu.dma_raw(to_ram=False, ram_iova=old_iova, length=len(secret))
             edu.from_device(sink, len(secret))
             assert sink.read(0, len(secret)) == b"\x00" * len(secret)
-            assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
-                dev.bdf, before, old_iova
-            )
+            self.assert_fault_logged(dev.bdf, before, old_iova)
 
             # Device writes the old IOVA: the write is blocked, our live memory unchanged.
             pattern = b"\x5a" * 64
@@ -224,9 +230,7 @@ class EduSuite(EduDriverSuite):
             before = kernel_log()
             edu.dma_raw(to_ram=True, ram_iova=old_iova, length=len(pattern))
             assert sink.read() == b"\x00" * 4096
-            assert wait_dmar_faults(dev.bdf, before, old_iova), no_fault_seen(
-                dev.bdf, before, old_iova
-            )
+            self.assert_fault_logged(dev.bdf, before, old_iova)
 
     def test_2000_live_mappings_and_back_leave_nothing_behind(self, edu: Edu) -> None:
         """The leak check of the load runs (test_load.py) on every backend: on iommufd the

@@ -105,3 +105,54 @@ def test_kernel_resolution_explains_what_is_missing(
     assert kernels.resolve_kernel(None).name == "vmlinuz-6.1.0-56-amd64"
     with pytest.raises(LabUnavailableError, match="does not exist"):
         kernels.resolve_kernel(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize(
+    ("iommu", "intremap", "device", "name"),
+    [
+        ("intel", True, "intel-iommu,intremap=on,caching-mode=on", "edu"),
+        ("intel", False, "intel-iommu,intremap=off,caching-mode=on", "edu+no-intremap"),
+        ("amd", True, "amd-iommu,intremap=on", "edu+amd"),
+        ("amd", False, "amd-iommu,intremap=off", "edu+amd+no-intremap"),
+        ("virtio", True, "virtio-iommu-pci", "edu+virtio"),
+    ],
+)
+def test_each_iommu_gets_its_qemu_device_and_name(
+    iommu: str, intremap: bool, device: str, name: str
+) -> None:
+    topo = Topology(iommu=iommu, intremap=intremap)
+    args = topo.qemu_args(())
+    assert args == ["-machine", "q35,kernel-irqchip=split", "-device", device]
+    assert topo.name == name
+    # Only VT-d wants a command-line option; AMD-Vi and virtio-iommu follow the firmware.
+    assert topo.kernel_args() == (["intel_iommu=on"] if iommu == "intel" else [])
+
+
+def test_without_a_viommu_the_iommu_choice_adds_no_device() -> None:
+    topo = Topology(viommu=False, iommu="amd")
+    assert topo.qemu_args(()) == ["-machine", "q35,kernel-irqchip=split"]
+    assert topo.name == "edu+no-viommu"
+
+
+def test_bad_iommu_choices_are_refused_with_the_fix() -> None:
+    with pytest.raises(LabSpecError, match="unknown IOMMU 'arm': use one of intel, amd, virtio"):
+        Topology(iommu="arm")
+    with pytest.raises(LabSpecError, match="virtio-iommu never remaps interrupts"):
+        Topology(iommu="virtio", intremap=False)
+
+
+def test_virtio_iommu_refuses_the_stock_kernel_only() -> None:
+    topo = Topology(iommu="virtio")
+    for stock in (None, "stock"):
+        with pytest.raises(LabSpecError, match="add --kernel iommufd"):
+            topo.check_kernel(stock)
+    topo.check_kernel("iommufd")
+    topo.check_kernel("/boot/my-bzImage")  # a kernel of the user's: they know what it has
+    Topology(iommu="amd").check_kernel(None)
+    Topology(iommu="virtio", viommu=False).check_kernel(None)
+
+
+def test_the_lab_marker_passes_the_iommu_to_the_topology() -> None:
+    from pyvfio.lab import pytest_plugin
+
+    assert "iommu" in pytest_plugin._TOPOLOGY_ARGS

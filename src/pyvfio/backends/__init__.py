@@ -32,6 +32,13 @@ class Backend(Protocol):
 
     #: ``type1``, ``iommufd``, ``vfio-user`` or ``unsafe-noiommu``.
     name: str
+
+    @property
+    def mode(self) -> str:
+        """What serves it, in the kernel VFIO selftests' names where they have one:
+        ``vfio_type1v2_iommu``, ``iommufd_compat_type1v2``, ``iommufd``; ``vfio-user``."""
+        ...
+
     #: Whether a mapping pins the memory (RLIMIT_MEMLOCK applies): the kernel's do.
     pins_memory: bool
     #: Whether DMA memory goes to the device as an fd (a memfd), for a vfio-user

@@ -67,6 +67,8 @@ class IommufdBackend:
     """``/dev/iommu`` with one IOAS, devices through their ``/dev/vfio/devices/vfioN``."""
 
     name = "iommufd"
+    #: What serves it (`Backend.mode`): the same as its name.
+    mode = "iommufd"
     pins_memory = True
     share_memory = False
     cdev_of = staticmethod(cdev_of)

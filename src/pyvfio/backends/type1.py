@@ -17,11 +17,25 @@ from collections.abc import Mapping
 
 from pyvfio import _ioctl
 from pyvfio._transport import DeviceTransport, KernelTransport
+from pyvfio._uapi import iommufd as ufd
 from pyvfio._uapi import vfio as v
 from pyvfio.errors import DeviceNotBoundError, UnsupportedError, VfioError
 from pyvfio.info import IommuInfo
 from pyvfio.sysfs import Sysfs
 from pyvfio.viability import not_viable_error
+
+
+def _served_by_iommufd(fd: int, path: str) -> bool:
+    """Whether ``fd`` (an open ``/dev/vfio/vfio``) is iommufd's compatibility container
+    (CONFIG_IOMMUFD_VFIO_CONTAINER). Both are misc devices with minor 196, so the node
+    cannot tell; the open file can: iommufd answers its own IOMMU_OPTION, while VFIO's
+    container hands an ioctl it does not know to its IOMMU driver, and with none set
+    yet answers EINVAL (drivers/vfio/container.c)."""
+    try:
+        _ioctl.option_get(fd, ufd.IommuOption.IOMMU_OPTION_RLIMIT_MODE, device=path)
+    except VfioError:
+        return False
+    return True
 
 
 class _Group:
@@ -65,9 +79,18 @@ class Type1Backend:
             extension = self.required_extension
             if extension is not None and not _ioctl.check_extension(self.fd, extension):
                 raise UnsupportedError(self.missing_extension, device=path)
+            self.iommufd_compat = _served_by_iommufd(self.fd, path)
         except BaseException:
             _ioctl.close_node(self.fd)
             raise
+
+    @property
+    def mode(self) -> str:
+        """The kernel VFIO selftests' name for what serves this container:
+        ``vfio_type1v2_iommu`` (VFIO's own, vfio_iommu_type1) or ``iommufd_compat_type1v2``
+        (the same ioctls on iommufd's compatibility container); ``noiommu`` likewise."""
+        kind = "type1v2" if self.iommu_type == v.VfioExtension.VFIO_TYPE1v2_IOMMU else "noiommu"
+        return f"iommufd_compat_{kind}" if self.iommufd_compat else f"vfio_{kind}_iommu"
 
     @staticmethod
     def group_node(group: int) -> str:

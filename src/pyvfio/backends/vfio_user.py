@@ -29,6 +29,8 @@ class VfioUserBackend:
     """
 
     name = "vfio-user"
+    #: What serves it (`Backend.mode`): the same as its name.
+    mode = "vfio-user"
     pins_memory = False  # a server pins nothing of ours
 
     def __init__(self, *, share_memory: bool = True, timeout: float | None = None) -> None:

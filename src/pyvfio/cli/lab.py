@@ -18,6 +18,14 @@ KernelOpt = Annotated[
     str | None, typer.Option(help="stock (default), iommufd (built on first use) or a bzImage")
 ]
 AccelOpt = Annotated[str | None, typer.Option(help="kvm or tcg (default: probe)")]
+IommuOpt = Annotated[
+    str,
+    typer.Option(
+        "--iommu",
+        help="the guest's vIOMMU: intel (intel-iommu), amd (amd-iommu) or virtio "
+        "(virtio-iommu-pci, needs --kernel iommufd)",
+    ),
+]
 
 
 @lab_app.command("run", context_settings={"allow_interspersed_args": False})
@@ -29,9 +37,10 @@ def lab_run(
     device: DeviceOpt = None,
     kernel: KernelOpt = None,
     accel: AccelOpt = None,
-    no_viommu: Annotated[bool, typer.Option("--no-viommu", help="no intel-iommu")] = False,
+    iommu: IommuOpt = "intel",
+    no_viommu: Annotated[bool, typer.Option("--no-viommu", help="no vIOMMU at all")] = False,
     no_intremap: Annotated[
-        bool, typer.Option("--no-intremap", help="intel-iommu without interrupt remapping")
+        bool, typer.Option("--no-intremap", help="a vIOMMU without interrupt remapping")
     ] = False,
     no_iommu_cmdline: Annotated[
         bool, typer.Option("--no-intel-iommu", help="boot without intel_iommu=on")
@@ -53,6 +62,7 @@ def lab_run(
         viommu=not no_viommu,
         intremap=not no_intremap,
         iommu_cmdline=not no_iommu_cmdline,
+        iommu=iommu,
     )
     with interrupt_on_sigterm():  # a SIGTERM stops the guest too, as Ctrl-C does
         result = run(
@@ -80,6 +90,7 @@ def lab_shell(
     device: DeviceOpt = None,
     kernel: KernelOpt = None,
     accel: AccelOpt = None,
+    iommu: IommuOpt = "intel",
 ) -> None:
     """Boot the lab with an interactive root shell.
 
@@ -88,7 +99,8 @@ def lab_shell(
     from pyvfio.lab.runner import shell
     from pyvfio.lab.topology import Topology
 
-    raise typer.Exit(shell(Topology(devices=tuple(device or ("edu",))), kernel=kernel, accel=accel))
+    topology = Topology(devices=tuple(device or ("edu",)), iommu=iommu)
+    raise typer.Exit(shell(topology, kernel=kernel, accel=accel))
 
 
 @lab_app.command("accel")

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pyvfio._sizes import size_text
-from pyvfio.host import inventory, usage
+from pyvfio.host import inventory, iommus, usage
 from pyvfio.host.inventory import PciDeviceInfo
+from pyvfio.host.iommus import IommuUnit
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.pci.address import normalize
 from pyvfio.pci.config import (
@@ -132,10 +133,17 @@ class DeviceDetails:
     notes: tuple[str, ...]
     #: The driver of each of ``virtual_functions``, in the same order.
     vf_drivers: tuple[str | None, ...] = ()
+    #: The IOMMU unit that translates the device's DMA (None: none, or not known).
+    iommu_unit: IommuUnit | None = None
 
     def _vfs(self) -> list[tuple[str, str | None]]:
         drivers = [*self.vf_drivers, *[None] * len(self.virtual_functions)]
         return list(zip(self.virtual_functions, drivers, strict=False))
+
+    @property
+    def iommu(self) -> str | None:
+        """``"AMD-Vi (ivhd0)"``: which IOMMU translates the device (None: none known)."""
+        return None if self.iommu_unit is None else str(self.iommu_unit)
 
     def __str__(self) -> str:
         d = self.device
@@ -168,6 +176,8 @@ class DeviceDetails:
         if self.physical_function:
             lines.append(f"  virtual function of {self.physical_function}")
         group = d.iommu_group
+        if self.iommu_unit is not None:
+            lines.append(f"  IOMMU: {self.iommu_unit}")
         lines.append(
             f"  IOMMU group {group if group is not None else 'none'}: {self.group_verdict}"
         )
@@ -204,6 +214,9 @@ class DeviceDetails:
             },
             "group": {
                 "number": self.device.iommu_group,
+                "iommu": None
+                if self.iommu_unit is None
+                else {"unit": self.iommu_unit.name, "kind": self.iommu_unit.kind},
                 "verdict": self.group_verdict,
                 "members": [m.to_json() for m in self.group_members],
             },
@@ -345,4 +358,5 @@ def describe(address: str, sysfs: Sysfs = LIVE) -> DeviceDetails:
         in_use=usage.device_users(addr, sysfs),
         notes=tuple(notes),
         vf_drivers=tuple(sysfs.driver(vf) for vf in vfs),
+        iommu_unit=iommus.device_unit(addr, sysfs),
     )

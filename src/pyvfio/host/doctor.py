@@ -18,7 +18,7 @@ from typing import Any
 
 from pyvfio._limits import memlock_limits
 from pyvfio._sizes import size_text
-from pyvfio.host import bind, details, inventory, kcmdline, usage
+from pyvfio.host import bind, details, inventory, iommus, kcmdline, usage
 from pyvfio.host.grant import MemlockAdvice
 from pyvfio.host.snapshot import device_nodes, euid_of, kernel_log
 from pyvfio.host.sysfs import LIVE, Sysfs
@@ -127,13 +127,15 @@ def check_kvm(sysfs: Sysfs) -> CheckResult:
 
 
 def check_acpi(sysfs: Sysfs) -> CheckResult:
-    tables = [t for t in ("DMAR", "IVRS") if sysfs.exists(f"sys/firmware/acpi/tables/{t}")]
+    tables = iommus.firmware_tables(sysfs)
     if tables:
-        return CheckResult("ACPI IOMMU table", Status.PASS, f"{', '.join(tables)} present")
+        shown = ", ".join(f"{t} ({iommus.LABELS[iommus.ACPI_TABLES[t]]})" for t in tables)
+        return CheckResult("ACPI IOMMU table", Status.PASS, f"{shown} present")
     return CheckResult(
         "ACPI IOMMU table",
         Status.FAIL,
-        "neither DMAR (Intel VT-d) nor IVRS (AMD-Vi) is present: the firmware offers no IOMMU",
+        "neither DMAR (Intel VT-d), IVRS (AMD-Vi) nor VIOT (virtio-iommu) is present: "
+        "the firmware offers no IOMMU",
         "enable VT-d / AMD-Vi (often 'IOMMU' or 'SVM/VT-d') in the firmware setup; in a VM, "
         "give it a virtual IOMMU (QEMU: -device intel-iommu,intremap=on with "
         "-machine q35,kernel-irqchip=split)",
@@ -142,9 +144,7 @@ def check_acpi(sysfs: Sysfs) -> CheckResult:
 
 def _enable_hint(sysfs: Sysfs) -> str:
     option = _iommu_option(sysfs)
-    if not sysfs.exists("sys/firmware/acpi/tables/DMAR") and not sysfs.exists(
-        "sys/firmware/acpi/tables/IVRS"
-    ):
+    if not iommus.firmware_tables(sysfs):
         return check_acpi(sysfs).hint
     return f"add {option} to the kernel command line {GRUB_HINT}"
 
@@ -232,7 +232,15 @@ def check_interrupt_remapping(sysfs: Sysfs) -> CheckResult:
         )
     log = kernel_log(sysfs)
     unsafe = sysfs.read_attr("sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts")
-    if re.search(r"IRQ remapping was disabled|[Ii]nterrupt remapping.*disabled", log):
+    kinds = {u.kind for u in iommus.units(sysfs)}
+    if kinds == {"virtio"}:
+        return _virtio_interrupts(sysfs)
+    # VT-d: "IRQ remapping was disabled"; AMD-Vi: "Disabling interrupt remapping" when the
+    # IVRS lacks the IOAPIC entries (QEMU's amd-iommu with intremap=off).
+    disabled = (
+        r"IRQ remapping was disabled|[Ii]nterrupt remapping.*disabled|Disabling interrupt remapping"
+    )
+    if re.search(disabled, log):
         return CheckResult(
             name,
             Status.FAIL,
@@ -267,6 +275,80 @@ def check_interrupt_remapping(sysfs: Sysfs) -> CheckResult:
         "cannot tell: no capability registers and no kernel log line (run as root for dmesg)",
         "if attaching a group fails with EPERM, check 'dmesg | grep -i remapping'",
     )
+
+
+#: The module parameters that let VFIO take a group whose MSI the IOMMU cannot isolate.
+UNSAFE_INTERRUPTS = (
+    "sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts",
+    "sys/module/iommufd/parameters/allow_unsafe_interrupts",
+)
+
+
+def _virtio_interrupts(sysfs: Sysfs) -> CheckResult:
+    """virtio-iommu never remaps interrupts: type1 and iommufd both refuse its groups
+    (EPERM) unless their allow_unsafe_interrupts parameter is set."""
+    name = "interrupt remapping"
+    allowed = [p.split("/")[2] for p in UNSAFE_INTERRUPTS if sysfs.read_attr(p) in ("Y", "1")]
+    what = "virtio-iommu does not remap interrupts: a device's DMA can raise any MSI"
+    if allowed:
+        return CheckResult(
+            name,
+            Status.WARN,
+            f"{what}; VFIO accepts it because {', '.join(allowed)}.allow_unsafe_interrupts is set",
+            "fine for a test VM; a guest that must contain its devices needs an IOMMU "
+            "that remaps interrupts (QEMU: intel-iommu or amd-iommu with intremap=on)",
+        )
+    return CheckResult(
+        name,
+        Status.FAIL,
+        f"{what}, so vfio_iommu_type1 and iommufd refuse its groups (EPERM)",
+        "accept the risk with vfio_iommu_type1.allow_unsafe_interrupts=1 and "
+        "iommufd.allow_unsafe_interrupts=1 on the kernel command line (or echo Y > "
+        "/sys/module/<module>/parameters/allow_unsafe_interrupts), or give the VM an IOMMU "
+        "that remaps interrupts (QEMU: intel-iommu or amd-iommu with intremap=on)",
+    )
+
+
+def check_iommu_driver(sysfs: Sysfs) -> CheckResult:
+    """Which IOMMU translates DMA here, with what its driver said and the options it reads."""
+    name = "IOMMU driver"
+    found = iommus.units(sysfs)
+    if not found:
+        tables = iommus.firmware_tables(sysfs)
+        if "VIOT" in tables and not ({"DMAR", "IVRS"} & set(tables)):
+            return CheckResult(
+                name,
+                Status.FAIL,
+                "the firmware describes a virtio-iommu (ACPI VIOT) but no driver took it",
+                "use a kernel with CONFIG_VIRTIO_IOMMU and CONFIG_ACPI_VIOT (Debian's 6.1 "
+                "has neither; pyvfio's lab kernel has both)",
+            )
+        return CheckResult(name, Status.FAIL, "none is active", _enable_hint(sysfs))
+    kinds = sorted({u.kind for u in found})
+    shown = ", ".join(str(u) for u in found[:4]) + (" ..." if len(found) > 4 else "")
+    args = _cmdline(sysfs)
+    if "virtio" in kinds:
+        return CheckResult(
+            name,
+            Status.WARN,
+            f"{shown}: translates DMA and gives IOMMU groups; lacks "
+            + ", ".join(iommus.VIRTIO_LACKS),
+            "VFIO needs allow_unsafe_interrupts on it (see interrupt remapping); "
+            "pyvfio's type1 and iommufd backends both work once it is set",
+        )
+    notes = [
+        a for a in args if a.split("=", 1)[0] in ("amd_iommu", "amd_iommu_intr", "iommu.strict")
+    ]
+    if "amd" in kinds:
+        said = [
+            line
+            for line in iommus.amd_log(kernel_log(sysfs))
+            if line.startswith(("Interrupt remapping", "Using strict mode", "Extended features"))
+            or "Disabling interrupt remapping" in line
+        ]
+        notes += said
+    detail = f"; {'; '.join(notes)}" if notes else ""
+    return CheckResult(name, Status.PASS, shown + detail)
 
 
 def check_modules(sysfs: Sysfs) -> CheckResult:
@@ -320,8 +402,16 @@ def check_backends(sysfs: Sysfs) -> CheckResult:
     """Which of pyvfio's IOMMU backends this kernel offers (``Iommu(backend=...)``)."""
     nodes = device_nodes(sysfs)
     offered = []
-    if "dev/vfio/vfio" in nodes or bind.module_available("vfio_iommu_type1", sysfs):
-        offered.append("type1 (/dev/vfio/vfio + /dev/vfio/N)")
+    provider = iommus.vfio_container_provider(sysfs, nodes, kernel_log(sysfs))
+    if provider == "iommufd":
+        # The kernel selftests' iommufd_compat_type1v2 mode: the type1 ioctls, served by
+        # iommufd (CONFIG_IOMMUFD_VFIO_CONTAINER); vfio_iommu_type1 is not in this kernel.
+        offered.append(
+            "type1 on iommufd's compatibility container (/dev/vfio/vfio served by iommufd, "
+            "CONFIG_IOMMUFD_VFIO_CONTAINER; no vfio_iommu_type1) + /dev/vfio/N"
+        )
+    elif "dev/vfio/vfio" in nodes or bind.module_available("vfio_iommu_type1", sysfs):
+        offered.append("type1 (/dev/vfio/vfio: VFIO's container, vfio_iommu_type1) + /dev/vfio/N")
     if "dev/iommu" in nodes:
         offered.append("iommufd (/dev/iommu + /dev/vfio/devices/vfioN)")
     if not offered:
@@ -517,6 +607,7 @@ HOST_CHECKS: tuple[Callable[[Sysfs], CheckResult], ...] = (
     check_kvm,
     check_acpi,
     check_iommu,
+    check_iommu_driver,
     check_cmdline,
     check_interrupt_remapping,
     check_modules,
@@ -538,7 +629,7 @@ def run(
     for addr in addresses:
         sysfs.device_dir(normalize(addr))  # bad input before any output
     results = [check(sysfs) for check in HOST_CHECKS]
-    results.insert(9, check_memlock(sysfs, memlock_need))
+    results.insert(HOST_CHECKS.index(check_backends) + 1, check_memlock(sysfs, memlock_need))
     for addr in addresses:
         results += device_checks(addr, sysfs)
     return results

@@ -41,7 +41,7 @@ from pyvfio.lab import guest
 from pyvfio.lab.runner import log_dir, precompile, run, scratch_dir
 from pyvfio.lab.topology import Manifest, Topology
 
-_TOPOLOGY_ARGS = ("devices", "viommu", "intremap", "iommu_cmdline", "memory", "kernel")
+_TOPOLOGY_ARGS = ("devices", "viommu", "intremap", "iommu_cmdline", "memory", "kernel", "iommu")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -379,7 +379,7 @@ class GuestReporter:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "lab(devices=..., viommu=True, iommu_cmdline=True, kernel='stock'): runs "
+        "lab(devices=..., viommu=True, iommu_cmdline=True, kernel='stock', iommu='intel'): runs "
         "as root in the lab guest on the real kernel (one boot per topology)",
     )
     results = config.getoption("--lab-results")

@@ -209,6 +209,7 @@ def _prepare(
     say: Callable[[str], None],
     cpus: int = 2,
 ) -> tuple[Manifest, Path]:
+    topology.check_kernel(kernel)
     _require(QEMU, f"Debian: apt-get install {QEMU_PACKAGE}")
     if kernel in (None, "stock") and not shutil.which("busybox"):
         # A modular kernel needs virtme-ng's initramfs to load 9p/virtio, built from busybox.

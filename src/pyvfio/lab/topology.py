@@ -17,6 +17,11 @@ members. virtme-ng's own virtio devices (the 9p root filesystem, consoles) take 
 first slots of the root bus (how many depends on the options); the lab puts its
 endpoints from slot 0x10 and its root ports from slot 0x18.
 
+The guest's IOMMU is QEMU's ``intel-iommu`` (default), ``amd-iommu`` (AMD-Vi, described
+in the ACPI IVRS table) or ``virtio-iommu-pci`` (described to an x86 guest in an ACPI
+VIOT table; Debian's 6.1 kernel lacks ``CONFIG_VIRTIO_IOMMU``, so it needs the lab's
+own kernel), or none. What works on which: docs/iommus.md.
+
 Each device gets a *path*: the slot numbers from the root bus down to it, so that the
 guest can find its address without guessing bus numbers (the firmware numbers buses).
 """
@@ -45,6 +50,10 @@ DEVICE_IDS = {
 #: space, vfio-pci, VF tokens) works without.
 NVME_SRIOV_VFS = 2
 PLACES = ("root", "rootport", "switch")
+#: The vIOMMUs the lab can give its guest (``pyvfio lab run --iommu``), the default first.
+IOMMUS = ("intel", "amd", "virtio")
+#: Kernels known to lack CONFIG_VIRTIO_IOMMU (Debian's 6.1 is the stock one).
+_NO_VIRTIO_IOMMU = (None, "stock")
 
 #: The serial number and model the lab gives QEMU's NVMe controller.
 NVME_SERIAL = "pyvfio-lab-0"
@@ -77,28 +86,48 @@ class Topology:
     """The devices to add and whether the guest has an IOMMU to use."""
 
     devices: tuple[str, ...] = ("edu",)
-    #: QEMU's intel-iommu device (with interrupt remapping and caching mode).
+    #: A vIOMMU (``iommu`` says which); False: none at all.
     viommu: bool = True
-    #: Interrupt remapping in the vIOMMU; without it vfio_iommu_type1 refuses groups.
+    #: Interrupt remapping in the vIOMMU (intel, amd); without it vfio_iommu_type1 refuses
+    #: groups. virtio-iommu has none: it must stay True there (it means "as the IOMMU can").
     intremap: bool = True
-    #: ``intel_iommu=on`` on the guest's kernel command line.
+    #: ``intel_iommu=on`` on the guest's kernel command line (intel only: AMD-Vi and
+    #: virtio-iommu are on whenever the firmware describes them).
     iommu_cmdline: bool = True
     memory: str = "2G"
     #: ``stock`` (the distribution's kernel), ``iommufd`` (the lab's own build) or a path.
     kernel: str = "stock"
+    #: Which vIOMMU: one of :data:`IOMMUS`.
+    iommu: str = "intel"
 
     def __post_init__(self) -> None:
         for spec in self.devices:
             parse_spec(spec)
+        if self.iommu not in IOMMUS:
+            raise LabSpecError(f"unknown IOMMU {self.iommu!r}: use one of {', '.join(IOMMUS)}")
+        if self.iommu == "virtio" and not self.intremap:
+            raise LabSpecError(
+                "virtio-iommu never remaps interrupts: --no-intremap is for intel and amd"
+            )
+
+    def check_kernel(self, kernel: str | None) -> None:
+        """Refuse a kernel known to lack this topology's IOMMU driver (LabSpecError)."""
+        if self.viommu and self.iommu == "virtio" and kernel in _NO_VIRTIO_IOMMU:
+            raise LabSpecError(
+                "--iommu virtio needs the lab's kernel (Debian's has no CONFIG_VIRTIO_IOMMU): "
+                "add --kernel iommufd"
+            )
 
     @property
     def name(self) -> str:
         parts = list(self.devices) or ["bare"]
         if not self.viommu:
             parts.append("no-viommu")
-        elif not self.intremap:
+        elif self.iommu != "intel":
+            parts.append(self.iommu)
+        if self.viommu and not self.intremap:
             parts.append("no-intremap")
-        if not self.iommu_cmdline:
+        if not self.iommu_cmdline and self.iommu == "intel":
             parts.append("no-intel_iommu")
         if self.kernel != "stock":
             parts.append(f"kernel={Path(self.kernel).name}")
@@ -129,10 +158,17 @@ class Topology:
 
     def qemu_args(self, devices: tuple[LabDevice, ...]) -> list[str]:
         """The QEMU options that build this topology (machine, vIOMMU, devices)."""
+        # A split irqchip: interrupt remapping (intel-iommu, amd-iommu) needs it under KVM,
+        # and TCG accepts it, so every topology boots the same machine.
         args = ["-machine", "q35,kernel-irqchip=split"]
         if self.viommu:
             intremap = "on" if self.intremap else "off"
-            args += ["-device", f"intel-iommu,intremap={intremap},caching-mode=on"]
+            if self.iommu == "intel":
+                args += ["-device", f"intel-iommu,intremap={intremap},caching-mode=on"]
+            elif self.iommu == "amd":
+                args += ["-device", f"amd-iommu,intremap={intremap}"]
+            else:
+                args += ["-device", "virtio-iommu-pci"]
         chassis = 1
         for dev in devices:
             bus = ""
@@ -189,7 +225,14 @@ class Topology:
         return args
 
     def kernel_args(self) -> list[str]:
-        return ["intel_iommu=on"] if self.iommu_cmdline else []
+        """The guest's IOMMU options: VT-d wants ``intel_iommu=on`` (Debian's 6.1 turns it
+        on by default; the lab's 6.12 does not); AMD-Vi and virtio-iommu need nothing.
+        Both vIOMMUs make the guest's DMA API strict on their own ("Using strict mode
+        due to virtualization"), and VFIO's domains are unmanaged, so ``iommu.strict`` is
+        left alone."""
+        if self.iommu == "intel" and self.iommu_cmdline:
+            return ["intel_iommu=on"]
+        return []
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
