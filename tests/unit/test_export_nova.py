@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from export_hosts import gpu_and_audio, lab_edu_bound, sriov_pf, sriov_vfs
 
+from export_hosts import gpu_and_audio, lab_edu_bound, sriov_pf, sriov_vfs
 from pyvfio.fleet import nova
 from pyvfio.fleet.offer import Selection, plan
 from pyvfio.host.inventory import devices

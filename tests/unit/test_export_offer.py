@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from export_hosts import (
     gpu_and_audio,
     lab_edu_bound,
@@ -13,8 +15,6 @@ from export_hosts import (
     sriov_pf,
     sriov_vfs,
 )
-from typer.testing import CliRunner
-
 from pyvfio.cli import app
 from pyvfio.fleet import nova
 from pyvfio.fleet.offer import Selection, plan
