@@ -39,6 +39,7 @@ def __getattr__(name: str) -> Any:
         return getattr(noiommu, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 #: The vfio module's parameter (Y/N); absent when the kernel lacks CONFIG_VFIO_NOIOMMU.
 MODE_PARAM = "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
 #: The name vfio_noiommu_group_alloc() gives its fake groups.

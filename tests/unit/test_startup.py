@@ -227,10 +227,10 @@ def test_the_lazy_lookups_answer_as_the_full_parse_on_a_sample(tmp_path: Path) -
         assert lazy.vendor_name(vendor) == name
     for (vendor, device), name in full.devices.items():
         assert lazy.device_name(vendor, device) == name, (vendor, device)
-    for key, name in full.subsystems.items():
-        assert lazy.subsystem_name(*key) == name
-    for key, name in full.classes.items():
-        assert lazy.class_name(*key) == name, key
+    for ids4, name in full.subsystems.items():
+        assert lazy.subsystem_name(*ids4) == name
+    for levels, name in full.classes.items():
+        assert lazy.class_name(*levels) == name, levels
     assert lazy.vendor_name(0x1234) is None and lazy.device_name(0x1234, 1) is None
     assert lazy.device_name(0x8086, 0x0001) is None and lazy.device_name(0x0001, 0x10C9) is None
     assert lazy.class_name(0x06, 0x05) is None and lazy.class_name(0x06, 0x04, 0x02) is None
@@ -249,7 +249,7 @@ def test_the_lazy_lookups_answer_as_the_full_parse_on_the_system_database() -> N
     for (vendor, device), name in full.devices.items():
         if vendor in chosen:
             assert lazy.device_name(vendor, device) == name, (vendor, device)
-    for key, name in full.classes.items():
-        assert lazy.class_name(*key) == name, key
-    for key, name in list(full.subsystems.items())[::200]:
-        assert lazy.subsystem_name(*key) == name, key
+    for levels, name in full.classes.items():
+        assert lazy.class_name(*levels) == name, levels
+    for ids4, name in list(full.subsystems.items())[::200]:
+        assert lazy.subsystem_name(*ids4) == name, ids4

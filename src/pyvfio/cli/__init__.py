@@ -19,8 +19,7 @@ __all__ = ["app", "main"]
 
 
 def _typer_app() -> Any:
-    from pyvfio.cli import demo, grant, host, kernel, lab, nvme, serve, vm  # noqa: F401 - they register
-    from pyvfio.cli.common import app
+    from pyvfio.cli.common import app  # with every command (see the end of common)
 
     return app
 
