@@ -21,9 +21,24 @@ names are importable from here too.
 
 from __future__ import annotations
 
-from pyvfio.backends.noiommu import UNSAFE_NOIOMMU, NoIommuBackend
+from typing import TYPE_CHECKING, Any
+
 from pyvfio.errors import UnsafeNoIommuError, UnsupportedError
 from pyvfio.sysfs import LIVE, Sysfs
+
+if TYPE_CHECKING:
+    from pyvfio.backends.noiommu import UNSAFE_NOIOMMU, NoIommuBackend
+
+
+def __getattr__(name: str) -> Any:
+    # The backend's names, imported on first use: which groups are no-IOMMU ones
+    # (``pyvfio ls``) is read from sysfs and needs none of the ioctl layer.
+    if name in ("UNSAFE_NOIOMMU", "NoIommuBackend"):
+        from pyvfio.backends import noiommu
+
+        return getattr(noiommu, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: The vfio module's parameter (Y/N); absent when the kernel lacks CONFIG_VFIO_NOIOMMU.
 MODE_PARAM = "sys/module/vfio/parameters/enable_unsafe_noiommu_mode"
@@ -47,6 +62,8 @@ def noiommu_groups(sysfs: Sysfs = LIVE) -> list[int]:
 
 def check_backend(address: str, group: int, requested: str, sysfs: Sysfs = LIVE) -> None:
     """Refuse a no-IOMMU device without the opt-in, and the opt-in for any other device."""
+    from pyvfio.backends.noiommu import UNSAFE_NOIOMMU
+
     noiommu = is_noiommu_group(group, sysfs)
     if noiommu and requested != UNSAFE_NOIOMMU:
         raise UnsafeNoIommuError(

@@ -1,14 +1,38 @@
 """The ``pyvfio`` command: a thin shell over the library (typer + rich).
 
 Exit status: 0 success, 1 a check or operation failed, 2 bad input. Each module
-registers its commands on the apps in :mod:`pyvfio.cli.common`.
+registers its commands on the apps in :mod:`pyvfio.cli.common`; ``app`` (the typer
+application, for typer's CliRunner and embedding) imports them when first asked for,
+so that :func:`main` can answer ``pyvfio ls --json`` before typer is imported
+(:func:`pyvfio.cli.plain.fast_ls_json`).
 """
 
-from pyvfio.cli import demo, fleet, grant, host, kernel, lab, nvme, serve, vm  # noqa: F401 - they register
-from pyvfio.cli.common import app
+from __future__ import annotations
 
-__all__ = ["app", "main"]  # app: the typer application, for typer's CliRunner and embedding
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyvfio.cli.common import app
+
+__all__ = ["app", "main"]
+
+
+def _typer_app() -> Any:
+    from pyvfio.cli.common import app  # with every command (see the end of common)
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _typer_app()
+    raise AttributeError(f"module 'pyvfio.cli' has no attribute {name!r}")
 
 
 def main() -> None:
-    app()
+    from pyvfio.cli.plain import fast_ls_json
+
+    if fast_ls_json(sys.argv[1:]):
+        return
+    _typer_app()()

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import stat
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from pyvfio.cli.plain import print_json as print_json  # one writer for every command
 from pyvfio.errors import (
     DeviceNotFoundError,
     InvalidAddressError,
     LabUnavailableError,
     PyvfioError,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: The options every reading command spells the same way.
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -169,7 +170,29 @@ def _options(
     """
 
 
-err_console = Console(stderr=True)
+class _StderrConsole:
+    """rich's Console on stderr, made when first used: importing rich costs as much as
+    typer, and most commands never print an error (``pyvfio --help`` loads rich's
+    help renderer only)."""
+
+    __slots__ = ("_console",)
+
+    def __init__(self) -> None:
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        return self._console
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self.console.print(*objects, **kwargs)
+
+
+err_console = _StderrConsole()
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Errors caused by what the user typed: exit status 2.
@@ -177,6 +200,8 @@ BAD_INPUT = (InvalidAddressError, DeviceNotFoundError, ValueError)
 
 
 def fail(message: str, code: int) -> typer.Exit:
+    from rich.markup import escape
+
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -196,10 +221,6 @@ def handle_errors(func: F) -> F:
             raise fail(str(err), 1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -242,3 +263,10 @@ def output_file(name: str) -> Iterator[BinaryIO]:
         yield special
     finally:
         special.close()
+
+
+# Every command module registers its commands on the apps above when imported: here, at
+# the end, so that whoever imports this module's ``app`` gets every command, in this
+# order (the order of ``pyvfio --help``). ``pyvfio.cli`` does not import this module
+# before a command needs typer (``pyvfio ls --json`` does not).
+from pyvfio.cli import demo, fleet, grant, host, kernel, lab, nvme, serve, vm  # noqa: E402, F401

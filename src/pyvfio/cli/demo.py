@@ -11,29 +11,31 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from pyvfio.cli.common import app, handle_errors
-from pyvfio.drivers import edu as edu_driver
-from pyvfio.host import bind, inventory
-from pyvfio.lab import guest
-from pyvfio.lab.runner import run
-from pyvfio.lab.topology import Topology
+
+if TYPE_CHECKING:  # imported where used: ``pyvfio --help`` loads none of them
+    from rich.console import Console
 
 MESSAGE = b"hello from pyvfio, through the IOMMU and back"
 
 
 def groups_table(console: Console) -> None:
     from pyvfio.cli.render import groups_tree
+    from pyvfio.host import inventory
 
     console.print(groups_tree(inventory.iommu_groups()))
 
 
 def here(console: Console) -> int:
     """The demo's steps on this kernel (the lab guest, or a host with an edu device)."""
+    from pyvfio.drivers import edu as edu_driver
+    from pyvfio.host import bind
+    from pyvfio.lab import guest
+
     console.rule(f"pyvfio demo on Linux {platform.release()}")
     groups_table(console)
     address = guest.address("edu") if guest.in_guest() else _find_edu()
@@ -75,6 +77,9 @@ def here(console: Console) -> int:
 
 
 def _find_edu() -> str:
+    from pyvfio.drivers import edu as edu_driver
+    from pyvfio.host import inventory
+
     for dev in inventory.devices():
         if (dev.vendor_id, dev.device_id) == (edu_driver.VENDOR_ID, edu_driver.DEVICE_ID):
             return dev.address
@@ -86,7 +91,8 @@ def _find_edu() -> str:
 
 def in_lab(console: Console, kernel: str | None = None) -> int:
     """Boot the lab with an edu device and run the demo there."""
-    from pyvfio.lab.runner import interrupt_on_sigterm
+    from pyvfio.lab.runner import interrupt_on_sigterm, run
+    from pyvfio.lab.topology import Topology
 
     argv = [sys.executable, "-m", "pyvfio", "demo", "--here"]
     with interrupt_on_sigterm():  # a SIGTERM stops the guest too, as Ctrl-C does
@@ -108,6 +114,10 @@ def _progress(line: str) -> None:
 
 
 def main(here_only: bool, kernel: str | None = None) -> int:
+    from rich.console import Console
+
+    from pyvfio.lab import guest
+
     console = Console(force_terminal=None if sys.stdout.isatty() else False)
     if here_only or guest.in_guest():
         if os.geteuid() != 0:

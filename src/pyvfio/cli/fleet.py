@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pyvfio.cli.common import JsonOpt, RootOpt, app, err_console, handle_errors, print_json
-from pyvfio.cli.host import CLASS_FILTERS
+from pyvfio.cli.plain import CLASS_FILTERS
 
 if TYPE_CHECKING:
     from pyvfio.fleet.offer import Selection

@@ -10,24 +10,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from pyvfio._sizes import parse_size
 from pyvfio.cli.common import JsonOpt, RootOpt, app, handle_errors, print_json
+from pyvfio.cli.plain import UNSAFE_VERDICT
 
 if TYPE_CHECKING:
     from pyvfio.host.bind import Restored
     from pyvfio.host.sriov import SriovRestored
 
-CLASS_FILTERS = {
-    "gpu": (0x03,),
-    "nvme": (0x01, 0x08),
-    "net": (0x02,),
-    "usb": (0x0C, 0x03),
-    "audio": (0x04,),
-}
-
-UNSAFE_VERDICT = "UNSAFE no-IOMMU group: nothing confines its DMA (backend='unsafe-noiommu')"
 Addresses = Annotated[
     list[str], typer.Argument(metavar="BDF", help="PCI addresses, e.g. 0000:00:1f.2")
 ]
@@ -60,72 +51,26 @@ def ls(
 
     Example: pyvfio ls --class gpu
     """
-    from pyvfio.cli.render import groups_tree
-    from pyvfio.host import sriov
-    from pyvfio.host.inventory import iommu_groups, listing_json
-    from pyvfio.host.journal import JournalError, journal_of
-    from pyvfio.host.snapshot import open_root
-    from pyvfio.noiommu import noiommu_groups
+    from pyvfio.cli.plain import listing
 
-    if klass is not None and klass not in CLASS_FILTERS:
-        raise ValueError(f"unknown class {klass!r}: use one of {', '.join(CLASS_FILTERS)}")
-    try:
-        vendor_id = int(vendor, 16) if vendor is not None else None
-    except ValueError:
-        vendor_id = -1
-    if vendor_id is not None and not 0 <= vendor_id <= 0xFFFF:
-        raise ValueError(f"vendor {vendor!r} is not a hex ID like 8086 (at most 4 hex digits)")
-    if group is not None and group < 0:
-        raise ValueError(f"--group {group}: IOMMU groups count from 0 (pyvfio ls lists them)")
-    sysfs = open_root(root)
-    groups = iommu_groups(sysfs)
-    host_has_groups = bool(groups)
-    damaged: JournalError | sriov.SriovError | None = None
-    try:
-        journal = journal_of(sysfs)
-    except JournalError as err:  # the groups are still worth showing; then exit 2
-        journal, damaged = {}, err
-    if group is not None:
-        groups = [g for g in groups if g.number == group]
-    if klass is not None or vendor_id is not None:
-        want = CLASS_FILTERS.get(klass or "", ())
-
-        def match(code: int, vid: int) -> bool:
-            parts = (code >> 16, (code >> 8) & 0xFF)
-            return parts[: len(want)] == want and vendor_id in (None, vid)
-
-        groups = [g for g in groups if any(match(d.class_code, d.vendor_id) for d in g.devices)]
-    unsafe = frozenset(noiommu_groups(sysfs))
-    vf_relations = sriov.relations(sysfs)
-    try:
-        vf_journal = sriov.journal_entries() if sysfs.is_live else {}
-    except sriov.SriovError as err:
-        vf_journal, damaged = {}, damaged or err
+    result = listing(group=group, klass=klass, vendor=vendor, root=root)
     if as_json:
-        data = listing_json(groups, journal)
-        for entry in data["groups"]:
-            if entry["group"] in unsafe:  # only there, so the schema stays as it was
-                entry["noiommu"] = True
-                entry["verdict"] = UNSAFE_VERDICT
-            for dev in entry["devices"]:  # PFs and VFs only: the others stay as they were
-                dev.update(vf_relations.get(dev["address"], {}))
-        if vf_journal:  # only then, so the schema stays as it was
-            data["sriov_journal"] = [e.to_json() for e in vf_journal.values()]
-        if damaged is not None:  # only then, so the schema stays as it was
-            data["journal_error"] = str(damaged)
-        print_json(data)
+        print_json(result.to_json())
     else:
+        from rich.console import Console
+
+        from pyvfio.cli.render import groups_tree
+
         chosen_by = " ".join(
             f"{flag} {value}"
             for flag, value in (("--group", group), ("--class", klass), ("--vendor", vendor))
             if value is not None
         )
+        filtered = chosen_by if result.host_has_groups else ""
         Console().print(
-            groups_tree(
-                groups, unsafe, UNSAFE_VERDICT, filtered=chosen_by if host_has_groups else ""
-            )
+            groups_tree(result.groups, result.unsafe, UNSAFE_VERDICT, filtered=filtered)
         )
-        for addr, rel in vf_relations.items():
+        for addr, rel in result.vf_relations.items():
             if "sriov" in rel:
                 pf = rel["sriov"]
                 vfs = ", ".join(
@@ -135,12 +80,12 @@ def ls(
                     f"SR-IOV: {addr} has {pf['num_vfs']} of {pf['total_vfs']} VFs"
                     + (f": {vfs}" if vfs else "")
                 )
-        for entry in journal.values():
+        for entry in result.journal.values():
             typer.echo(f"journal: {entry}" + ("" if entry.done else "; pyvfio restore --all"))
-        for vf_entry in vf_journal.values():
+        for vf_entry in result.vf_journal.values():
             typer.echo(f"journal: {vf_entry}" + ("" if vf_entry.done else "; pyvfio restore --all"))
-    if damaged is not None:
-        raise damaged
+    if result.damaged is not None:
+        raise result.damaged
 
 
 @app.command("bind")

@@ -8,7 +8,6 @@ QEMU attaches it with ``-device '{"driver":"vfio-user-pci","socket":{"type":"uni
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +59,8 @@ def serve(
 
     Example: pyvfio serve edu --socket /tmp/edu.sock
     """
+    import logging
+
     from pyvfio.server import DEVICES, Server
 
     factory = DEVICES.get(device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -38,7 +37,7 @@ class Replacement:
 
     def __init__(self, path: Path, *, mode: int = 0o600, tmp: Path | None = None) -> None:
         self.path = path
-        self.tmp = tmp or path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        self.tmp = tmp or path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         flags |= os.O_EXCL if tmp is None else os.O_TRUNC
         self.file: BinaryIO = open(os.open(self.tmp, flags, mode), "wb")  # noqa: SIM115

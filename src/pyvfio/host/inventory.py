@@ -107,7 +107,7 @@ def device_info(address: str, sysfs: Sysfs = LIVE) -> PciDeviceInfo:
     vendor = sysfs.read_int(f"{rel}/vendor", 16) or 0
     device = sysfs.read_int(f"{rel}/device", 16) or 0
     klass = sysfs.read_int(f"{rel}/class", 16) or 0
-    names = ids.system_ids()
+    names = ids.system_names()  # parses only the vendors asked for
     return PciDeviceInfo(
         address=rel.rsplit("/", 1)[1],
         vendor_id=vendor,
