@@ -38,6 +38,15 @@ NVME_SERIAL = "pyvfio-lab-0"
 NVME_MODEL = "QEMU NVMe Ctrl"
 NVME_BACKING_SIZE = 64 << 20
 
+#: The lab's root ports run their link at 2.5 GT/s x1. At QEMU's default (16 GT/s x32,
+#: machines since 4.0) a port advertises Data Link Layer Link Active reporting but,
+#: under q35's ACPI hotplug, never sets Link Active for a device plugged at start-up
+#: (QEMU 7.2: LnkCap LLActRep+, LnkSta DLActive-). After a secondary bus reset Linux
+#: waits for Link Active on ports faster than 5 GT/s, gives up ("Data Link Layer Link
+#: Active not set in 1000 msec") and VFIO_DEVICE_PCI_HOT_RESET fails with ENOTTY;
+#: at 2.5 GT/s it waits 100 ms and polls the device instead, as on real slow links.
+ROOT_PORT_LINK = "x-speed=2_5,x-width=1"
+
 _FIRST_ROOT_SLOT = 0x10
 _FIRST_PORT_SLOT = 0x18
 _SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<place>[a-z]+))?$")
@@ -127,7 +136,8 @@ class Topology:
                 port = f"rp_{dev.qemu_id}"
                 args += [
                     "-device",
-                    f"pcie-root-port,id={port},chassis={chassis},slot={chassis},addr={dev.path[0]}",
+                    f"pcie-root-port,id={port},chassis={chassis},slot={chassis},"
+                    f"addr={dev.path[0]},{ROOT_PORT_LINK}",
                 ]
                 chassis += 1
                 bus = f",bus={port}"
