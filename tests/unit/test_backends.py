@@ -19,6 +19,7 @@ from pyvfio._uapi.pci_regs import PCI_EXP_LNKCAP, PCI_EXP_LNKCAP_SLS, PCI_EXP_LN
 from pyvfio._uapi.pci_regs import PCI_EXP_LNKCAP_DLLLARC as DLLLARC
 from pyvfio._uapi.pci_regs import PCI_EXP_LNKSTA_DLLLA as DLLLA
 from pyvfio.errors import UnsupportedError
+from pyvfio.host import details
 from pyvfio.host.synthetic import SimulatedKernel, q35_lab
 from pyvfio.info import DependentDevice, DeviceInfo
 from pyvfio.iommu import Iommu
@@ -213,3 +214,14 @@ def test_reset_suggests_a_bus_reset_only_where_one_can_work(
             nic.reset()
         nic.hot_reset()
         assert fake.reset_with == [[fake.opened[f"/dev/vfio/{NIC_GROUP}"]]]
+
+
+def test_show_says_where_the_kernels_bus_reset_fails(nic_kernel: SimulatedKernel) -> None:
+    """`pyvfio show` printed "kernel offers: flr bus" for nvme and e1000e below the lab's
+    ports, where every bus reset failed: it says so now, and confirms no bus reset."""
+    reset = details.describe(NIC, nic_kernel).reset
+    assert reset.kernel == ("flr", "bus") and not reset.bus
+    assert f"but a bus reset fails here: its port {PORT}" in str(reset)
+    port_link(nic_kernel, PORT, gts16=True, reports=True, up=True)
+    reset = details.describe(NIC, nic_kernel).reset
+    assert reset.bus and reset.bus_blocked is None and "fails here" not in str(reset)

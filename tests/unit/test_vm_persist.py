@@ -264,7 +264,8 @@ def test_persist_refuses_a_group_left_not_viable_unless_forced(tmp_path: Path) -
     group, first, driver = blockers[0]
     assert f"group {group} would not be viable after the reboot: {first} stays on" in message
     assert f"{first} stays on {driver} (and {len(blockers) - 1} more)" in message
-    assert f"pyvfio persist {sata} {first}" in message and "--force" in message
+    also = " ".join(b[1] for b in blockers)
+    assert f"name them too (pyvfio persist {sata} {also})" in message and "--force" in message
     assert "\n" not in message
     done = runner.invoke(app, ["persist", sata, "--root", str(root), "--json"])
     assert done.exit_code == 2 and "would not be viable" in json.loads(done.stdout)["refused"]

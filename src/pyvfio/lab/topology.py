@@ -39,12 +39,13 @@ NVME_MODEL = "QEMU NVMe Ctrl"
 NVME_BACKING_SIZE = 64 << 20
 
 #: The lab's root ports run their link at 2.5 GT/s x1. At QEMU's default (16 GT/s x32,
-#: machines since 4.0) a port advertises Data Link Layer Link Active reporting but,
-#: under q35's ACPI hotplug, never sets Link Active for a device plugged at start-up
-#: (QEMU 7.2: LnkCap LLActRep+, LnkSta DLActive-). After a secondary bus reset Linux
-#: waits for Link Active on ports faster than 5 GT/s, gives up ("Data Link Layer Link
-#: Active not set in 1000 msec") and VFIO_DEVICE_PCI_HOT_RESET fails with ENOTTY;
-#: at 2.5 GT/s it waits 100 ms and polls the device instead, as on real slow links.
+#: machines since 4.0) a port advertises Data Link Layer Link Active reporting, yet for
+#: a device present at start-up it never reports the link active (seen with QEMU 7.2:
+#: LnkCap LLActRep+, LnkSta DLActive-). After a secondary bus reset Linux waits for Link
+#: Active on a port faster than 5 GT/s that reports it, gives up ("Data Link Layer Link
+#: Active not set in 1000 msec") and VFIO_DEVICE_PCI_HOT_RESET fails with ENOTTY for
+#: every device with power management (nvme, e1000e; edu has none, so no wait). At
+#: 2.5 GT/s the kernel waits 100 ms and polls the device instead: the reset works.
 ROOT_PORT_LINK = "x-speed=2_5,x-width=1"
 
 _FIRST_ROOT_SLOT = 0x10

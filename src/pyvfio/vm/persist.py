@@ -619,11 +619,13 @@ def _check_devices(infos: Sequence[inventory.PciDeviceInfo], sysfs: Sysfs) -> li
     if blockers:
         group, address, driver = blockers[0]
         more = f" (and {len(blockers) - 1} more)" if len(blockers) > 1 else ""
+        also = list(dict.fromkeys(b[1] for b in blockers))
         raise PersistRefusedError(
             f"group {group} would not be viable after the reboot: {address} stays on "
-            f"{driver}{more}, and vfio-pci needs every endpoint of the group; name it too "
-            f"(pyvfio persist {' '.join(named)} {address}), or --force to write the files "
-            "anyway; nothing was written",
+            f"{driver}{more}, and vfio-pci needs every endpoint of the group; name "
+            f"{'it' if len(also) == 1 else 'them'} too (pyvfio persist "
+            f"{' '.join([*named, *also])}), or --force to write the files anyway; nothing "
+            "was written",
             [],
         )
     return []
