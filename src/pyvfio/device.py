@@ -381,12 +381,9 @@ class Device:
         if not isinstance(self._transport, KernelTransport):
             return None
         try:
-            why = bus_reset_blocker(self.bdf, self.iommu.sysfs)
+            return bus_reset_blocker(self.bdf, self.iommu.sysfs, after_probe=not root_bus)
         except (PyvfioError, OSError):
             return None
-        if why is not None and not root_bus and "root bus" in why:
-            return None  # the kernel's probe is the authority on that one
-        return why
 
     def hot_reset_dependents(self) -> tuple[DependentDevice, ...]:
         """Every device a bus (hot) reset of this one would also reset."""

@@ -143,7 +143,9 @@ def parent_bridge(address: str, sysfs: Sysfs = LIVE) -> str | None:
         return None
 
 
-def bus_reset_blocker(address: str, sysfs: Sysfs = LIVE) -> str | None:
+def bus_reset_blocker(
+    address: str, sysfs: Sysfs = LIVE, *, after_probe: bool = False
+) -> str | None:
     """Why a bus (hot) reset of ``address`` fails on this host, or None (none known).
 
     Two of the kernel's rules, in the order it applies them. A bus reset needs a bridge
@@ -153,9 +155,12 @@ def bus_reset_blocker(address: str, sysfs: Sysfs = LIVE) -> str | None:
     port reports its link down although it reports link state at all
     (`PciExpress.bus_reset_gives_up`: the reset answers ENOTTY). The second needs the
     bridge's config space past 64 bytes (root); unread, it is not reported.
+    ``after_probe``: the kernel's probe passed (VFIO answered), so only the second rule.
     """
     bridge = parent_bridge(address, sysfs)
     if bridge is None:
+        if after_probe:  # a slot reset the kernel found without a bridge: its answer
+            return None
         return (
             f"{address} sits on a root bus, with no bridge above it whose bus the kernel "
             "could reset (a slot below a PCIe root port or switch port has one)"
