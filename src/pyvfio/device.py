@@ -21,11 +21,18 @@ from pyvfio._transport import DeviceTransport, KernelTransport
 from pyvfio._uapi import vfio as v
 from pyvfio._uapi.pci_regs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 from pyvfio._uapi.pci_regs import PCI_COMMAND_INTX_DISABLE as PCI_COMMAND_INTX_DISABLE
-from pyvfio.errors import ClosedError, DeviceRemovedError, UnsupportedError, VfioError
+from pyvfio.errors import (
+    ClosedError,
+    DeviceRemovedError,
+    PyvfioError,
+    UnsupportedError,
+    VfioError,
+)
 from pyvfio.info import DependentDevice, DeviceInfo, IrqInfo, RegionInfo
 from pyvfio.interrupt import IRQ_KINDS, Interrupt, check_kind
 from pyvfio.pci.config import CONFIG_SPACE_SIZE, ConfigSpace, parse_config
 from pyvfio.region import Region
+from pyvfio.viability import bus_reset_blocker
 
 if TYPE_CHECKING:
     from pyvfio.dma import DmaBuffer
@@ -139,6 +146,13 @@ class Config:
         ``.find(CapId.MSI)`` looks one up; ``.problems`` reports a malformed chain.
         """
         return self.parse()
+
+
+#: VFIO_DEVICE_GET_PCI_HOT_RESET_INFO's answers when no bus reset is possible:
+#: ENODEV when neither pci_probe_reset_slot() nor pci_probe_reset_bus() succeeds (a
+#: device on a root bus; a bridge or device quirked PCI_DEV_FLAGS_NO_BUS_RESET);
+#: ENOTTY and EINVAL from vfio drivers without the ioctl.
+_NO_BUS_RESET = (E.ENODEV, E.EINVAL, E.ENOTTY)
 
 
 class Device:
@@ -355,24 +369,60 @@ class Device:
         """Function-level reset (FLR, PM or another method the kernel found)."""
         transport = self._require_transport()
         if not self.info.reset_works:
+            why = self._bus_reset_blocker()
+            other = (
+                "try hot_reset() for a bus reset"
+                if why is None
+                else f"nor a bus reset (hot_reset()): {why}"
+            )
             raise UnsupportedError(
                 f"{self.bdf} has no function reset the kernel can use (no FLR, PM reset or "
-                "device-specific method); try hot_reset() for a bus reset",
+                f"device-specific method); {other}",
                 device=self.bdf,
             )
         transport.reset()
+
+    def _bus_reset_blocker(self) -> str | None:
+        """Why hot_reset() cannot work for this device (None: nothing known against it):
+        the kernel's own probe first (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO), then the
+        port's link (`pyvfio.viability.bus_reset_blocker`)."""
+        try:
+            self._require_transport().hot_reset_info()
+        except VfioError as err:
+            if err.errno not in _NO_BUS_RESET:
+                raise
+            return self._no_bus_reset(err)
+        return self._host_bus_reset_blocker(root_bus=False)
+
+    def _no_bus_reset(self, err: VfioError) -> str:
+        """Why the kernel's probe found no bus reset, as far as sysfs tells."""
+        if not isinstance(self._transport, KernelTransport):
+            return str(err)  # the transport's own reason (vfio-user has no PCI bus)
+        return self._host_bus_reset_blocker(root_bus=True) or (
+            "the kernel finds neither a slot nor a bus reset for it (no bridge above it, "
+            "or a bridge or device the kernel must not reset)"
+        )
+
+    def _host_bus_reset_blocker(self, *, root_bus: bool) -> str | None:
+        """`bus_reset_blocker` for a device of this host's kernel (None for one served
+        over vfio-user, or where sysfs does not show it); ``root_bus``: also the rule
+        the kernel's probe applies itself (asked only once the probe has failed)."""
+        if not isinstance(self._transport, KernelTransport):
+            return None
+        try:
+            return bus_reset_blocker(self.bdf, self.iommu.sysfs, after_probe=not root_bus)
+        except (PyvfioError, OSError):
+            return None
 
     def hot_reset_dependents(self) -> tuple[DependentDevice, ...]:
         """Every device a bus (hot) reset of this one would also reset."""
         try:
             return self._require_transport().hot_reset_info()
         except VfioError as err:
-            if err.errno not in (E.ENODEV, E.EINVAL, E.ENOTTY):
+            if err.errno not in _NO_BUS_RESET:
                 raise
-            # vfio_pci_ioctl_get_pci_hot_reset_info: -ENODEV when no slot or bus reset
-            # is possible (a device on the root bus, a bus with no reset).
             raise UnsupportedError(
-                f"{self.bdf} cannot be bus-reset: {err}",
+                f"{self.bdf} cannot be bus-reset: {self._no_bus_reset(err)}",
                 errno=err.errno,
                 ioctl=err.ioctl,
                 device=self.bdf,
@@ -395,7 +445,7 @@ class Device:
                     "same Iommu first",
                     device=self.bdf,
                 )
-            transport.hot_reset([])
+            self._bus_reset(transport, [])
             return
         groups = self._group_fds()
         missing = [d for d in dependents if d.group_id not in groups]
@@ -405,7 +455,39 @@ class Device:
                 "them in the same Iommu first",
                 device=self.bdf,
             )
-        transport.hot_reset([groups[d.group_id] for d in dependents if d.group_id is not None])
+        fds = [groups[d.group_id] for d in dependents if d.group_id is not None]
+        self._bus_reset(transport, fds)
+
+    def _bus_reset(self, transport: DeviceTransport, group_fds: list[int]) -> None:
+        """VFIO_DEVICE_PCI_HOT_RESET, its errnos said as the kernel's reasons."""
+        try:
+            transport.hot_reset(group_fds)
+        except VfioError as err:
+            if err.errno == E.ENOTTY:
+                # pci_reset_bus() -> pci_bridge_wait_for_secondary_bus(): the bus was
+                # reset, and the device behind it never answered again (the kernel
+                # restores its config space regardless).
+                why = self._host_bus_reset_blocker(root_bus=False) or (
+                    "the device did not answer in time (dmesg says which: 'not ready' or "
+                    "'Link Active not set')"
+                )
+                text = f"the kernel reset the bus of {self.bdf} but gave up on it after: {why}"
+            elif err.errno == E.EINVAL:
+                # vfio_pci_dev_set_hot_reset(): a device on the bus is outside the
+                # caller's groups / iommufd, or not on vfio-pci at all.
+                text = (
+                    f"a bus reset of {self.bdf} also resets a device this Iommu does not "
+                    "hold, or one on another driver than vfio-pci: bind every device "
+                    "below the same bridge to vfio-pci and open it here"
+                )
+            elif err.errno == E.EBUSY:
+                text = (
+                    f"a device a bus reset of {self.bdf} resets is busy (its BARs locked "
+                    "by another thread): try again"
+                )
+            else:
+                raise
+            raise UnsupportedError(text, errno=err.errno, ioctl=err.ioctl, device=self.bdf) from err
 
     # -- lifetime -------------------------------------------------------------------------
 

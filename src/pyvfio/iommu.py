@@ -199,6 +199,11 @@ class Iommu:
     def devices(self) -> tuple[Device, ...]:
         return tuple(self._devices.values())
 
+    @property
+    def sysfs(self) -> Sysfs:
+        """Where this Iommu reads the host's sysfs (the live one, or a recorded tree)."""
+        return self._sysfs
+
     def fileno(self) -> int:
         return self._require_backend().fileno()
 

@@ -21,7 +21,15 @@ from __future__ import annotations
 
 from typing import TypeGuard
 
-from pyvfio.errors import DeviceNotBoundError, GroupNotViableError, Peer, UnsupportedError
+from pyvfio.errors import (
+    DeviceNotBoundError,
+    GroupNotViableError,
+    InvalidAddressError,
+    Peer,
+    UnsupportedError,
+)
+from pyvfio.pci.address import normalize
+from pyvfio.pci.config import parse_config
 from pyvfio.sysfs import LIVE, Sysfs
 
 #: The kernel's variant drivers (``drivers/vfio/pci/*``), as they register: each
@@ -120,3 +128,49 @@ __all__ = [
     "is_vfio_driver",
     "not_viable_error",
 ]
+
+
+def parent_bridge(address: str, sysfs: Sysfs = LIVE) -> str | None:
+    """The address of the bridge or port above ``address`` (None: on a root bus)."""
+    real = sysfs.realpath(sysfs.device_dir(address))
+    if real is None:
+        return None
+    parts = real.split("/")
+    parent = parts[-2] if len(parts) > 1 else ""  # pci0000:00 for a root bus
+    try:
+        return normalize(parent) if parent.count(":") == 2 else None
+    except InvalidAddressError:
+        return None
+
+
+def bus_reset_blocker(
+    address: str, sysfs: Sysfs = LIVE, *, after_probe: bool = False
+) -> str | None:
+    """Why a bus (hot) reset of ``address`` fails on this host, or None (none known).
+
+    Two of the kernel's rules, in the order it applies them. A bus reset needs a bridge
+    above the device (pci_probe_reset_slot/bus: a device on the root bus, e.g. built into
+    the root complex, has none; VFIO_DEVICE_GET_PCI_HOT_RESET_INFO answers ENODEV). After
+    the reset the kernel waits for the device behind the bridge, and gives up where the
+    port reports its link down although it reports link state at all
+    (`PciExpress.bus_reset_gives_up`: the reset answers ENOTTY). The second needs the
+    bridge's config space past 64 bytes (root); unread, it is not reported.
+    ``after_probe``: the kernel's probe passed (VFIO answered), so only the second rule.
+    """
+    bridge = parent_bridge(address, sysfs)
+    if bridge is None:
+        if after_probe:  # a slot reset the kernel found without a bridge: its answer
+            return None
+        return (
+            f"{address} sits on a root bus, with no bridge above it whose bus the kernel "
+            "could reset (a slot below a PCIe root port or switch port has one)"
+        )
+    data = sysfs.read_bytes(f"{sysfs.device_dir(bridge)}/config")
+    express = parse_config(data).express if data else None
+    if express is not None and express.bus_reset_gives_up:
+        return (
+            f"its port {bridge} advertises Link Active reporting at over 5 GT/s but reports "
+            "the link down, so the kernel gives up on the device after the reset (QEMU's "
+            "pcie-root-port does at its default x-speed: give the port x-speed=2_5)"
+        )
+    return None

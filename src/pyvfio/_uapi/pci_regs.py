@@ -203,10 +203,12 @@ PCI_EXP_LNKCAP: Final = 0x0C  # Link Capabilities
 PCI_EXP_LNKCAP_SLS: Final = 0x0000000F  # Supported Link Speeds
 PCI_EXP_LNKCAP_SLS_2_5GB: Final = 0x00000001  # LNKCAP2 SLS Vector bit 0
 PCI_EXP_LNKCAP_MLW: Final = 0x000003F0  # Maximum Link Width
+PCI_EXP_LNKCAP_DLLLARC: Final = 0x00100000  # Data Link Layer Link Active Reporting Capable
 PCI_EXP_LNKCAP_PN: Final = 0xFF000000  # Port Number
 PCI_EXP_LNKSTA: Final = 0x12  # Link Status
 PCI_EXP_LNKSTA_CLS_2_5GB: Final = 0x0001  # Current Link Speed 2.5GT/s
 PCI_EXP_LNKSTA_NLW_X1: Final = 0x0010  # Current Link Width x1
+PCI_EXP_LNKSTA_DLLLA: Final = 0x2000  # Data Link Layer Link Active
 PCI_EXP_SLTSTA2: Final = 0x3A  # Slot Status 2, the last register of a v2 capability
 
 # ---- extended capabilities (PCI Express, from 0x100) -------------------------------------

@@ -158,7 +158,9 @@ def persist(
     force: Annotated[
         bool,
         typer.Option(
-            "--force", help="with --undo: put the files back even where they changed since"
+            "--force",
+            help="persist devices bind would refuse (in use by the host, a group left not "
+            "viable); with --undo: put the files back even where they changed since",
         ),
     ] = False,
     distro: Annotated[
@@ -177,8 +179,6 @@ def persist(
     from pyvfio.host.sysfs import Sysfs
     from pyvfio.vm import persist as p
 
-    if force and not undo:
-        raise ValueError("--force goes with --undo (it puts back files changed since --apply)")
     try:
         if undo:
             if root == "/":
@@ -191,7 +191,7 @@ def persist(
                     typer.echo(f"restored {path}")
                 typer.echo("now regenerate the initramfs and boot loader configuration again")
             return
-        plan = p.plan(addresses or [], root=root, distro=distro)
+        plan = p.plan(addresses or [], root=root, distro=distro, force=force)
         if not apply:
             if as_json:
                 print_json({"applied": False, **plan.to_json()})

@@ -32,7 +32,7 @@ import contextlib
 import errno
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -452,20 +452,31 @@ def plan_bind(
                     if action.bind:
                         action = replace(action, users=usage.device_users(member, sysfs))
                     actions[member] = action
+    taken = {a.address for a in actions.values() if a.bind}
+    return BindPlan(target, tuple(actions.values()), group_blockers(groups, taken, sysfs))
+
+
+def group_blockers(
+    groups: Mapping[int, Sequence[str]], taken: Collection[str], sysfs: Sysfs = LIVE
+) -> tuple[tuple[int, str, str], ...]:
+    """(group, address, driver) of each member of ``groups`` outside ``taken`` whose host
+    driver keeps its group from being viable (the kernel's rule, `viability`); bind and
+    persist both ask this."""
     blockers = []
     for number, members in sorted(groups.items()):
         for member in members:
-            planned = actions.get(member)
-            if planned is not None and planned.bind:
+            if member in taken:
                 continue
             info = inventory.device_info(member, sysfs)
             if info.blocks_group and info.driver is not None:
                 blockers.append((number, member, info.driver))
-    return BindPlan(target, tuple(actions.values()), tuple(blockers))
+    return tuple(blockers)
 
 
-def _refuse_in_use(plan: BindPlan) -> None:
-    busy = plan.in_use
+def refuse_in_use(busy: Sequence[BindAction]) -> None:
+    """DeviceInUseError naming the first device of ``busy`` the host uses (``users``);
+    bind and persist both ask this, and both pass it with --force."""
+    busy = [a for a in busy if a.users]
     if not busy:
         return
     first = busy[0]
@@ -495,7 +506,7 @@ def bind_devices(
     ``timeout`` seconds is UnbindTimeoutError, the device marked waiting in the journal.
     """
     if not force:
-        _refuse_in_use(plan)
+        refuse_in_use(plan.in_use)
     todo = plan.changes
     if not todo:
         return []

@@ -28,6 +28,7 @@ from pyvfio.pci.config import (
     SrIov,
     parse_config,
 )
+from pyvfio.viability import bus_reset_blocker
 
 _ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -95,6 +96,8 @@ class Reset:
     pm: bool
     bus: bool
     bus_peers: tuple[str, ...]
+    #: Why a bus reset (``hot_reset()``, the kernel's ``bus``) fails here, or None.
+    bus_blocked: str | None = None
 
     def __str__(self) -> str:
         confirmed = [n for n, ok in (("flr", self.flr), ("pm", self.pm), ("bus", self.bus)) if ok]
@@ -102,6 +105,8 @@ class Reset:
         text += f"confirmed from capabilities: {' '.join(confirmed) or 'none'}"
         if self.bus_peers:
             text += f"; a bus reset also resets {', '.join(self.bus_peers)}"
+        if self.bus_blocked and "bus" in self.kernel:
+            text += f"; but a bus reset fails here: {self.bus_blocked}"
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -306,7 +311,9 @@ def reset_info(address: str, space: ConfigSpace | None, sysfs: Sysfs = LIVE) -> 
         )
     # The kernel's bus reset (pci_parent_bus_reset) needs a bridge above and no
     # other device on the bus; a slot reset (hotplug) is reported by the kernel only.
-    return Reset(methods, flr, pm, under_bridge and not peers, peers)
+    # Its wait after the reset is a rule of its own (`viability.bus_reset_blocker`).
+    blocked = bus_reset_blocker(address, sysfs) if under_bridge else None
+    return Reset(methods, flr, pm, under_bridge and not peers and not blocked, peers, blocked)
 
 
 def describe(address: str, sysfs: Sysfs = LIVE) -> DeviceDetails:

@@ -60,6 +60,16 @@ NVME_SERIAL = "pyvfio-lab-0"
 NVME_MODEL = "QEMU NVMe Ctrl"
 NVME_BACKING_SIZE = 64 << 20
 
+#: The lab's root ports run their link at 2.5 GT/s x1. At QEMU's default (16 GT/s x32,
+#: machines since 4.0) a port advertises Data Link Layer Link Active reporting, yet for
+#: a device present at start-up it never reports the link active (seen with QEMU 7.2:
+#: LnkCap LLActRep+, LnkSta DLActive-). After a secondary bus reset Linux waits for Link
+#: Active on a port faster than 5 GT/s that reports it, gives up ("Data Link Layer Link
+#: Active not set in 1000 msec") and VFIO_DEVICE_PCI_HOT_RESET fails with ENOTTY for
+#: every device with power management (nvme, e1000e; edu has none, so no wait). At
+#: 2.5 GT/s the kernel waits 100 ms and polls the device instead: the reset works.
+ROOT_PORT_LINK = "x-speed=2_5,x-width=1"
+
 _FIRST_ROOT_SLOT = 0x10
 _FIRST_PORT_SLOT = 0x18
 _SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<place>[a-z]+))?$")
@@ -176,7 +186,8 @@ class Topology:
                 port = f"rp_{dev.qemu_id}"
                 args += [
                     "-device",
-                    f"pcie-root-port,id={port},chassis={chassis},slot={chassis},addr={dev.path[0]}",
+                    f"pcie-root-port,id={port},chassis={chassis},slot={chassis},"
+                    f"addr={dev.path[0]},{ROOT_PORT_LINK}",
                 ]
                 chassis += 1
                 bus = f",bus={port}"

@@ -59,10 +59,12 @@ from pyvfio._uapi.pci_regs import (
     PCI_EXP_FLAGS_TYPE,
     PCI_EXP_FLAGS_VERS,
     PCI_EXP_LNKCAP,
+    PCI_EXP_LNKCAP_DLLLARC,
     PCI_EXP_LNKCAP_MLW,
     PCI_EXP_LNKCAP_PN,
     PCI_EXP_LNKCAP_SLS,
     PCI_EXP_LNKSTA,
+    PCI_EXP_LNKSTA_DLLLA,
     PCI_EXP_SLTSTA2,
     PCI_EXP_TYPE_DOWNSTREAM,
     PCI_EXP_TYPE_ENDPOINT,
@@ -413,7 +415,28 @@ class PciExpress(Capability):
     flr: bool  # DevCap bit 28, Function Level Reset capability
     max_link_speed: int  # LnkCap Max Link Speed encoding (1 = 2.5 GT/s ...)
     max_link_width: int  # LnkCap Maximum Link Width (lanes)
+    link_active_reporting: bool  # LnkCap: the port reports Data Link Layer Link Active
     port_number: int
+    link_active: bool  # LnkSta: Data Link Layer Link Active (where reported)
+
+    @property
+    def bus_reset_gives_up(self) -> bool:
+        """Whether Linux gives up on the devices below this port after a bus reset.
+
+        pci_bridge_wait_for_secondary_bus() waits for Link Active after the reset on a
+        downstream or root port faster than 5 GT/s that reports it; a port that reports
+        the link down while a device sits below it never gets there, and the reset
+        fails with ENOTTY ("Data Link Layer Link Active not set in 1000 msec"). QEMU's
+        pcie-root-port at its default 16 GT/s does this for devices plugged at start.
+        """
+        speed = self.max_link_speed_gts
+        return (
+            self.port_type in (PortType.ROOT_PORT, PortType.DOWNSTREAM_PORT)
+            and self.link_active_reporting
+            and not self.link_active
+            and speed is not None
+            and speed > 5
+        )
 
     @property
     def max_link_speed_gts(self) -> float | None:
@@ -476,9 +499,10 @@ EXP_LAYOUT: Final = Layout(
         4,
         Bits("max_link_speed", PCI_EXP_LNKCAP_SLS),
         Bits("max_link_width", PCI_EXP_LNKCAP_MLW),
+        Bits("link_active_reporting", PCI_EXP_LNKCAP_DLLLARC, FLAG),
         Bits("port_number", PCI_EXP_LNKCAP_PN),
     ),
-    Register(PCI_EXP_LNKSTA, 2),
+    Register(PCI_EXP_LNKSTA, 2, Bits("link_active", PCI_EXP_LNKSTA_DLLLA, FLAG)),
     size=PCI_EXP_SLTSTA2 + 2,  # a version 2 capability, through Slot Status 2
 )
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pyvfio.errors import DeviceNotFoundError, HostError
-from pyvfio.host import inventory, kcmdline
+from pyvfio.host import bind, inventory, kcmdline, usage
 from pyvfio.host.bind import VFIO_MODULES, VFIO_PCI
 from pyvfio.host.durable import Replacement, fsync_dir
 from pyvfio.host.journal import read_journal
@@ -596,17 +596,55 @@ def _device_info(address: str, root: Path, sysfs: Sysfs) -> inventory.PciDeviceI
     )
 
 
+def _check_devices(infos: Sequence[inventory.PciDeviceInfo], sysfs: Sysfs) -> list[str]:
+    """``pyvfio bind``'s checks, for the boot after: the same functions, so the same rules
+    and words. A device the host uses (a mounted disk, an interface with routes, the
+    console) raises DeviceInUseError; a group that would not be viable (a member left on
+    a host driver) raises PersistRefusedError. ``--force`` skips both. The notes: what
+    could not be checked."""
+    users = {i.address: usage.device_users(i.address, sysfs) for i in infos}
+    bind.refuse_in_use([bind.BindAction(a, None, True, "persist", u) for a, u in users.items()])
+    named = [i.address for i in infos]
+    groups: dict[int, list[str]] = {}
+    for address in named:
+        number = sysfs.iommu_group(address)
+        if number is not None:
+            groups.setdefault(number, sysfs.group_devices(number))
+    if not groups:  # persist turns the IOMMU on: the groups exist only after the reboot
+        return [
+            "no IOMMU groups now (the IOMMU is off), so their viability is unchecked: after "
+            f"the reboot, pyvfio doctor {' '.join(named)} says"
+        ]
+    blockers = bind.group_blockers(groups, named, sysfs)
+    if blockers:
+        group, address, driver = blockers[0]
+        more = f" (and {len(blockers) - 1} more)" if len(blockers) > 1 else ""
+        also = list(dict.fromkeys(b[1] for b in blockers))
+        raise PersistRefusedError(
+            f"group {group} would not be viable after the reboot: {address} stays on "
+            f"{driver}{more}, and vfio-pci needs every endpoint of the group; name "
+            f"{'it' if len(also) == 1 else 'them'} too (pyvfio persist "
+            f"{' '.join([*named, *also])}), or --force to write the files anyway; nothing "
+            "was written",
+            [],
+        )
+    return []
+
+
 def plan(
     addresses: Sequence[str],
     *,
     root: str | os.PathLike[str] = "/",
     distro: str | None = None,
+    force: bool = False,
 ) -> PersistPlan:
     """The files that make ``addresses`` bind to vfio-pci at boot; changes nothing.
 
     ``root`` holds both the /etc tree to change and the sysfs/procfs the devices are
     read from (``/`` on a live host; a snapshot with a fixture /etc in tests).
-    Raises :class:`PersistRefusedError` where a file cannot be changed safely.
+    Raises :class:`PersistRefusedError` where a file cannot be changed safely, and, as
+    ``pyvfio bind`` does (unless ``force``), DeviceInUseError for a device the host uses
+    and PersistRefusedError for a group that would not be viable.
     """
     base = Path(root)
     if not base.is_dir():
@@ -636,6 +674,8 @@ def plan(
         module = _host_module(info.address, info.driver, sysfs)
         if module is not None and module not in modules:
             modules.append(module)
+    if not force:
+        notes += _check_devices(infos, sysfs)
     changes = [FileChange(RULE, _read(base, RULE), "\n".join(rule_lines) + "\n")]
     if modules:
         softdeps = [HEADER] + [f"softdep {m} pre: vfio-pci" for m in modules]
