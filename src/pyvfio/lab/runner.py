@@ -104,6 +104,7 @@ def vng_argv(
         "--rwdir",
         str(scratch),
         "--qemu-opts=" + shlex.join(topology.qemu_args(manifest.devices)),
+        *topology.numa_args(cpus),
     ]
     if manifest.accel == "tcg":
         argv.append("--disable-kvm")

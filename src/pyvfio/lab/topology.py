@@ -8,7 +8,9 @@ A topology is a list of device specs ``NAME[@PLACE]``:
   ``rootport`` (below a ``pcie-root-port`` of its own, which has ACS: its own
   IOMMU group) or ``switch`` (below the downstream port of an ``x3130-upstream`` +
   ``xio3130-downstream`` PCIe switch, which has no ACS: the port and the device
-  share a group).
+  share a group), or ``numa1`` (below a root port of a ``pxb-pcie`` expander bridge
+  on NUMA node 1, whose root bus is 0x80: the guest then has two NUMA nodes, half of
+  the memory each, its CPUs on node 0, and the device's ``numa_node`` is 1).
 
 The q35 chipset's LPC (00:1f.0), SATA (00:1f.2) and SMBus (00:1f.3) functions are
 always there: one multi-function slot without ACS, so one IOMMU group with three
@@ -27,11 +29,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pyvfio._sizes import parse_size
 from pyvfio.errors import LabSpecError
 
 #: vendor:device of each device the lab can add.
 DEVICE_IDS = {"edu": "1234:11e8", "nvme": "1b36:0010", "e1000e": "8086:10d3"}
-PLACES = ("root", "rootport", "switch")
+PLACES = ("root", "rootport", "switch", "numa1")
+#: The root bus of the expander bridge on NUMA node 1 (``pxb-pcie,bus_nr=``), and its slot.
+NUMA1_BUS = 0x80
+_PXB_SLOT = 0x17
 
 #: The serial number and model the lab gives QEMU's NVMe controller.
 NVME_SERIAL = "pyvfio-lab-0"
@@ -40,7 +46,7 @@ NVME_BACKING_SIZE = 64 << 20
 
 _FIRST_ROOT_SLOT = 0x10
 _FIRST_PORT_SLOT = 0x18
-_SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<place>[a-z]+))?$")
+_SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<place>[a-z0-9]+))?$")
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class Topology:
         """Assign QEMU ids, slots and backing files to the devices, in order."""
         root_slot, port_slot = _FIRST_ROOT_SLOT, _FIRST_PORT_SLOT
         seen: dict[str, int] = {}
+        seen_numa1 = 0
         out = []
         for spec in self.devices:
             name, place = parse_spec(spec)
@@ -104,6 +111,9 @@ class Topology:
             if place == "root":
                 path: tuple[str, ...] = (f"{root_slot:02x}.0",)
                 root_slot += 1
+            elif place == "numa1":  # a root port on the expander's root bus, then the device
+                path = (f"{NUMA1_BUS:02x}:{seen_numa1:02x}.0", "00.0")
+                seen_numa1 += 1
             elif place == "rootport":
                 path = (f"{port_slot:02x}.0", "00.0")
                 port_slot += 1
@@ -121,9 +131,25 @@ class Topology:
             intremap = "on" if self.intremap else "off"
             args += ["-device", f"intel-iommu,intremap={intremap},caching-mode=on"]
         chassis = 1
+        if self.numa_nodes > 1:
+            args += [
+                "-device",
+                f"pxb-pcie,id=pxb_numa1,bus_nr={NUMA1_BUS},numa_node=1,bus=pcie.0,"
+                f"addr={_PXB_SLOT:02x}.0",
+            ]
         for dev in devices:
             bus = ""
-            if dev.place in ("rootport", "switch"):
+            if dev.place == "numa1":
+                port = f"rp_{dev.qemu_id}"
+                slot = dev.path[0].split(":")[1]
+                args += [
+                    "-device",
+                    f"pcie-root-port,id={port},bus=pxb_numa1,chassis={chassis},slot={chassis},"
+                    f"addr={slot}",
+                ]
+                chassis += 1
+                bus = f",bus={port}"
+            elif dev.place in ("rootport", "switch"):
                 port = f"rp_{dev.qemu_id}"
                 args += [
                     "-device",
@@ -163,6 +189,19 @@ class Topology:
             else:
                 args += ["-device", f"{dev.name},id={dev.qemu_id}{bus}"]
         return args
+
+    @property
+    def numa_nodes(self) -> int:
+        """The guest's NUMA nodes: two when a device sits on node 1, else one."""
+        return 2 if any(parse_spec(d)[1] == "numa1" for d in self.devices) else 1
+
+    def numa_args(self, cpus: int) -> list[str]:
+        """virtme-ng's options for the guest's NUMA nodes (none for one node): half the
+        memory each, every CPU on node 0 (node 1 holds memory and the expander bridge)."""
+        if self.numa_nodes == 1:
+            return []
+        half = parse_size(self.memory, examples="2G") // 2 >> 20
+        return ["--numa", f"{half}M,cpus=0-{cpus - 1}", "--numa", f"{half}M"]
 
     def kernel_args(self) -> list[str]:
         return ["intel_iommu=on"] if self.iommu_cmdline else []
