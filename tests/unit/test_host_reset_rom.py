@@ -216,6 +216,8 @@ def test_bus_reset_takes_every_function_below_the_parent_bridge(tmp_path: Path) 
         "0000:03:00.0",
         "0000:04:00.0",
     )
+    shown = details.describe("0000:01:00.0", intel).reset.bus_peers  # what show prints
+    assert shown == resetmethod.bus_reset_affected("0000:01:00.0", intel)
     assert resetmethod.bus_reset_affected(NIC, intel) == ()  # alone on its bus
     assert resetmethod.bus_reset_affected("0000:00:02.0", intel) == ()  # the root bus
     amd = amd_desktop(tmp_path / "amd")
