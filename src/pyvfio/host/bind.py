@@ -644,7 +644,7 @@ class Restored:
         said = [f"back on {self.driver or 'no driver'}"] if self.rebound else []
         if self.reset_method is not None:
             said.append(f"reset_method back to {' '.join(self.reset_method)}")
-        return f"{self.address}: {', '.join(said)}" + (f" ({self.note})" if self.note else "")
+        return f"{self.address}: {', '.join(said)}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
