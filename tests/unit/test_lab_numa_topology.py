@@ -18,6 +18,7 @@ def test_a_device_on_numa1_sits_below_a_root_port_of_an_expander_on_node_1() -> 
     assert "pxb-pcie,id=pxb_numa1,bus_nr=128,numa_node=1,bus=pcie.0,addr=17.0" in args
     assert "pcie-root-port,id=rp_edu1,bus=pxb_numa1,chassis=1,slot=1,addr=00.0" in args
     assert "edu,id=edu1,bus=rp_edu1" in args
+    assert "edu,id=edu0,addr=10.0,bus=pcie.0" in args  # not on the expander's bus
     assert topo.numa_nodes == 2
     assert topo.numa_args(2) == ["--numa", "1024M,cpus=0-1", "--numa", "1024M"]
 

@@ -131,7 +131,11 @@ class Topology:
             intremap = "on" if self.intremap else "off"
             args += ["-device", f"intel-iommu,intremap={intremap},caching-mode=on"]
         chassis = 1
+        # With an expander bridge, QEMU puts a device that names no bus on the
+        # expander's ("Only PCI/PCIe bridges can be plugged into pxb-pcie").
+        root_bus = ""
         if self.numa_nodes > 1:
+            root_bus = ",bus=pcie.0"
             args += [
                 "-device",
                 f"pxb-pcie,id=pxb_numa1,bus_nr={NUMA1_BUS},numa_node=1,bus=pcie.0,"
@@ -153,7 +157,8 @@ class Topology:
                 port = f"rp_{dev.qemu_id}"
                 args += [
                     "-device",
-                    f"pcie-root-port,id={port},chassis={chassis},slot={chassis},addr={dev.path[0]}",
+                    f"pcie-root-port,id={port},chassis={chassis},slot={chassis},"
+                    f"addr={dev.path[0]}{root_bus}",
                 ]
                 chassis += 1
                 bus = f",bus={port}"
@@ -168,7 +173,7 @@ class Topology:
                     chassis += 1
                     bus = f",bus={down}"
             else:
-                bus = f",addr={dev.path[0]}"
+                bus = f",addr={dev.path[0]}{root_bus}"
             if dev.name == "nvme":
                 drive = f"drv_{dev.qemu_id}"
                 args += [
