@@ -1,6 +1,6 @@
 """dma_alloc(numa_node=): the buffer's pages bound to a node, seen in /proc/self/numa_maps,
 and every bad node refused before anything is mapped (a guest with two nodes is
-tests/lab/test_dma_numa.py)."""
+tests/lab/test_numa.py)."""
 
 from __future__ import annotations
 

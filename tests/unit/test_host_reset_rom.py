@@ -1,6 +1,6 @@
 """``pyvfio reset-method`` and ``pyvfio rom`` on hand-made hosts: the journal and restore,
 the bus-reset neighbours ``show`` lists, the ROM's images and every way a dump refuses
-(the real kernel's side is tests/lab/test_host_reset_rom.py)."""
+(the real kernel's side is tests/lab/test_reset_method_rom.py)."""
 
 from __future__ import annotations
 
