@@ -16,6 +16,7 @@ finds it sealed the same way and large enough (vfio-user, both directions).
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
@@ -37,6 +38,14 @@ _munmap.restype = ctypes.c_int
 _fstatfs = _libc.fstatfs
 _fstatfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
 _fstatfs.restype = ctypes.c_int
+_madvise = _libc.madvise
+_madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_madvise.restype = ctypes.c_int
+# glibc has no mbind() (libnuma has): the system call itself, by its number.
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+#: __NR_mbind by machine (arch/x86/entry/syscalls/syscall_64.tbl; asm-generic/unistd.h).
+_NR_MBIND = {"x86_64": 237, "aarch64": 235, "riscv64": 235}.get(os.uname().machine)
 
 MAP_FAILED = ctypes.c_void_p(-1).value
 PAGE_SIZE = mmap.PAGESIZE
@@ -46,6 +55,12 @@ MAP_HUGETLB = 0x40000
 MAP_HUGE_2MB = 21 << 26  # MAP_HUGE_SHIFT = 26, log2(2 MiB) = 21
 MAP_POPULATE = 0x8000
 PROT_NONE, PROT_RW = 0, mmap.PROT_READ | mmap.PROT_WRITE
+#: mbind(2)'s policy and flags (include/uapi/linux/mempolicy.h).
+MPOL_BIND = 2
+MPOL_MF_STRICT, MPOL_MF_MOVE = 1 << 0, 1 << 1
+#: Fault in every page now, writable (Linux 5.14+): a page the policy cannot place is
+#: ENOMEM (or EFAULT for hugetlb) here, not SIGBUS on first touch.
+MADV_POPULATE_WRITE = 23
 #: ``statfs.f_type`` of hugetlbfs (linux/magic.h), where MFD_HUGETLB memfds live.
 HUGETLBFS_MAGIC = 0x958458F6
 #: What a memfd pyvfio shares is sealed with: its size can never change (a peer
@@ -77,6 +92,28 @@ def anonymous(length: int, *, hugepages: bool = False) -> int:
     if hugepages:
         flags |= MAP_HUGETLB | MAP_HUGE_2MB
     return map_memory(length, PROT_RW, flags)
+
+
+def bind_to_node(address: int, length: int, node: int) -> None:
+    """Place the pages of ``length`` bytes at ``address`` on NUMA node ``node`` only
+    (``mbind(MPOL_BIND)``), then fault them all in there; OSError with the errno:
+    EINVAL for a node without memory, ENOMEM when it has too little free, ENOSYS for a
+    kernel without CONFIG_NUMA."""
+    if _NR_MBIND is None:
+        raise OSError(errno.ENOSYS, f"mbind's number on {os.uname().machine} is not known")
+    bits = 8 * ctypes.sizeof(ctypes.c_ulong)
+    mask = (ctypes.c_ulong * (node // bits + 1))()
+    mask[node // bits] = 1 << (node % bits)
+    flags = MPOL_MF_STRICT | MPOL_MF_MOVE
+    maxnode = ctypes.c_ulong(len(mask) * bits + 1)  # the kernel reads maxnode - 1 bits
+    args = (ctypes.c_void_p(address), ctypes.c_ulong(length), MPOL_BIND, mask, maxnode, flags)
+    if _syscall(_NR_MBIND, *args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if _madvise(address, length, MADV_POPULATE_WRITE) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EINVAL:  # EINVAL: before 5.14; the DMA map's pinning faults them in
+            raise OSError(err, os.strerror(err))
 
 
 def sealed_memfd(name: str, length: int, *, hugepages: bool = False) -> int:

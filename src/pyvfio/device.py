@@ -174,10 +174,15 @@ class Device:
         owns_iommu: bool = False,
         on_close: Callable[[Device], None] | None = None,
         group_fds: Callable[[], Mapping[int, int]] = _no_group_fds,
+        numa_node: int | None = None,
     ) -> None:
         """``on_close(device)`` once the device is closed (the Iommu lets go of it);
-        ``group_fds()``: the Iommu's open group fds by number, for ``hot_reset``."""
+        ``group_fds()``: the Iommu's open group fds by number, for ``hot_reset``;
+        ``numa_node``: the device's NUMA node (sysfs ``numa_node``), None for none."""
         self.bdf = bdf
+        #: The NUMA node the device is attached to, or None (no NUMA, or vfio-user):
+        #: ``dma_alloc(size, numa_node=dev.numa_node)`` puts a buffer next to it.
+        self.numa_node = numa_node
         self.iommu = iommu
         self.group = group
         transport = KernelTransport(fd, bdf) if isinstance(fd, int) else fd
@@ -268,11 +273,17 @@ class Device:
     # -- DMA ------------------------------------------------------------------------------
 
     def dma_alloc(
-        self, size: int, max_iova: int | None = None, *, hugepages: bool = False
+        self,
+        size: int,
+        max_iova: int | None = None,
+        *,
+        hugepages: bool = False,
+        numa_node: int | None = None,
     ) -> DmaBuffer:
-        """Zeroed memory this device (and its Iommu's others) may DMA to, below max_iova."""
+        """Zeroed memory this device (and its Iommu's others) may DMA to, below max_iova,
+        on NUMA node ``numa_node`` if given (``numa_node=dev.numa_node``: the device's)."""
         self._require_fd()
-        return self.iommu.dma_alloc(size, max_iova, hugepages=hugepages)
+        return self.iommu.dma_alloc(size, max_iova, hugepages=hugepages, numa_node=numa_node)
 
     # -- interrupts -----------------------------------------------------------------------
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
 from pyvfio import _mem
-from pyvfio.errors import ClosedError
+from pyvfio.errors import ClosedError, UnsupportedError
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,46 @@ def _release(address: int, size: int, memfd: int) -> None:
             os.close(memfd)
 
 
+def check_numa_node(node: object) -> None:
+    """TypeError/ValueError unless ``node`` is None or a NUMA node number (an int >= 0)."""
+    if node is None:
+        return
+    if not isinstance(node, int) or isinstance(node, bool):
+        raise TypeError(f"numa_node must be an int or None, not {type(node).__name__}")
+    if not 0 <= node < _MAX_NUMA_NODES:
+        raise ValueError(
+            f"numa_node {node} is not a NUMA node number: nodes count from 0 "
+            f"(/sys/devices/system/node lists this host's); None places the memory anywhere"
+        )
+
+
+#: The kernel's limit (CONFIG_NODES_SHIFT is at most 10).
+_MAX_NUMA_NODES = 1 << 10
+
+
+def _place(address: int, size: int, node: int, hugepages: bool) -> None:
+    """The buffer's pages bound to ``node`` and faulted in there, or an error naming it."""
+    try:
+        _mem.bind_to_node(address, size, node)
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            raise ValueError(
+                f"NUMA node {node} has no memory on this host (or does not exist): choose "
+                "one of /sys/devices/system/node/has_memory, or numa_node=None"
+            ) from err
+        if err.errno == errno.ENOSYS:
+            raise UnsupportedError(
+                "this kernel has no NUMA support (CONFIG_NUMA): there is one node, "
+                "so allocate with numa_node=None",
+                errno=err.errno,
+            ) from err
+        what = "2 MiB hugepages" if hugepages else "memory"
+        raise MemoryError(
+            f"cannot place {size} bytes of {what} on NUMA node {node}: {err.strerror} "
+            f"(free memory per node: /sys/devices/system/node/node{node}/meminfo)"
+        ) from err
+
+
 class DmaBuffer:
     """Zeroed host memory mapped for DMA: ``.iova``, ``.size``, ``.view``, ``.address``.
 
@@ -54,6 +95,10 @@ class DmaBuffer:
     the memory; views taken of ``.view`` must not be used after that. With ``memfd``
     (what a vfio-user Iommu asks for) the memory is a memfd's, which a vfio-user
     server maps through the fd; the kernel backends use anonymous memory.
+
+    With ``numa_node`` every page is placed on that NUMA node (``mbind(MPOL_BIND)``,
+    faulted in at once): the node of the device that reads it (`Device.numa_node`), so
+    its DMA does not cross the interconnect between sockets.
     """
 
     __slots__ = (
@@ -65,6 +110,7 @@ class DmaBuffer:
         "address",
         "hugepages",
         "iova",
+        "numa_node",
         "size",
     )
 
@@ -76,10 +122,13 @@ class DmaBuffer:
         max_iova: int | None = None,
         hugepages: bool = False,
         memfd: bool = False,
+        numa_node: int | None = None,
     ) -> None:
+        check_numa_node(numa_node)
         page = _mem.HUGE_PAGE_SIZE if hugepages else _mem.PAGE_SIZE
         self.size = _mem.round_up(size, page)
         self.hugepages = hugepages
+        self.numa_node = numa_node
         self._iommu = iommu
         self._memfd = -1
         try:
@@ -99,6 +148,8 @@ class DmaBuffer:
             ) from err
         self._finalizer = weakref.finalize(self, _release, self.address, self.size, self._memfd)
         try:
+            if numa_node is not None:
+                _place(self.address, self.size, numa_node, hugepages)
             fd = self._memfd if self._memfd >= 0 else None
             self.iova = iommu._map_buffer(
                 self.address, self.size, max_iova=max_iova, align=page, fd=fd

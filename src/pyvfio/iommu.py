@@ -262,6 +262,7 @@ class Iommu:
                 owns_iommu=owns_iommu,
                 on_close=self._forget,
                 group_fds=backend.group_fds,
+                numa_node=None if group is None else self._sysfs.numa_node(addr),
             )
         except BaseException:  # the Device closed its transport
             backend.detach(addr)
@@ -603,14 +604,25 @@ class Iommu:
         return failed
 
     def dma_alloc(
-        self, size: int, max_iova: int | None = None, *, hugepages: bool = False
+        self,
+        size: int,
+        max_iova: int | None = None,
+        *,
+        hugepages: bool = False,
+        numa_node: int | None = None,
     ) -> DmaBuffer:
-        """Zeroed memory mapped for DMA below ``max_iova`` (the device's DMA mask)."""
+        """Zeroed memory mapped for DMA below ``max_iova`` (the device's DMA mask), on
+        NUMA node ``numa_node`` if given (a device's is its ``numa_node``)."""
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"DMA buffer size must be a positive int, not {size!r}")
         backend = self._require_backend()
         buf = DmaBuffer(
-            self, size, max_iova=max_iova, hugepages=hugepages, memfd=backend.share_memory
+            self,
+            size,
+            max_iova=max_iova,
+            hugepages=hugepages,
+            memfd=backend.share_memory,
+            numa_node=numa_node,
         )
         self._buffers.add(buf)
         return buf

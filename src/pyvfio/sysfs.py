@@ -277,6 +277,12 @@ class Sysfs:
     def driver(self, address: str) -> str | None:
         return self.link_name(f"{self.device_dir(address)}/driver")
 
+    def numa_node(self, address: str) -> int | None:
+        """The NUMA node the device is attached to; None where the kernel says -1 (no
+        NUMA, or firmware that does not tell) or shows no ``numa_node``."""
+        node = self.read_int(f"{self.device_dir(address)}/numa_node")
+        return None if node is None or node < 0 else node
+
     def iommu_group(self, address: str) -> int | None:
         name = self.link_name(f"{self.device_dir(address)}/iommu_group")
         return int(name) if name is not None and name.isdigit() else None

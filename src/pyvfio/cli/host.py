@@ -1,4 +1,4 @@
-"""Host commands: ls, show, doctor, bind, unbind, restore, sriov, snapshot.
+"""Host commands: ls, show, doctor, bind, unbind, restore, sriov, snapshot, reset-method, rom.
 
 Each is a few lines over :mod:`pyvfio.host`; read-only ones take ``--root`` (a snapshot
 folder or tarball) and give the same answers there as on the live host.
@@ -227,6 +227,52 @@ def show(
         print_json(details.to_json())
     else:
         typer.echo(str(details))
+
+
+@app.command("reset-method")
+@handle_errors
+def reset_method(
+    address: Annotated[str, typer.Argument(metavar="BDF", help="PCI address, e.g. 0000:01:00.0")],
+    methods: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="METHOD", help="reset methods to keep, in order (e.g. flr bus), or 'default'"
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Choose the resets the kernel may use for a device, journaled so restore can undo it.
+
+    Example: pyvfio reset-method 0000:01:00.0 bus
+    """
+    from pyvfio.host.resetmethod import set_reset_method
+
+    change = set_reset_method(address, methods)
+    if as_json:
+        print_json(change.to_json())
+    else:
+        typer.echo(str(change))
+
+
+@app.command("rom")
+@handle_errors
+def rom(
+    address: Annotated[str, typer.Argument(metavar="BDF", help="PCI address, e.g. 0000:01:00.0")],
+    out: Annotated[str, typer.Option("--out", metavar="FILE", help="the file to write")],
+    force: Annotated[bool, typer.Option("--force", help="replace FILE if it exists")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Dump a device's option ROM through sysfs, for QEMU's romfile=.
+
+    Example: pyvfio rom 0000:01:00.0 --out gpu.rom
+    """
+    from pyvfio.host.rom import dump_rom
+
+    dump = dump_rom(address, out, force=force)
+    if as_json:
+        print_json(dump.to_json())
+    else:
+        typer.echo(str(dump))
 
 
 def _parse_size(text: str) -> int:

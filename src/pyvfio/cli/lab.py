@@ -12,7 +12,9 @@ from pyvfio.cli.common import JsonOpt, err_console, handle_errors, lab_app, prin
 #: The options that choose the lab's guest, for every command that boots it.
 DeviceOpt = Annotated[
     list[str] | None,
-    typer.Option("--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch"),
+    typer.Option(
+        "--device", "-d", help="NAME[@PLACE]: edu|nvme|e1000e @ root|rootport|switch|numa1"
+    ),
 ]
 KernelOpt = Annotated[
     str | None, typer.Option(help="stock (default), iommufd (built on first use) or a bzImage")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pyvfio.errors import HostError, InvalidAddressError
-from pyvfio.host import inventory, usage
+from pyvfio.host import inventory, resetmethod, usage
 from pyvfio.host.journal import Journal, JournalEntry, Waiting, begin_steps, step
 from pyvfio.host.sysfs import LIVE, PCI_DEVICES, Sysfs, WriteTimeoutError, process_start
 from pyvfio.pci.address import normalize
@@ -644,11 +644,18 @@ class Restored:
     driver: str | None
     changed: bool
     note: str = ""
+    #: The reset methods written back (pyvfio reset-method had changed them), or None.
+    reset_method: tuple[str, ...] | None = None
+    #: False when only the reset methods were undone: the driver is as it was.
+    rebound: bool = True
 
     def __str__(self) -> str:
         if not self.changed:
             return f"{self.address}: {self.note or 'nothing to undo'}"
-        return f"{self.address}: back on {self.driver or 'no driver'}"
+        said = [f"back on {self.driver or 'no driver'}"] if self.rebound else []
+        if self.reset_method is not None:
+            said.append(f"reset_method back to {' '.join(self.reset_method)}")
+        return f"{self.address}: {', '.join(said)}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -675,20 +682,27 @@ def restore(
     for addr in named:
         sysfs.device_dir(addr)
     entries = Journal(journal_dir).entries  # a damaged journal is an error here
-    wanted = list(entries) if all_devices else named
-    if not any(a in entries for a in wanted):
+    resets = resetmethod.read_originals(journal_dir)  # pyvfio reset-method's changes
+    wanted = list(dict.fromkeys([*entries, *resets])) if all_devices else named
+    if not any(a in entries or a in resets for a in wanted):
         return [Restored(a, sysfs.driver(a), False, "pyvfio did not change it") for a in wanted]
     require_root(sysfs, "restoring devices")
     done = []
     with Journal.locked(journal_dir) as journal:
         for addr in wanted:
+            reset = resetmethod.restore_locked(addr, sysfs, journal_dir)
             entry = journal.entries.get(addr)
+            gone = "device gone" if not sysfs.exists(f"{PCI_DEVICES}/{addr}") else ""
             if entry is None:
-                done.append(Restored(addr, sysfs.driver(addr), False, "pyvfio did not change it"))
+                if reset is None:
+                    note = "pyvfio did not change it"
+                    done.append(Restored(addr, sysfs.driver(addr), False, note))
+                else:
+                    done.append(Restored(addr, sysfs.driver(addr), True, gone, reset, False))
                 continue
             _restore_one(journal, entry, sysfs, timeout)
-            gone = not sysfs.exists(f"{PCI_DEVICES}/{addr}")
-            done.append(Restored(addr, entry.original_driver, True, "device gone" if gone else ""))
+            gone = "device gone" if not sysfs.exists(f"{PCI_DEVICES}/{addr}") else ""
+            done.append(Restored(addr, entry.original_driver, True, gone, reset))
     return done
 
 

@@ -2,8 +2,10 @@
 
 BARs and ROM come from the ``resource`` file (sizes are not in configuration space),
 capabilities and interrupts from ``config`` parsed by :mod:`pyvfio.pci.config`, reset
-methods both as the kernel offers them (``reset_method``) and as pyvfio can confirm them
-from the capabilities, ACS for every port on the way to the root complex, SR-IOV,
+methods both as the kernel offers them (``reset_method``, and what it was before
+``pyvfio reset-method`` changed it) and as pyvfio can confirm them from the
+capabilities, with the devices a bus reset takes along; the option ROM (the ``rom``
+file and the ROM BAR), ACS for every port on the way to the root complex, SR-IOV,
 NUMA node, and the IOMMU group with its verdict.
 """
 
@@ -14,9 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pyvfio._sizes import size_text
-from pyvfio.host import inventory, iommus, usage
+from pyvfio.host import inventory, iommus, resetmethod, usage
 from pyvfio.host.inventory import PciDeviceInfo
 from pyvfio.host.iommus import IommuUnit
+from pyvfio.host.journal import JournalError
+from pyvfio.host.rom import RomInfo
 from pyvfio.host.sysfs import LIVE, Sysfs
 from pyvfio.pci.address import normalize
 from pyvfio.pci.config import (
@@ -95,14 +99,19 @@ class Reset:
     flr: bool
     pm: bool
     bus: bool
+    #: Every other device a bus reset resets too (below the same parent bridge).
     bus_peers: tuple[str, ...]
     #: Why a bus reset (``hot_reset()``, the kernel's ``bus``) fails here, or None.
     bus_blocked: str | None = None
+    #: The kernel's list before ``pyvfio reset-method`` changed it (None: unchanged).
+    original: tuple[str, ...] | None = None
 
     def __str__(self) -> str:
         confirmed = [n for n, ok in (("flr", self.flr), ("pm", self.pm), ("bus", self.bus)) if ok]
-        text = f"kernel offers: {' '.join(self.kernel) or 'none'}; "
-        text += f"confirmed from capabilities: {' '.join(confirmed) or 'none'}"
+        text = f"kernel offers: {' '.join(self.kernel) or 'none'}"
+        if self.original is not None:
+            text += f" (set by pyvfio reset-method, was {' '.join(self.original)})"
+        text += f"; confirmed from capabilities: {' '.join(confirmed) or 'none'}"
         if self.bus_peers:
             text += f"; a bus reset also resets {', '.join(self.bus_peers)}"
         if self.bus_blocked and "bus" in self.kernel:
@@ -127,6 +136,7 @@ class DeviceDetails:
     msi_vectors: int | None
     msix_vectors: int | None
     reset: Reset
+    rom: RomInfo
     acs_path: tuple[AcsHop, ...]
     sriov_total_vfs: int | None
     sriov_num_vfs: int | None
@@ -171,6 +181,7 @@ class DeviceDetails:
             irq.append(f"MSI-X {self.msix_vectors} vector(s)")
         lines.append(f"  interrupts: {', '.join(irq)}")
         lines.append(f"  reset: {self.reset}")
+        lines.append(f"  option ROM: {self.rom}")
         if self.acs_path:
             lines.append("  ACS on the path to the root complex:")
             lines += [f"    {hop}" for hop in self.acs_path]
@@ -209,6 +220,7 @@ class DeviceDetails:
                 "msix_vectors": self.msix_vectors,
             },
             "reset": self.reset.to_json(),
+            "rom": self.rom.to_json(),
             "acs_path": [h.to_json() for h in self.acs_path],
             "sriov": {
                 "total_vfs": self.sriov_total_vfs,
@@ -289,13 +301,18 @@ def acs_path(address: str, sysfs: Sysfs = LIVE) -> tuple[AcsHop, ...]:
     return tuple(hops)
 
 
-def reset_methods(address: str, sysfs: Sysfs = LIVE) -> tuple[str, ...]:
-    """The resets the kernel offers for the device, in the order it tries them."""
-    return tuple((sysfs.read_attr(f"{sysfs.device_dir(address)}/reset_method") or "").split())
+#: The resets the kernel offers for the device, in the order it tries them.
+reset_methods = resetmethod.reset_methods
 
 
 def reset_info(address: str, space: ConfigSpace | None, sysfs: Sysfs = LIVE) -> Reset:
     methods = reset_methods(address, sysfs)
+    original = None
+    if sysfs.is_live:  # a snapshot's journal is not this host's
+        try:
+            original = resetmethod.read_originals().get(normalize(address))
+        except JournalError:
+            original = None  # restore and reset-method say what is wrong with it
     flr = pm = False
     if space is not None:
         flr = space.flr_capable  # PCIe DevCap FLR, or the AF capability
@@ -304,16 +321,38 @@ def reset_info(address: str, space: ConfigSpace | None, sysfs: Sysfs = LIVE) -> 
     real = usage.device_path(address, sysfs) or ""
     parent = real.rsplit("/", 1)[0]
     under_bridge = bool(_ADDRESS.match(parent.rsplit("/", 1)[-1]))
-    peers: tuple[str, ...] = ()
-    if under_bridge:
-        peers = tuple(
-            n for n in sysfs.listdir(parent) if _ADDRESS.match(n) and n != real.rsplit("/", 1)[-1]
-        )
+    siblings = [n for n in sysfs.listdir(parent) if _ADDRESS.match(n)] if under_bridge else []
     # The kernel's bus reset (pci_parent_bus_reset) needs a bridge above and no
     # other device on the bus; a slot reset (hotplug) is reported by the kernel only.
     # Its wait after the reset is a rule of its own (`viability.bus_reset_blocker`).
     blocked = bus_reset_blocker(address, sysfs) if under_bridge else None
-    return Reset(methods, flr, pm, under_bridge and not peers and not blocked, peers, blocked)
+    bus = under_bridge and siblings == [real.rsplit("/", 1)[-1]] and not blocked
+    return Reset(
+        methods,
+        flr,
+        pm,
+        bus,
+        resetmethod.bus_reset_affected(address, sysfs),
+        bus_blocked=blocked,
+        original=original,
+    )
+
+
+def rom_info(address: str, space: ConfigSpace | None, sysfs: Sysfs = LIVE) -> RomInfo:
+    """The ROM as ``show`` reports it: the ``rom`` file's size (the kernel sizes it as
+    the ROM BAR), else the ROM line of ``resource`` (a snapshot keeps no ``rom``)."""
+    rel = f"{sysfs.device_dir(address)}/rom"
+    st = sysfs.stat(rel)
+    size = st.st_size if st is not None else None
+    if size is None:
+        size = next((r.size for r in resources(address, sysfs) if r.index == ROM_INDEX), None)
+    bar = space.header.expansion_rom if space is not None else None
+    return RomInfo(
+        present=st is not None or size is not None,
+        size=size,
+        bar_address=bar.address if bar is not None else None,
+        bar_enabled=bar.enabled if bar is not None else False,
+    )
 
 
 def describe(address: str, sysfs: Sysfs = LIVE) -> DeviceDetails:
@@ -342,12 +381,11 @@ def describe(address: str, sysfs: Sysfs = LIVE) -> DeviceDetails:
         )
     )
     group = inventory.group_of(addr, sysfs)
-    numa = sysfs.read_int(f"{rel}/numa_node")
     override = sysfs.read_attr(f"{rel}/driver_override")
     return DeviceDetails(
         device=info,
         driver_override=None if override in (None, "", "(null)") else override,
-        numa_node=None if numa is None or numa < 0 else numa,
+        numa_node=sysfs.numa_node(addr),
         resources=resources(addr, sysfs),
         capabilities=caps,
         extended_capabilities=ext,
@@ -355,6 +393,7 @@ def describe(address: str, sysfs: Sysfs = LIVE) -> DeviceDetails:
         msi_vectors=msi.vectors if msi else None,
         msix_vectors=msix.table_size if msix else None,
         reset=reset_info(addr, space, sysfs),
+        rom=rom_info(addr, space, sysfs),
         acs_path=acs_path(addr, sysfs),
         sriov_total_vfs=total,
         sriov_num_vfs=num,

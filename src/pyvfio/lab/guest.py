@@ -30,8 +30,11 @@ def address_of(device: LabDevice, sysfs_root: Path = SYSFS_PCI_ROOT) -> str:
 
     Bus numbers are the firmware's choice; the path of slots from the root bus is
     the lab's, so each hop is the child of the previous one with that slot.function.
+    A first hop ``BUS:SLOT.FN`` starts on another root bus (an expander bridge's).
     """
-    node = sysfs_root / f"0000:00:{device.path[0]}"
+    bus, _, slot = device.path[0].rpartition(":")  # "80:00.0": on another root bus
+    root = sysfs_root.with_name(f"pci0000:{bus}") if bus else sysfs_root
+    node = root / f"0000:{bus or '00'}:{slot}"
     for hop in device.path[1:]:
         children = sorted(node.glob(f"0000:??:{hop}"))
         if not children:

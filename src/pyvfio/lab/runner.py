@@ -173,6 +173,7 @@ def vng_argv(
         "--rwdir",
         str(scratch),
         "--qemu-opts=" + shlex.join(topology.qemu_args(manifest.devices)),
+        *topology.numa_args(cpus),
     ]
     if boot_console:
         argv.insert(1, "--verbose")

@@ -9,7 +9,9 @@ A topology is a list of device specs ``NAME[@PLACE]``:
   ``rootport`` (below a ``pcie-root-port`` of its own, which has ACS: its own
   IOMMU group) or ``switch`` (below the downstream port of an ``x3130-upstream`` +
   ``xio3130-downstream`` PCIe switch, which has no ACS: the port and the device
-  share a group).
+  share a group), or ``numa1`` (below a root port of a ``pxb-pcie`` expander bridge
+  on NUMA node 1, whose root bus is 0x80: the guest then has two NUMA nodes, half of
+  the memory each, its CPUs on node 0, and the device's ``numa_node`` is 1).
 
 The q35 chipset's LPC (00:1f.0), SATA (00:1f.2) and SMBus (00:1f.3) functions are
 always there: one multi-function slot without ACS, so one IOMMU group with three
@@ -33,6 +35,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pyvfio._sizes import parse_size
 from pyvfio.errors import LabSpecError
 
 #: vendor:device of each device the lab can add.
@@ -49,11 +52,14 @@ DEVICE_IDS = {
 #: Management commands before they work as controllers, but their PCI side (config
 #: space, vfio-pci, VF tokens) works without.
 NVME_SRIOV_VFS = 2
-PLACES = ("root", "rootport", "switch")
+PLACES = ("root", "rootport", "switch", "numa1")
 #: The vIOMMUs the lab can give its guest (``pyvfio lab run --iommu``), the default first.
 IOMMUS = ("intel", "amd", "virtio")
 #: Kernels known to lack CONFIG_VIRTIO_IOMMU (Debian's 6.1 is the stock one).
 _NO_VIRTIO_IOMMU = (None, "stock")
+#: The root bus of the expander bridge on NUMA node 1 (``pxb-pcie,bus_nr=``), and its slot.
+NUMA1_BUS = 0x80
+_PXB_SLOT = 0x17
 
 #: The serial number and model the lab gives QEMU's NVMe controller.
 NVME_SERIAL = "pyvfio-lab-0"
@@ -72,7 +78,7 @@ ROOT_PORT_LINK = "x-speed=2_5,x-width=1"
 
 _FIRST_ROOT_SLOT = 0x10
 _FIRST_PORT_SLOT = 0x18
-_SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<place>[a-z]+))?$")
+_SPEC = re.compile(r"^(?P<name>[a-z0-9]+)(?:@(?P<place>[a-z0-9]+))?$")
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,7 @@ class Topology:
         """Assign QEMU ids, slots and backing files to the devices, in order."""
         root_slot, port_slot = _FIRST_ROOT_SLOT, _FIRST_PORT_SLOT
         seen: dict[str, int] = {}
+        seen_numa1 = 0
         out = []
         for spec in self.devices:
             name, place = parse_spec(spec)
@@ -156,6 +163,9 @@ class Topology:
             if place == "root":
                 path: tuple[str, ...] = (f"{root_slot:02x}.0",)
                 root_slot += 1
+            elif place == "numa1":  # a root port on the expander's root bus, then the device
+                path = (f"{NUMA1_BUS:02x}:{seen_numa1:02x}.0", "00.0")
+                seen_numa1 += 1
             elif place == "rootport":
                 path = (f"{port_slot:02x}.0", "00.0")
                 port_slot += 1
@@ -180,14 +190,34 @@ class Topology:
             else:
                 args += ["-device", "virtio-iommu-pci"]
         chassis = 1
+        # With an expander bridge, QEMU puts a device that names no bus on the
+        # expander's ("Only PCI/PCIe bridges can be plugged into pxb-pcie").
+        root_bus = ""
+        if self.numa_nodes > 1:
+            root_bus = ",bus=pcie.0"
+            args += [
+                "-device",
+                f"pxb-pcie,id=pxb_numa1,bus_nr={NUMA1_BUS},numa_node=1,bus=pcie.0,"
+                f"addr={_PXB_SLOT:02x}.0",
+            ]
         for dev in devices:
             bus = ""
-            if dev.place in ("rootport", "switch"):
+            if dev.place == "numa1":
+                port = f"rp_{dev.qemu_id}"
+                slot = dev.path[0].split(":")[1]
+                args += [
+                    "-device",
+                    f"pcie-root-port,id={port},bus=pxb_numa1,chassis={chassis},slot={chassis},"
+                    f"addr={slot},{ROOT_PORT_LINK}",
+                ]
+                chassis += 1
+                bus = f",bus={port}"
+            elif dev.place in ("rootport", "switch"):
                 port = f"rp_{dev.qemu_id}"
                 args += [
                     "-device",
                     f"pcie-root-port,id={port},chassis={chassis},slot={chassis},"
-                    f"addr={dev.path[0]},{ROOT_PORT_LINK}",
+                    f"addr={dev.path[0]},{ROOT_PORT_LINK}{root_bus}",
                 ]
                 chassis += 1
                 bus = f",bus={port}"
@@ -202,7 +232,7 @@ class Topology:
                     chassis += 1
                     bus = f",bus={down}"
             else:
-                bus = f",addr={dev.path[0]}"
+                bus = f",addr={dev.path[0]}{root_bus}"
             if dev.name == "nvme":
                 drive = f"drv_{dev.qemu_id}"
                 args += [
@@ -234,6 +264,24 @@ class Topology:
             else:
                 args += ["-device", f"{dev.name},id={dev.qemu_id}{bus}"]
         return args
+
+    @property
+    def numa_nodes(self) -> int:
+        """The guest's NUMA nodes: two when a device sits on node 1, else one."""
+        return 2 if any(parse_spec(d)[1] == "numa1" for d in self.devices) else 1
+
+    def numa_args(self, cpus: int) -> list[str]:
+        """virtme-ng's options for the guest's NUMA nodes (none for one node): half the
+        memory each, every CPU on node 0 (node 1 holds memory and the expander bridge).
+
+        And ``no_timer_check``: under TCG on a loaded host, 3 of 4 two-node boots
+        failed the IO-APIC timer check, which with interrupt remapping is a panic
+        ("timer doesn't work through Interrupt-remapped IO-APIC", check_timer)."""
+        if self.numa_nodes == 1:
+            return []
+        half = parse_size(self.memory, examples="2G") // 2 >> 20
+        nodes = ["--numa", f"{half}M,cpus=0-{cpus - 1}", "--numa", f"{half}M"]
+        return [*nodes, "--append=no_timer_check"]
 
     def kernel_args(self) -> list[str]:
         """The guest's IOMMU options: VT-d wants ``intel_iommu=on`` (Debian's 6.1 turns it
