@@ -49,7 +49,8 @@ KINDS = ("run", "output", "illustration")
 #: unit tier checks that every marker names one of these).
 CONTEXTS: dict[str, str] = {
     "bound": "edu (0000:00:10.0) and nvme (0000:00:11.0) on vfio-pci, given back after",
-    "config": "bound, and `dev` the NVMe controller opened (it has MSI-X), `cmd` its command register",
+    "config": "bound, and `dev` the NVMe controller opened (it has MSI-X), `cmd` its "
+    "command register",
     "dma": "bound, `dev` edu opened, `iommu` its Iommu, `my_mmap` 1 MiB of memory, "
     "`address` the address of 64 MiB of memory and `size` 1 MiB",
     "irq": "bound, `dev` edu opened, `edu` its driver (edu raises an interrupt when asked)",
@@ -222,7 +223,9 @@ def commands(block: Block) -> list[Command]:
         if text:
             found.append((text, []))
     return [
-        Command(text, tuple(shlex.split(_drop_optional(text))), "\n".join(out) if prompted else None)
+        Command(
+            text, tuple(shlex.split(_drop_optional(text))), "\n".join(out) if prompted else None
+        )
         for text, out in found
     ]
 
@@ -336,6 +339,67 @@ def substituted(text: str, paths: Mapping[str, str]) -> str:
 
 def iter_marked(kind: str, where: str | None = None) -> Iterator[Block]:
     for block in all_blocks():
-        if block.marker and block.marker.kind == kind:
-            if where is None or block.marker.where == where:
-                yield block
+        marker = block.marker
+        if marker and marker.kind == kind and (where is None or marker.where == where):
+            yield block
+
+
+# -- running -------------------------------------------------------------------------------
+
+#: A socket path of a doc (``/tmp/edu.sock``, ``/run/a.sock``): a test runs it in a folder
+#: of its own instead, so that runs do not meet and no root is needed for /run.
+SOCKET_PATH = re.compile(r"/(?:tmp|run)/[\w.-]+\.sock\b")
+
+
+def socket_paths(text: str, folder: str) -> dict[str, str]:
+    """Each socket path ``text`` names, and where a test puts it in ``folder``."""
+    return {path: f"{folder}/{path.rsplit('/', 1)[1]}" for path in SOCKET_PATH.findall(text)}
+
+
+@dataclass(frozen=True)
+class Ran:
+    command: Command
+    exit_code: int
+    output: str
+
+    def problem(self) -> str | None:
+        """Why this run does not do what the doc says, or None."""
+        if self.exit_code != 0:
+            return f"{self.command.line!r} exited {self.exit_code}:\n{self.output}"
+        if self.command.output is not None and not text_matches(self.command.output, self.output):
+            return (
+                f"{self.command.line!r} printed\n{self.output}\nwhere the doc shows\n"
+                f"{self.command.output}"
+            )
+        return None
+
+
+def run_command(command: Command, cwd: Path) -> Ran:
+    """Run one command of a shell block: ``pyvfio`` in this process (CliRunner, in
+    ``cwd``), anything else through bash in ``cwd``."""
+    import contextlib
+    import os
+    import subprocess
+
+    if command.argv[:1] == ("pyvfio",):
+        from typer.testing import CliRunner
+
+        from pyvfio.cli import app
+
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            done = CliRunner().invoke(app, list(command.argv[1:]))
+        finally:
+            with contextlib.suppress(OSError):
+                os.chdir(old)
+        return Ran(command, done.exit_code, done.output)
+    line = _drop_optional(command.line)
+    proc = subprocess.run(
+        ["bash", "-c", line], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    return Ran(command, proc.returncode, proc.stdout + proc.stderr)
+
+
+#: Output samples that only the lab can produce (tests/lab/test_docs_examples.py does).
+LAB_SAMPLES = {"permission-denied"}
