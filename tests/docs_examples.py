@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
+import functools
 import inspect
 import re
 import shlex
@@ -230,35 +232,62 @@ def commands(block: Block) -> list[Command]:
     ]
 
 
-def parse_cli(argv: tuple[str, ...]) -> str | None:
-    """Parse a ``pyvfio ...`` command line with the CLI's own parser, running nothing;
-    None when it parses, else why not."""
-    import typer.core
+@functools.cache
+def _cli() -> Any:
+    """The click command typer makes of pyvfio's app (made once: it takes a while)."""
     import typer.main
-    from typer import _click as click
 
     from pyvfio.cli import app
 
-    command: click.Command = typer.main.get_command(app)
+    return typer.main.get_command(app)
+
+
+def parse_cli(argv: tuple[str, ...], *, whole: bool = True) -> str | None:
+    """Parse a ``pyvfio ...`` command line with the CLI's own parser, running nothing;
+    None when it parses, else why not. ``whole=False`` is for a command named in prose
+    (`` `pyvfio bind` ``): the commands and options must exist, arguments may be missing."""
+    import io
+
+    import typer.core
+    from typer import _click as click
+
+    command: click.Command = _cli()
     args = list(argv[1:])
     info_name = "pyvfio"
     parent: click.Context | None = None
+    sink = io.StringIO()
     try:
-        while True:
-            ctx = command.make_context(info_name, args, parent=parent, resilient_parsing=False)
-            if not isinstance(command, typer.core.TyperGroup):
-                return None
-            rest = [*ctx._protected_args, *ctx.args]
-            if not rest:
-                return None
-            name, sub, args = command.resolve_command(ctx, rest)
-            if sub is None or name is None:
-                return f"no command {rest[0]!r}"
-            command, info_name, parent = sub, name, ctx
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            while True:
+                ctx = command.make_context(info_name, args, parent=parent)
+                if not isinstance(command, typer.core.TyperGroup):
+                    return None
+                rest = [*ctx._protected_args, *ctx.args]
+                if not rest:
+                    return None if not whole else f"{info_name}: a command must follow"
+                name, sub, args = command.resolve_command(ctx, rest)
+                if sub is None or name is None:
+                    return f"no command {rest[0]!r}"
+                command, info_name, parent = sub, name, ctx
     except typer.Exit:
         return None
+    except (click.exceptions.MissingParameter, click.exceptions.NoArgsIsHelpError) as err:
+        return None if not whole else err.format_message()
     except click.ClickException as err:
         return err.format_message()
+
+
+def prose_commands(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """The ``pyvfio ...`` commands ``path`` names in inline code outside its blocks
+    (with `...` for "and so on" left out), each with its words."""
+    text = re.sub(r"^ *```.*?^ *```", "", path.read_text(), flags=re.S | re.M)
+    found = []
+    for span in re.finditer(r"`(pyvfio [^`]+)`", text.replace("\n", " ")):
+        line = span.group(1)
+        if "..." in line.split():
+            continue
+        found.append((line, tuple(shlex.split(_drop_optional(line)))))
+    return found
 
 
 # -- tolerant comparison ------------------------------------------------------------------

@@ -91,6 +91,19 @@ def test_every_pyvfio_command_in_the_docs_parses() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_every_pyvfio_command_named_in_the_docs_prose_exists() -> None:
+    seen = 0
+    problems = []
+    for path in dx.DOCS:
+        for line, argv in dx.prose_commands(path):
+            seen += 1
+            why = dx.parse_cli(argv, whole=False)
+            if why is not None:
+                problems.append(f"{path.relative_to(dx.ROOT)}: `{line}`: {why}")
+    assert seen > 100
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize(
     ("argv", "wrong"),
     [
@@ -103,6 +116,14 @@ def test_every_pyvfio_command_in_the_docs_parses() -> None:
 def test_parse_cli_refuses_what_the_cli_refuses(argv: tuple[str, ...], wrong: str) -> None:
     why = dx.parse_cli(argv)
     assert why is not None and wrong in why, why
+
+
+def test_a_command_in_prose_may_leave_out_its_arguments_not_name_wrong_options() -> None:
+    assert dx.parse_cli(("pyvfio", "grant"), whole=False) is None
+    assert dx.parse_cli(("pyvfio", "grant")) is not None
+    assert dx.parse_cli(("pyvfio", "nvme"), whole=False) is None
+    why = dx.parse_cli(("pyvfio", "grant", "--usr", "x"), whole=False)
+    assert why is not None and "--usr" in why, why
 
 
 def test_commands_drop_comments_and_optional_parts_and_keep_prompted_output() -> None:
