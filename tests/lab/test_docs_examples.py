@@ -15,6 +15,7 @@ import ctypes
 import mmap
 import os
 import pwd
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,28 @@ def context(name: str | None) -> Iterator[dict[str, Any]]:
         yield namespace
 
 
+#: How long one command or Python block may take before the test says which one hangs
+#: (a nested QEMU under TCG on a loaded host takes minutes; a hang would take the
+#: guest's whole timeout and say nothing).
+DEADLINE = 600
+
+
+@contextlib.contextmanager
+def deadline(what: str, seconds: int = DEADLINE) -> Iterator[None]:
+    """TimeoutError naming ``what`` (with the traceback of where it waits) after ``seconds``."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"{what} did not finish in {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _drivers() -> dict[str, str | None]:
     return {address: LIVE.driver(address) for address in (EDU, NVME, EDU_PORT)}
 
@@ -112,13 +135,22 @@ def test_a_doc_example_runs_in_the_lab(block: Block, tmp_path: Path, lab: LabFix
     before = _drivers()
     with context(block.marker.options.get("context")) as namespace:
         if block.shell:
-            for command in dx.commands(block):
-                ran = dx.run_command(command, tmp_path)
-                print(f"$ {command.line}\n{ran.output}")
-                assert ran.problem() is None, f"{block.where}: {ran.problem()}"
+            try:
+                for command in dx.commands(block):
+                    with deadline(f"{block.where}: {command.line}"):
+                        ran = dx.run_command(command, tmp_path)
+                    print(f"$ {command.line}\n{ran.output}")
+                    assert ran.problem() is None, f"{block.where}: {ran.problem()}"
+            finally:
+                if journal.read_journal():  # a failed block: the next one starts clean
+                    restore = dx.Command(
+                        "pyvfio restore --all", ("pyvfio", "restore", "--all"), None
+                    )
+                    print(dx.run_command(restore, tmp_path).output)
         else:
             assert block.lang == "python", f"{block.where}: run lab is for sh and python"
-            dx.run_python(block.text, namespace, block.where)
+            with deadline(block.where):
+                dx.run_python(block.text, namespace, block.where)
     nvme_settled(NVME)
     assert _drivers() == before, f"{block.where} left the devices on other drivers"
     assert journal.read_journal() == {}, f"{block.where} left devices in the bind journal"
