@@ -6,7 +6,7 @@ Every fenced block carries a marker, an HTML comment on the line right before it
     run by the unit tier, on this host, without root (``pyvfio serve`` stands in for a
     device where one is needed);
 ``<!-- example: run lab [context=NAME] -->``
-    run in the lab guest, as root, by tests/lab/test_docs_examples.py, in the order the
+    run in the lab guest, as root, by tests/lab/test_docs_lab.py, in the order the
     docs give (a CONTEXTS entry says what NAME prepares);
 ``<!-- example: output NAME -->``
     a sample of what a command prints: a test in tests/unit/test_docs_examples.py
@@ -47,7 +47,7 @@ _MARKER = re.compile(r"^<!--\s*example:\s*(?P<body>.*?)\s*-->\s*$")
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<lang>[\w+-]*)\s*$")
 KINDS = ("run", "output", "illustration")
 
-#: What each lab context prepares (tests/lab/test_docs_examples.py implements them; the
+#: What each lab context prepares (tests/lab/test_docs_lab.py implements them; the
 #: unit tier checks that every marker names one of these).
 CONTEXTS: dict[str, str] = {
     "bound": "edu (0000:00:10.0) and nvme (0000:00:11.0) on vfio-pci, given back after",
@@ -430,5 +430,5 @@ def run_command(command: Command, cwd: Path) -> Ran:
     return Ran(command, proc.returncode, proc.stdout + proc.stderr)
 
 
-#: Output samples that only the lab can produce (tests/lab/test_docs_examples.py does).
+#: Output samples that only the lab can produce (tests/lab/test_docs_lab.py does).
 LAB_SAMPLES = {"permission-denied"}

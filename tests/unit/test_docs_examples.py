@@ -1,7 +1,7 @@
 """The docs' examples, on the host (issue 19): every code block of README.md and docs/*.md
 is marked, the ``run host`` ones run here, the ``output`` samples are what the commands
 print, and every ``pyvfio`` command in the docs parses. The ``run lab`` blocks run in
-tests/lab/test_docs_examples.py. How blocks are marked and run: tests/docs_examples.py."""
+tests/lab/test_docs_lab.py. How blocks are marked and run: tests/docs_examples.py."""
 
 from __future__ import annotations
 
