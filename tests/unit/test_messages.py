@@ -22,7 +22,7 @@ from typer.testing import CliRunner, Result
 
 from pyvfio.cli import app
 from pyvfio.errors import PyvfioError, UnsupportedError
-from pyvfio.host import bind, doctor, grant, snapshot
+from pyvfio.host import bind, doctor, snapshot
 from pyvfio.host.doctor import CheckResult, Status
 from pyvfio.host.journal import STATE_DIR_ENV
 from pyvfio.host.sysfs import LIVE
@@ -334,50 +334,8 @@ def test_vm_qemu_without_devices_says_what_to_pass() -> None:
     assert "name the devices to pass through" in done.stderr, done.stderr
 
 
-# -- docs/host-tools.md's grant samples are what grant prints ------------------------------
-
-DOC = Path(__file__).parents[2] / "docs" / "host-tools.md"
-
-
-def doc_block_after(marker: str) -> str:
-    """The first fenced block of docs/host-tools.md after the line holding ``marker``."""
-    text = DOC.read_text()
-    rest = text[text.index(marker) :]
-    start = rest.index("```")
-    body = rest[rest.index("\n", start) + 1 :]
-    return body[: body.index("```")]
-
-
-def granted_output(q35: SimulatedKernel, monkeypatch: pytest.MonkeyPatch, *flags: str) -> str:
-    """What ``pyvfio grant 0000:00:10.0 --user nobody`` prints on the lab's tree, whose
-    root stands for /."""
-    q35.host.bind("0000:00:10.0", "vfio-pci")
-    for rel, mode in (("dev/vfio/2", 0o600), ("dev/vfio/vfio", 0o666)):
-        node = q35.path(rel)
-        node.parent.mkdir(parents=True, exist_ok=True)
-        node.write_bytes(b"")
-        os.chmod(node, mode)
-    monkeypatch.setattr(grant, "grant", functools.partial(grant.grant, sysfs=q35))
-    done = runner.invoke(app, ["grant", "0000:00:10.0", "--user", "nobody", *flags])
-    assert done.exit_code == 0, done.output
-    return done.stdout.replace(str(q35.root), "")
-
-
-def test_the_grant_sample_in_the_docs_is_what_grant_prints(
-    q35: SimulatedKernel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
-    sample = doc_block_after("in KiB as limits.conf wants them")
-    assert granted_output(q35, monkeypatch) == sample
-    assert "nobody soft memlock 65536" in sample and "LimitMEMLOCK=67108864" in sample
-
-
-def test_the_grant_json_sample_in_the_docs_is_what_grant_prints(
-    q35: SimulatedKernel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
-    sample = json.loads(doc_block_after("back exactly as recorded (owner, group, mode, ACL"))
-    assert json.loads(granted_output(q35, monkeypatch, "--json")) == sample
+# docs/host-tools.md's grant samples are checked with the docs' other samples, in
+# tests/unit/test_docs_examples.py.
 
 
 # -- persist --root: a copy of /etc, a snapshot beside it -----------------------------------
