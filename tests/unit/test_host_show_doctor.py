@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_doctor_iommus import virtio_guest  # its devices have an iommu link
 from typer.testing import CliRunner
 
 from pyvfio.cli import app
@@ -167,7 +168,7 @@ def cli_json(*args: str) -> object:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("build", [intel_server, amd_desktop, q35_lab])
+@pytest.mark.parametrize("build", [intel_server, amd_desktop, q35_lab, virtio_guest])
 def test_a_snapshot_replays_the_same_answers(
     tmp_path: Path, build: Callable[[Path], SimulatedKernel]
 ) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pyvfio.cli import kernel  # noqa: F401 - registers "pyvfio lab kernel"
-from pyvfio.cli.common import app
+from pyvfio.cli import app
 from pyvfio.lab import kernel_build as kb
 from pyvfio.lab import kernels
 

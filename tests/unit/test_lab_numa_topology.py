@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pyvfio.lab import guest
 from pyvfio.lab.runner import vng_argv
-from pyvfio.lab.topology import Manifest, Topology
+from pyvfio.lab.topology import ROOT_PORT_LINK, Manifest, Topology
 
 
 def test_a_device_on_numa1_sits_below_a_root_port_of_an_expander_on_node_1() -> None:
@@ -16,7 +16,8 @@ def test_a_device_on_numa1_sits_below_a_root_port_of_an_expander_on_node_1() -> 
     assert [d.path for d in devices] == [("10.0",), ("80:00.0", "00.0")]
     args = topo.qemu_args(devices)
     assert "pxb-pcie,id=pxb_numa1,bus_nr=128,numa_node=1,bus=pcie.0,addr=17.0" in args
-    assert "pcie-root-port,id=rp_edu1,bus=pxb_numa1,chassis=1,slot=1,addr=00.0" in args
+    port = "pcie-root-port,id=rp_edu1,bus=pxb_numa1,chassis=1,slot=1,addr=00.0"
+    assert f"{port},{ROOT_PORT_LINK}" in args
     assert "edu,id=edu1,bus=rp_edu1" in args
     assert "edu,id=edu0,addr=10.0,bus=pcie.0" in args  # not on the expander's bus
     assert topo.numa_nodes == 2

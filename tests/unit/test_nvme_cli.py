@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from pyvfio.cli.common import app
+from pyvfio.cli import app
 
 
 def run(*args: str) -> tuple[int, str]:

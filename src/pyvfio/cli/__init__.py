@@ -19,7 +19,10 @@ __all__ = ["app", "main"]
 
 
 def _typer_app() -> Any:
-    from pyvfio.cli.common import app  # with every command (see the end of common)
+    # Each command module registers its commands on common's apps when imported; this
+    # order is the order of ``pyvfio --help``.
+    from pyvfio.cli import demo, fleet, grant, host, kernel, lab, nvme, serve, vm  # noqa: F401
+    from pyvfio.cli.common import app
 
     return app
 

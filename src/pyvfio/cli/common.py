@@ -263,10 +263,3 @@ def output_file(name: str) -> Iterator[BinaryIO]:
         yield special
     finally:
         special.close()
-
-
-# Every command module registers its commands on the apps above when imported: here, at
-# the end, so that whoever imports this module's ``app`` gets every command, in this
-# order (the order of ``pyvfio --help``). ``pyvfio.cli`` does not import this module
-# before a command needs typer (``pyvfio ls --json`` does not).
-from pyvfio.cli import demo, fleet, grant, host, kernel, lab, nvme, serve, vm  # noqa: E402, F401

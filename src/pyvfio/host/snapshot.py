@@ -45,6 +45,7 @@ from pathlib import Path
 from pyvfio.errors import HostError
 from pyvfio.host.details import IORESOURCE_MEM
 from pyvfio.host.durable import Replacement
+from pyvfio.host.iommus import ACPI_TABLES
 from pyvfio.host.journal import SNAPSHOT_JOURNAL, state_dir
 from pyvfio.host.sysfs import IOMMU_GROUPS, LIVE, PCI_DEVICES, Sysfs
 from pyvfio.host.usage import iomem_line
@@ -74,7 +75,9 @@ META = "pyvfio/snapshot.json"
 KERNEL_LOG = "pyvfio/dmesg.txt"
 NODES = "pyvfio/nodes.json"
 
-_LOG_KEEP = re.compile(r"DMAR|IOMMU|iommu|AMD-Vi|remapping|x2apic|vfio|VFIO|IVRS|efifb|simplefb")
+_LOG_KEEP = re.compile(
+    r"DMAR|IOMMU|iommu|AMD-Vi|VIOT|remapping|x2apic|vfio|VFIO|IVRS|efifb|simplefb"
+)
 
 #: Per-device attributes that are kept (no ``rom``, no BAR ``resourceN`` files).
 DEVICE_FILES = (
@@ -102,7 +105,7 @@ DEVICE_FILES = (
     "max_link_width",
     "local_cpulist",
 )
-DEVICE_LINKS = ("driver", "iommu_group", "physfn")
+DEVICE_LINKS = ("driver", "iommu_group", "iommu", "physfn")
 
 #: Bytes kept of each standard capability, by ID: all of it (its size in the register
 #: tables) for the ones the spec defines whole; others keep their 2-byte header only.
@@ -403,7 +406,7 @@ def _record(tar: tarfile.TarFile, sysfs: Sysfs) -> int:
                 rec.file(f"{real}/{f}")
             rec.dir(real)
     rec.dir("sys/class/iommu")
-    for table in ("DMAR", "IVRS"):
+    for table in ACPI_TABLES:
         if sysfs.exists(f"sys/firmware/acpi/tables/{table}"):
             rec.data(f"sys/firmware/acpi/tables/{table}", b"")
     for mod in rec.listed("sys/module"):
