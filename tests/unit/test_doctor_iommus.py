@@ -11,7 +11,7 @@ import pytest
 
 from pyvfio.host import details, doctor, iommus, snapshot
 from pyvfio.host.doctor import Status
-from pyvfio.testing import SimulatedKernel, amd_desktop, intel_server, q35_lab
+from pyvfio.testing import SimulatedKernel, amd_desktop, intel_server, q35_lab, virtio_guest
 
 #: What QEMU 7.2's amd-iommu makes Linux 6.1 log (seen in the lab guest).
 AMD_LOG = (
@@ -38,24 +38,6 @@ def by_name(results: list[doctor.CheckResult]) -> dict[str, doctor.CheckResult]:
 def amd(tmp_path: Path) -> SimulatedKernel:
     kernel = amd_desktop(tmp_path / "amd")
     kernel.host.write("pyvfio/dmesg.txt", AMD_LOG)
-    return kernel
-
-
-def virtio_guest(root: Path, *, driver: bool = True) -> SimulatedKernel:
-    """The lab's q35 guest with QEMU's virtio-iommu-pci: a VIOT table instead of the
-    DMAR, and (``driver``) the virtio_iommu driver's unit ``virtio1``."""
-    kernel = q35_lab(root)
-    kernel.path("sys/firmware/acpi/tables/DMAR").unlink()
-    kernel.host.write("sys/firmware/acpi/tables/VIOT", b"")
-    kernel.host.write("proc/cmdline", "console=ttyS0\n")
-    if driver:
-        dev = "sys/devices/pci0000:00/0000:00:03.0/virtio1"
-        kernel.host.write(f"{dev}/iommu/virtio1/uevent", "")
-        kernel.host.write("sys/bus/virtio/drivers/virtio_iommu/uevent", "")
-        kernel.host.link(f"{dev}/driver", "sys/bus/virtio/drivers/virtio_iommu")
-        kernel.host.link(f"{dev}/iommu/virtio1/device", dev)
-        kernel.host.link("sys/class/iommu/virtio1", f"{dev}/iommu/virtio1")
-        kernel.host.link("sys/bus/pci/devices/0000:00:10.0/iommu", f"{dev}/iommu/virtio1")
     return kernel
 
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_doctor_iommus import virtio_guest  # its devices have an iommu link
 from typer.testing import CliRunner
 
 from pyvfio.cli import app
@@ -16,7 +15,7 @@ from pyvfio.host.doctor import Status
 from pyvfio.host.inventory import devices as inventory_devices
 from pyvfio.host.inventory import iommu_groups
 from pyvfio.host.sysfs import Sysfs
-from pyvfio.testing import SimulatedKernel, amd_desktop, intel_server, q35_lab
+from pyvfio.testing import SimulatedKernel, amd_desktop, intel_server, q35_lab, virtio_guest
 
 runner = CliRunner()
 

@@ -33,7 +33,14 @@ from pyvfio.testing.config import (
     pm_cap,
     sriov_ext,
 )
-from pyvfio.testing.hosts import Q35_LAB, amd_desktop, intel_server, large_host, q35_lab
+from pyvfio.testing.hosts import (
+    Q35_LAB,
+    amd_desktop,
+    intel_server,
+    large_host,
+    q35_lab,
+    virtio_guest,
+)
 from pyvfio.testing.kernel import SimulatedKernel
 from pyvfio.testing.sysfs import SyntheticHost
 
@@ -54,4 +61,5 @@ __all__ = [
     "pm_cap",
     "q35_lab",
     "sriov_ext",
+    "virtio_guest",
 ]

@@ -23,7 +23,7 @@ from pyvfio.testing.config import (
 from pyvfio.testing.kernel import SimulatedKernel
 from pyvfio.testing.sysfs import SyntheticHost
 
-__all__ = ["Q35_LAB", "amd_desktop", "intel_server", "large_host", "q35_lab"]
+__all__ = ["Q35_LAB", "amd_desktop", "intel_server", "large_host", "q35_lab", "virtio_guest"]
 
 #: The lab's q35 guest as the host tools see it: (address, ids, class, driver, group, parent).
 Q35_LAB = (
@@ -278,3 +278,21 @@ def large_host(root: str | os.PathLike[str], devices: int, per_group: int = 4) -
             reset_method="flr bus",
         )
     return host
+
+
+def virtio_guest(root: str | os.PathLike[str], *, driver: bool = True) -> SimulatedKernel:
+    """The lab's q35 guest with QEMU's virtio-iommu-pci: a VIOT table instead of the
+    DMAR, and (``driver``) the virtio_iommu driver's unit ``virtio1``."""
+    kernel = q35_lab(root)
+    kernel.path("sys/firmware/acpi/tables/DMAR").unlink()
+    kernel.host.write("sys/firmware/acpi/tables/VIOT", b"")
+    kernel.host.write("proc/cmdline", "console=ttyS0\n")
+    if driver:
+        dev = "sys/devices/pci0000:00/0000:00:03.0/virtio1"
+        kernel.host.write(f"{dev}/iommu/virtio1/uevent", "")
+        kernel.host.write("sys/bus/virtio/drivers/virtio_iommu/uevent", "")
+        kernel.host.link(f"{dev}/driver", "sys/bus/virtio/drivers/virtio_iommu")
+        kernel.host.link(f"{dev}/iommu/virtio1/device", dev)
+        kernel.host.link("sys/class/iommu/virtio1", f"{dev}/iommu/virtio1")
+        kernel.host.link("sys/bus/pci/devices/0000:00:10.0/iommu", f"{dev}/iommu/virtio1")
+    return kernel
